@@ -1,0 +1,1 @@
+//! pvusb-backend: serves usbif frontends from host USB devices.

@@ -1,0 +1,1 @@
+//! pvusb-frontend: bridges usbif to the guest kernel's vhci_hcd over USB/IP.

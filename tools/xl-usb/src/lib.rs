@@ -1,0 +1,1 @@
+//! xl-usb: the pvusb toolstack CLI.

@@ -1,0 +1,1 @@
+//! Xenstore for pvusb: the xs_wire protocol, a client, an embedded xenstored and the vusb schema.
