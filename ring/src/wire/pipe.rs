@@ -1,6 +1,36 @@
 //! The usbif `pipe` bit field (usbif.h `USBIF_PIPE_*`): Linux's `urb->pipe` with the port in bits 0-4.
 
 use core::fmt;
+use core::num::NonZeroU8;
+
+use super::MAX_PORTNR;
+
+/// A virtual root-hub port, 1..=31 (usbif ports are 1-based).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Port(NonZeroU8);
+
+impl Port {
+    /// `None` for 0 or anything above `USBIF_MAX_PORTNR`.
+    pub const fn new(port: u8) -> Option<Self> {
+        if port > MAX_PORTNR {
+            return None;
+        }
+        match NonZeroU8::new(port) {
+            Some(p) => Some(Port(p)),
+            None => None,
+        }
+    }
+    /// The port number, 1..=31.
+    pub const fn get(self) -> u8 {
+        self.0.get()
+    }
+}
+
+impl fmt::Display for Port {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.get())
+    }
+}
 
 /// Transfer type in pipe bits 30-31 (`USBIF_PIPE_TYPE_*`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
