@@ -1,0 +1,19 @@
+//! USB/IP: the wire codec (URB PDUs and management ops) and the sans-I/O server session
+//! the frontend runs towards vhci_hcd or a remote USB/IP client.
+
+pub mod decode;
+pub mod device;
+pub mod op;
+pub mod pdu;
+pub mod server;
+pub mod session;
+pub mod wire;
+
+pub use decode::{CmdDecoder, DecodeError, Limits, ReplyShape, RetDecoder};
+pub use device::{ExportedDevice, InterfaceClass, Speed};
+pub use op::{OpError, OpRequest, OpStatus};
+pub use pdu::{
+    CmdSubmit, CmdUnlink, Command, Direction, IsoPacket, Reply, RetSubmit, RetUnlink, TransferFlags,
+};
+pub use server::{ConnError, ConnEvent, NotAwaiting, ServerConn};
+pub use session::{CompleteError, Completion, Event, Session, SessionConfig, SessionError};
