@@ -1,0 +1,1 @@
+//! The embedded xenstored (work in progress: see the crate doc).
