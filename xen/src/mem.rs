@@ -1,0 +1,383 @@
+//! Mapped grant memory: the crate's mmap/munmap `unsafe`, and the RAII grant handles.
+//!
+//! No `&`/`&mut` into a mapping is ever created: the peer may write the pages at any time, so
+//! access is by volatile copy ([`GrantMapping::read_at`]) or through the raw pointer handed
+//! to `pvusb_ring::shm` (which owns the ring's atomics).
+
+use std::fmt;
+use std::os::fd::BorrowedFd;
+use std::ptr::NonNull;
+
+use rustix::io::Errno;
+use rustix::mm::{MapFlags, MprotectFlags, ProtFlags};
+
+use crate::error::{EndAccessError, RevokeError};
+use crate::{Access, DomId, GrantRef, PAGE_SIZE};
+
+/// Why a copy into or out of mapped grant memory was refused.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MemError {
+    /// The range does not lie inside the mapping.
+    #[error("bytes {off}..{off}+{len} are outside the {size}-byte mapping")]
+    OutOfRange {
+        /// Start of the requested range.
+        off: usize,
+        /// Length of the requested range.
+        len: usize,
+        /// Size of the mapping.
+        size: usize,
+    },
+    /// The mapping is read-only.
+    #[error("the mapping is read-only")]
+    ReadOnly,
+}
+
+/// A region of address space this process mmap'ed; unmapped on drop.
+pub(crate) struct Region {
+    ptr: NonNull<u8>,
+    len: usize,
+    access: Access,
+}
+
+// SAFETY: a Region is an address range, not a Rust reference; all access goes through raw
+// pointers with volatile copies, which are sound from any thread (the peer writes it anyway).
+unsafe impl Send for Region {}
+// SAFETY: as above; `&Region` only allows volatile copies and reading the pointer.
+unsafe impl Sync for Region {}
+
+fn prot(access: Access) -> ProtFlags {
+    match access {
+        Access::ReadOnly => ProtFlags::READ,
+        Access::Writable => ProtFlags::READ | ProtFlags::WRITE,
+    }
+}
+
+impl Region {
+    /// `mmap(NULL, len, prot, MAP_SHARED, fd, offset)`: how gntdev and gntalloc mappings are
+    /// made (the ioctl's `index` is the offset).
+    pub(crate) fn map_shared(
+        fd: BorrowedFd<'_>,
+        offset: u64,
+        len: usize,
+        access: Access,
+    ) -> Result<Region, Errno> {
+        if len == 0 {
+            return Err(Errno::INVAL);
+        }
+        // SAFETY: a fresh mapping chosen by the kernel (NULL hint, no MAP_FIXED) cannot alias
+        // any existing Rust object; the Region owns it from here and unmaps it once.
+        let ptr = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                prot(access),
+                MapFlags::SHARED,
+                fd,
+                offset,
+            )?
+        };
+        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(Errno::NOMEM)?;
+        Ok(Region { ptr, len, access })
+    }
+
+    /// Reserves `pages` pages of address space (PROT_NONE) to be filled by [`Region::map_fixed`]:
+    /// the simulated mapper builds one contiguous mapping out of several memfds this way.
+    pub(crate) fn reserve(pages: usize, access: Access) -> Result<Region, Errno> {
+        let len = pages
+            .checked_mul(PAGE_SIZE)
+            .filter(|&l| l > 0)
+            .ok_or(Errno::INVAL)?;
+        // SAFETY: as in map_shared: a fresh kernel-chosen anonymous range owned by the Region.
+        let ptr = unsafe {
+            rustix::mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::empty(),
+                MapFlags::PRIVATE | MapFlags::NORESERVE,
+            )?
+        };
+        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(Errno::NOMEM)?;
+        Ok(Region { ptr, len, access })
+    }
+
+    /// Maps `pages` pages of `fd` starting at page `file_page` over this region's pages from
+    /// `first_page`, with the region's access.
+    pub(crate) fn map_fixed(
+        &mut self,
+        first_page: usize,
+        fd: BorrowedFd<'_>,
+        file_page: u64,
+        pages: usize,
+    ) -> Result<(), Errno> {
+        let off = first_page.checked_mul(PAGE_SIZE).ok_or(Errno::INVAL)?;
+        let len = pages.checked_mul(PAGE_SIZE).ok_or(Errno::INVAL)?;
+        let end = off.checked_add(len).ok_or(Errno::INVAL)?;
+        let file_off = file_page
+            .checked_mul(PAGE_SIZE as u64)
+            .ok_or(Errno::INVAL)?;
+        if end > self.len || len == 0 {
+            return Err(Errno::INVAL);
+        }
+        // SAFETY: `off..end` lies inside this Region's reservation, which no Rust reference
+        // points into; MAP_FIXED replaces only those pages of our own reservation.
+        unsafe {
+            rustix::mm::mmap(
+                self.ptr.as_ptr().add(off).cast(),
+                len,
+                prot(self.access),
+                MapFlags::SHARED | MapFlags::FIXED,
+                fd,
+                file_off,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Asks the kernel to make the region writable. Only used to prove that a read-only grant
+    /// cannot be upgraded (the sim hands over a read-only file description).
+    pub(crate) fn try_mprotect_writable(&self) -> Result<(), Errno> {
+        // SAFETY: the range is exactly this Region's own mapping; changing its protection does
+        // not invalidate any Rust reference (none exist into it).
+        unsafe {
+            rustix::mm::mprotect(
+                self.ptr.as_ptr().cast(),
+                self.len,
+                MprotectFlags::READ | MprotectFlags::WRITE,
+            )
+        }
+    }
+
+    fn check(&self, off: usize, len: usize) -> Result<(), MemError> {
+        match off.checked_add(len) {
+            Some(end) if end <= self.len => Ok(()),
+            _ => Err(MemError::OutOfRange {
+                off,
+                len,
+                size: self.len,
+            }),
+        }
+    }
+
+    fn read_at(&self, off: usize, buf: &mut [u8]) -> Result<(), MemError> {
+        self.check(off, buf.len())?;
+        for (i, b) in buf.iter_mut().enumerate() {
+            // SAFETY: `off + i < self.len` (checked above) so the byte is inside the live
+            // mapping; a volatile read makes no reference the peer could invalidate.
+            *b = unsafe { self.ptr.as_ptr().add(off + i).read_volatile() };
+        }
+        Ok(())
+    }
+
+    fn write_at(&self, off: usize, data: &[u8]) -> Result<(), MemError> {
+        if self.access == Access::ReadOnly {
+            return Err(MemError::ReadOnly);
+        }
+        self.check(off, data.len())?;
+        for (i, b) in data.iter().enumerate() {
+            // SAFETY: in range (checked above) of a live mapping made PROT_WRITE (access is
+            // Writable); volatile, so no reference into shared memory is formed.
+            unsafe { self.ptr.as_ptr().add(off + i).write_volatile(*b) };
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: ptr/len describe exactly the mapping this Region made and owns; nothing
+        // refers into it once the Region is dropped.
+        if let Err(e) = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) } {
+            tracing::error!(error = %e, "munmap of grant memory failed");
+        }
+    }
+}
+
+impl fmt::Debug for Region {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Region")
+            .field("ptr", &self.ptr)
+            .field("len", &self.len)
+            .field("access", &self.access)
+            .finish()
+    }
+}
+
+/// What must happen after a mapping's memory is unmapped (gntdev UNMAP_GRANT_REF, or telling
+/// the broker).
+pub(crate) trait Unmap: Send + Sync + fmt::Debug {
+    fn unmap(self: Box<Self>);
+}
+
+/// Drops the memory first, then releases the grant: field order is drop order.
+#[derive(Debug)]
+struct UnmapOnDrop(Option<Box<dyn Unmap>>);
+
+impl Drop for UnmapOnDrop {
+    fn drop(&mut self) {
+        if let Some(u) = self.0.take() {
+            u.unmap();
+        }
+    }
+}
+
+/// Grant references of another domain mapped into this process as one contiguous range.
+/// Dropping it unmaps the memory, then releases the grants.
+#[derive(Debug)]
+pub struct GrantMapping {
+    // Declared before `unmap`: munmap must precede IOCTL_GNTDEV_UNMAP_GRANT_REF.
+    region: Region,
+    domid: DomId,
+    refs: Vec<GrantRef>,
+    _unmap: UnmapOnDrop,
+}
+
+impl GrantMapping {
+    pub(crate) fn new(
+        region: Region,
+        domid: DomId,
+        refs: &[GrantRef],
+        unmap: Box<dyn Unmap>,
+    ) -> Self {
+        GrantMapping {
+            region,
+            domid,
+            refs: refs.to_vec(),
+            _unmap: UnmapOnDrop(Some(unmap)),
+        }
+    }
+    /// The granting domain.
+    pub fn domid(&self) -> DomId {
+        self.domid
+    }
+    /// The mapped references, page by page.
+    pub fn refs(&self) -> &[GrantRef] {
+        &self.refs
+    }
+    /// How the pages are mapped.
+    pub fn access(&self) -> Access {
+        self.region.access
+    }
+    /// Start of the mapping; valid for [`GrantMapping::len`] bytes while `self` lives.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.region.ptr.as_ptr()
+    }
+    /// Length in bytes (pages × [`PAGE_SIZE`]).
+    pub fn len(&self) -> usize {
+        self.region.len
+    }
+    /// Never true: a mapping has at least one page.
+    pub fn is_empty(&self) -> bool {
+        self.region.len == 0
+    }
+    /// Copies bytes out of the mapping (volatile: the peer may be writing).
+    pub fn read_at(&self, off: usize, buf: &mut [u8]) -> Result<(), MemError> {
+        self.region.read_at(off, buf)
+    }
+    /// Copies bytes into the mapping; refused for a read-only mapping.
+    pub fn write_at(&self, off: usize, data: &[u8]) -> Result<(), MemError> {
+        self.region.write_at(off, data)
+    }
+    /// Tries to make a read-only mapping writable with `mprotect`; the kernel must refuse
+    /// (`EACCES`) for a read-only grant. Exists so tests can prove it without a segfault.
+    pub fn try_make_writable(&self) -> Result<(), Errno> {
+        self.region.try_mprotect_writable()
+    }
+}
+
+/// What ending a grant means on one platform.
+pub(crate) trait GrantOwner: Send + Sync + fmt::Debug {
+    /// Revokes the grants now if no peer maps them, refuses otherwise (our own mapping still
+    /// exists when this is called).
+    fn try_revoke(&mut self) -> Result<(), RevokeError>;
+    /// Ends access after our mapping is gone: at once, or once the peer unmaps.
+    fn release(self: Box<Self>);
+}
+
+#[derive(Debug)]
+struct ReleaseOnDrop(Option<Box<dyn GrantOwner>>);
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        if let Some(o) = self.0.take() {
+            o.release();
+        }
+    }
+}
+
+/// Pages of this domain granted to another domain. Dropping it without
+/// [`GrantedPages::end_access`] ends access lazily (once the peer unmaps).
+#[derive(Debug)]
+pub struct GrantedPages {
+    // Declared before `owner`: gntalloc frees the grant only after our munmap.
+    region: Region,
+    domid: DomId,
+    grefs: Vec<GrantRef>,
+    grant_access: Access,
+    owner: ReleaseOnDrop,
+}
+
+impl GrantedPages {
+    pub(crate) fn new(
+        region: Region,
+        domid: DomId,
+        grefs: Vec<GrantRef>,
+        grant_access: Access,
+        owner: Box<dyn GrantOwner>,
+    ) -> Self {
+        GrantedPages {
+            region,
+            domid,
+            grefs,
+            grant_access,
+            owner: ReleaseOnDrop(Some(owner)),
+        }
+    }
+    /// The domain the pages are granted to.
+    pub fn domid(&self) -> DomId {
+        self.domid
+    }
+    /// One grant reference per page, in page order.
+    pub fn grefs(&self) -> &[GrantRef] {
+        &self.grefs
+    }
+    /// What the grantee may do.
+    pub fn grant_access(&self) -> Access {
+        self.grant_access
+    }
+    /// Start of the pages (always readable and writable by this domain).
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.region.ptr.as_ptr()
+    }
+    /// Length in bytes (pages × [`PAGE_SIZE`]).
+    pub fn len(&self) -> usize {
+        self.region.len
+    }
+    /// Never true: an allocation has at least one page.
+    pub fn is_empty(&self) -> bool {
+        self.region.len == 0
+    }
+    /// Copies bytes out of the pages (volatile: the peer may be writing).
+    pub fn read_at(&self, off: usize, buf: &mut [u8]) -> Result<(), MemError> {
+        self.region.read_at(off, buf)
+    }
+    /// Copies bytes into the pages.
+    pub fn write_at(&self, off: usize, data: &[u8]) -> Result<(), MemError> {
+        self.region.write_at(off, data)
+    }
+    /// Ends the peer's access to every page, like `gnttab_end_foreign_access_ref`: refused
+    /// with [`EndAccessError::StillMapped`] (which hands the pages back) while the peer maps
+    /// any of them. On real Xen the peer's mapping cannot be observed from user space, so
+    /// this succeeds and gntalloc frees the pages once the peer unmaps.
+    pub fn end_access(mut self) -> Result<(), EndAccessError> {
+        let Some(owner) = self.owner.0.as_mut() else {
+            return Ok(());
+        };
+        match owner.try_revoke() {
+            Ok(()) => Ok(()),
+            Err(RevokeError::StillMapped) => Err(EndAccessError::StillMapped {
+                pages: Box::new(self),
+            }),
+            Err(RevokeError::Other(e)) => Err(e),
+        }
+    }
+}

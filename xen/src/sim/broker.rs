@@ -1,0 +1,431 @@
+//! The simulated hypervisor broker: one seqpacket socket per domain, an epoll loop, and the
+//! [`State`] tables behind a lock.
+//!
+//! Every client is treated as hostile: a datagram that does not parse gets an error reply
+//! (or, without a readable header, its connection is closed); a client that does not read
+//! its replies is disconnected instead of blocking the broker.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use rustix::event::{epoll, EventfdFlags};
+use rustix::io::Errno;
+use rustix::net::{RecvFlags, SendFlags};
+use tracing::{debug, info, warn};
+
+use super::fdpass;
+use super::state::{ConnId, Effect, State};
+use super::wire::{Counters, Reply, Request, Status, MAX_MESSAGE};
+use crate::DomId;
+
+/// Called with each domain that died or was destroyed (the binary sends XS_RELEASE).
+pub type ReleaseHook = Box<dyn FnMut(DomId) + Send>;
+
+/// The path of `domid`'s broker socket under the simulation directory.
+pub fn socket_path(dir: &Path, domid: DomId) -> PathBuf {
+    dir.join("domains").join(domid.0.to_string()).join("hyp")
+}
+
+/// Starting the broker failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A system call failed.
+    #[error("{what}: {errno}")]
+    Os {
+        /// What was being done.
+        what: String,
+        /// Why.
+        errno: Errno,
+    },
+    /// Creating the socket directory failed.
+    #[error("creating {path}: {source}")]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+const WAKER: u64 = 0;
+const LISTENER: u64 = 1 << 32;
+
+struct Inner {
+    dir: PathBuf,
+    state: State,
+    listeners: HashMap<DomId, OwnedFd>,
+    conns: HashMap<ConnId, OwnedFd>,
+}
+
+struct Shared {
+    inner: Mutex<Inner>,
+    epoll: OwnedFd,
+    waker: OwnedFd,
+    stop: AtomicBool,
+    hook: Mutex<Option<ReleaseHook>>,
+}
+
+/// A running broker (its epoll loop runs on its own thread). Dropping it stops the broker and
+/// removes its sockets.
+pub struct Broker {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("counters", &self.counters())
+            .finish()
+    }
+}
+
+fn os(what: impl Into<String>) -> impl FnOnce(Errno) -> StartError {
+    let what = what.into();
+    move |errno| StartError::Os { what, errno }
+}
+
+impl Broker {
+    /// Starts a broker serving `<dir>/domains/0/hyp`, with no release hook.
+    pub fn start(dir: &Path) -> Result<Broker, StartError> {
+        Self::start_with_hook(dir, None)
+    }
+
+    /// Starts a broker; `hook` is called (on the broker thread, without locks held) with each
+    /// domain that is released.
+    pub fn start_with_hook(dir: &Path, hook: Option<ReleaseHook>) -> Result<Broker, StartError> {
+        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC).map_err(os("epoll_create"))?;
+        let waker = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
+            .map_err(os("eventfd"))?;
+        epoll::add(
+            &epoll,
+            &waker,
+            epoll::EventData::new_u64(WAKER),
+            epoll::EventFlags::IN,
+        )
+        .map_err(os("epoll_ctl"))?;
+        let inner = Inner {
+            dir: dir.to_path_buf(),
+            state: State::new(),
+            listeners: HashMap::new(),
+            conns: HashMap::new(),
+        };
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(inner),
+            epoll,
+            waker,
+            stop: AtomicBool::new(false),
+            hook: Mutex::new(hook),
+        });
+        listen(&shared, &mut lock(&shared), DomId::DOM0)?;
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("pvusb-simhyp".into())
+            .spawn(move || run(&s))
+            .map_err(|e| StartError::Dir {
+                path: dir.to_path_buf(),
+                source: e,
+            })?;
+        info!(dir = %dir.display(), "simulated hypervisor broker started");
+        Ok(Broker {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// The live-object counters.
+    pub fn counters(&self) -> Counters {
+        lock(&self.shared).state.counters()
+    }
+
+    /// Creates domain `domid` and its socket (what dom0's DOMAIN_CREATE does).
+    pub fn create_domain(&self, domid: DomId) -> Result<(), Status> {
+        let released = {
+            let mut inner = lock(&self.shared);
+            let fx = inner.state.create_domain(domid)?;
+            apply(&self.shared, &mut inner, fx)?
+        };
+        fire(&self.shared, released);
+        Ok(())
+    }
+
+    /// Destroys domain `domid`: closes its connections, revokes its grants once unmapped,
+    /// closes its ports and releases it.
+    pub fn destroy_domain(&self, domid: DomId) -> Result<(), Status> {
+        let released = {
+            let mut inner = lock(&self.shared);
+            let fx = inner.state.destroy_domain(domid)?;
+            apply(&self.shared, &mut inner, fx)?
+        };
+        fire(&self.shared, released);
+        Ok(())
+    }
+
+    /// Blocks until the broker thread ends (it only ends when stopped).
+    pub fn join(mut self) {
+        if let Some(t) = self.thread.take() {
+            t.join().ok();
+        }
+    }
+
+    /// A handle that stops the broker from another thread (e.g. a signal handler thread).
+    pub fn stopper(&self) -> Stopper {
+        Stopper(self.shared.clone())
+    }
+}
+
+/// Stops a [`Broker`] from another thread.
+pub struct Stopper(Arc<Shared>);
+
+impl std::fmt::Debug for Stopper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Stopper")
+    }
+}
+
+impl Stopper {
+    /// Asks the broker loop to exit.
+    pub fn stop(&self) {
+        self.0.stop.store(true, Ordering::SeqCst);
+        rustix::io::write(&self.0.waker, &1u64.to_ne_bytes()).ok();
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stopper().stop();
+        if let Some(t) = self.thread.take() {
+            t.join().ok();
+        }
+        let mut inner = lock(&self.shared);
+        let domids: Vec<DomId> = inner.listeners.keys().copied().collect();
+        for d in domids {
+            std::fs::remove_file(socket_path(&inner.dir, d)).ok();
+        }
+        inner.listeners.clear();
+        inner.conns.clear();
+    }
+}
+
+fn lock(shared: &Shared) -> MutexGuard<'_, Inner> {
+    // A panic while holding the lock would be a broker bug; keep serving the tables anyway.
+    shared.inner.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn listen(shared: &Shared, inner: &mut Inner, domid: DomId) -> Result<(), StartError> {
+    let path = socket_path(&inner.dir, domid);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|source| StartError::Dir {
+            path: parent.into(),
+            source,
+        })?;
+    }
+    // A socket left by a broker that was killed would make bind fail.
+    std::fs::remove_file(&path).ok();
+    let what = || format!("listening on {}", path.display());
+    let fd = fdpass::socket(true).map_err(os(what()))?;
+    rustix::net::bind(&fd, &fdpass::addr(&path).map_err(os(what()))?).map_err(os(what()))?;
+    rustix::net::listen(&fd, 64).map_err(os(what()))?;
+    let token = epoll::EventData::new_u64(LISTENER | u64::from(domid.0));
+    epoll::add(&shared.epoll, &fd, token, epoll::EventFlags::IN).map_err(os(what()))?;
+    inner.listeners.insert(domid, fd);
+    Ok(())
+}
+
+/// Performs effects; returns the released domains (their hooks run after the lock is dropped).
+fn apply(shared: &Shared, inner: &mut Inner, effects: Vec<Effect>) -> Result<Vec<DomId>, Status> {
+    let mut released = Vec::new();
+    let mut queue = effects;
+    while let Some(fx) = queue.pop() {
+        match fx {
+            Effect::CreateSocket(d) => {
+                if let Err(e) = listen(shared, inner, d) {
+                    warn!(domid = d.0, error = %e, "cannot create the domain's socket");
+                    // Nobody can have connected: forget the domain without releasing it.
+                    inner.state.destroy_domain(d).ok();
+                    return Err(Status::Resource);
+                }
+                info!(domid = d.0, "domain created");
+            }
+            Effect::CloseConn(c) => {
+                if let Some(fd) = inner.conns.remove(&c) {
+                    epoll::delete(&shared.epoll, &fd).ok();
+                }
+                queue.extend(inner.state.disconnect(c));
+            }
+            Effect::Released(d) => {
+                if let Some(fd) = inner.listeners.remove(&d) {
+                    epoll::delete(&shared.epoll, &fd).ok();
+                }
+                std::fs::remove_file(socket_path(&inner.dir, d)).ok();
+                info!(domid = d.0, "domain released");
+                released.push(d);
+            }
+        }
+    }
+    Ok(released)
+}
+
+fn fire(shared: &Shared, released: Vec<DomId>) {
+    if released.is_empty() {
+        return;
+    }
+    let mut hook = shared.hook.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(h) = hook.as_mut() {
+        for d in released {
+            h(d);
+        }
+    }
+}
+
+fn run(shared: &Shared) {
+    let mut events = Vec::with_capacity(64);
+    while !shared.stop.load(Ordering::SeqCst) {
+        events.clear();
+        match epoll::wait(
+            &shared.epoll,
+            rustix::buffer::spare_capacity(&mut events),
+            None,
+        ) {
+            Ok(_) | Err(Errno::INTR) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "epoll_wait failed; broker stops");
+                return;
+            }
+        }
+        for ev in &events {
+            let token = ev.data.u64();
+            if token == WAKER {
+                continue;
+            }
+            if token & LISTENER != 0 {
+                let domid = DomId(u16::try_from(token & 0xffff).unwrap_or(u16::MAX));
+                accept(shared, &mut lock(shared), domid);
+                continue;
+            }
+            let (released, reply) = serve(shared, &mut lock(shared), token);
+            // Release hooks run before the reply: when dom0's destroy returns, xenstored has
+            // already been told.
+            fire(shared, released);
+            if let Some(reply) = reply {
+                let released = send_reply(shared, &mut lock(shared), token, reply);
+                fire(shared, released);
+            }
+        }
+    }
+}
+
+fn accept(shared: &Shared, inner: &mut Inner, domid: DomId) {
+    let Some(listener) = inner.listeners.get(&domid) else {
+        return;
+    };
+    let fd = match rustix::net::accept_with(
+        listener,
+        rustix::net::SocketFlags::CLOEXEC | rustix::net::SocketFlags::NONBLOCK,
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::AGAIN) => return,
+        Err(e) => {
+            warn!(domid = domid.0, error = %e, "accept failed");
+            return;
+        }
+    };
+    let Some(conn) = inner.state.connect(domid) else {
+        return;
+    };
+    if epoll::add(
+        &shared.epoll,
+        &fd,
+        epoll::EventData::new_u64(conn),
+        epoll::EventFlags::IN,
+    )
+    .is_err()
+    {
+        inner.state.disconnect(conn);
+        return;
+    }
+    debug!(domid = domid.0, conn, "connected");
+    inner.conns.insert(conn, fd);
+}
+
+/// Reads and answers one request, closing the connection on any misbehaviour. Effects are
+/// applied before the reply is sent: a client told "domain created" can connect at once.
+fn serve(shared: &Shared, inner: &mut Inner, conn: ConnId) -> (Vec<DomId>, Option<PendingReply>) {
+    let close = |inner: &mut Inner| {
+        (
+            apply(shared, inner, vec![Effect::CloseConn(conn)]).unwrap_or_default(),
+            None,
+        )
+    };
+    let Some(fd) = inner.conns.get(&conn) else {
+        return (Vec::new(), None);
+    };
+    let mut buf = [0u8; MAX_MESSAGE];
+    let got = match fdpass::recv(fd.as_fd(), &mut buf, 0, RecvFlags::DONTWAIT) {
+        Ok(got) => got,
+        Err(Errno::AGAIN) | Err(Errno::INTR) => return (Vec::new(), None),
+        Err(_) => return close(inner),
+    };
+    // Zero bytes is the peer's close (a zero-length datagram is refused the same way).
+    let Some(bytes) = buf.get(..got.len).filter(|b| !b.is_empty()) else {
+        return close(inner);
+    };
+    let Ok((header, body)) = Request::parse_header(bytes) else {
+        return close(inner);
+    };
+    let parsed = if got.truncated || got.fds_truncated {
+        Err(Status::BadRequest)
+    } else {
+        Request::parse_body(header.op, body).map_err(|_| Status::BadRequest)
+    };
+    let (result, effects) = match parsed {
+        Ok(req) => inner.state.handle(conn, req),
+        Err(s) => (Err(s), Vec::new()),
+    };
+    let (applied, released) = match apply(shared, inner, effects) {
+        Ok(released) => (Ok(()), released),
+        Err(status) => (Err(status), Vec::new()),
+    };
+    let (reply, fds) = match result.and_then(|ok| applied.map(|()| ok)) {
+        Ok(ok) => ok,
+        Err(status) => (
+            Reply::Error {
+                op: header.op,
+                status,
+            },
+            Vec::new(),
+        ),
+    };
+    (released, Some((reply.emit(header.seq), fds)))
+}
+
+/// A reply's bytes and the fds to pass with it.
+type PendingReply = (Vec<u8>, Vec<Arc<OwnedFd>>);
+
+/// Sends a reply; a client that does not take it is disconnected.
+fn send_reply(
+    shared: &Shared,
+    inner: &mut Inner,
+    conn: ConnId,
+    (bytes, fds): PendingReply,
+) -> Vec<DomId> {
+    let Some(fd) = inner.conns.get(&conn) else {
+        return Vec::new();
+    };
+    match fdpass::send(
+        fd.as_fd(),
+        &bytes,
+        &fdpass::borrow_all(&fds),
+        SendFlags::DONTWAIT,
+    ) {
+        Ok(()) => Vec::new(),
+        Err(e) => {
+            debug!(conn, error = %e, "reply not accepted; closing the connection");
+            apply(shared, inner, vec![Effect::CloseConn(conn)]).unwrap_or_default()
+        }
+    }
+}

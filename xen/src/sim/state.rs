@@ -1,0 +1,608 @@
+//! The simulated hypervisor's tables: domains, grants, mappings and event channel ports.
+//!
+//! No sockets here: the broker shell feeds parsed requests and connection events in, and
+//! performs the returned [`Effect`]s. Every object is owned by one connection; closing the
+//! connection releases everything it owned, as closing /dev/xen/{gntalloc,gntdev,evtchn}
+//! does on real Xen.
+
+use std::collections::{BTreeSet, HashMap};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::Arc;
+
+use rustix::event::EventfdFlags;
+use rustix::fs::{MemfdFlags, Mode, OFlags};
+
+use super::wire::{Counters, EndMode, PageLoc, Reply, Request, Status};
+use crate::{Access, DomId, EvtchnPort, GrantRef, PAGE_SIZE};
+
+/// Identifies one client connection.
+pub type ConnId = u64;
+
+/// Per-domain limits, so one hostile domain cannot exhaust the broker.
+const MAX_GRANTED_PAGES: usize = 16 * 1024;
+const MAX_PORTS: usize = 4096;
+const MAX_MAPPINGS_PER_CONN: usize = 16 * 1024;
+/// Xen reserves the first grant entries for the toolstack (console, xenstore).
+const FIRST_GREF: u32 = 8;
+/// SCM_MAX_FD is 253; keep a margin.
+const MAX_FDS_PER_REPLY: usize = 250;
+
+/// Something the broker shell must do after a state change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Listen on `<dir>/domains/<domid>/hyp`.
+    CreateSocket(DomId),
+    /// Close this connection, then call [`State::disconnect`] for it.
+    CloseConn(ConnId),
+    /// The domain is gone: remove its socket and fire `@releaseDomain`.
+    Released(DomId),
+}
+
+#[derive(Debug, Default)]
+struct Domain {
+    conns: BTreeSet<ConnId>,
+    ever_connected: bool,
+    dying: bool,
+    next_gref: u32,
+    granted_pages: usize,
+}
+
+#[derive(Debug)]
+struct Alloc {
+    owner: ConnId,
+    granter: DomId,
+    grantee: DomId,
+    access: Access,
+    memfd: Arc<OwnedFd>,
+    ro_fd: Option<Arc<OwnedFd>>,
+    grefs: Vec<u32>,
+    /// Number of live mappings using any page of this allocation.
+    mapped_by: u32,
+    /// Access ended (no new mappings); freed once `mapped_by` drops to zero.
+    revoking: bool,
+}
+
+#[derive(Debug)]
+struct Mapping {
+    owner: ConnId,
+    allocs: Vec<u32>,
+}
+
+#[derive(Debug)]
+enum Remote {
+    /// Waiting for `remote` to bind; `peer_rx` is the eventfd the binder will read.
+    Unbound {
+        remote: DomId,
+        peer_rx: Arc<OwnedFd>,
+    },
+    Bound {
+        remote: DomId,
+        port: u32,
+    },
+}
+
+#[derive(Debug)]
+struct Port {
+    owner: ConnId,
+    rx: Arc<OwnedFd>,
+    remote: Remote,
+}
+
+/// The broker's tables.
+#[derive(Debug, Default)]
+pub struct State {
+    domains: HashMap<DomId, Domain>,
+    conns: HashMap<ConnId, DomId>,
+    next_conn: ConnId,
+    allocs: HashMap<u32, Alloc>,
+    next_handle: u32,
+    /// (granter, gref) → (allocation handle, page index).
+    grants: HashMap<(DomId, u32), (u32, u32)>,
+    mappings: HashMap<u32, Mapping>,
+    next_map: u32,
+    ports: HashMap<(DomId, u32), Port>,
+}
+
+/// A successful request's reply and the fds to pass with it.
+pub type Outcome = (Reply, Vec<Arc<OwnedFd>>);
+
+fn os(_: rustix::io::Errno) -> Status {
+    Status::Resource
+}
+
+fn eventfd() -> Result<Arc<OwnedFd>, Status> {
+    rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
+        .map(Arc::new)
+        .map_err(os)
+}
+
+/// Throws away events sent to a port nobody was bound to (Xen drops them too).
+fn drain(fd: &OwnedFd) {
+    let mut buf = [0u8; 8];
+    while rustix::io::read(fd, &mut buf).is_ok() {}
+}
+
+fn next_id(counter: &mut u32, taken: impl Fn(u32) -> bool) -> Result<u32, Status> {
+    for _ in 0..1024 {
+        *counter = counter.wrapping_add(1).max(1);
+        if !taken(*counter) {
+            return Ok(*counter);
+        }
+    }
+    Err(Status::Resource)
+}
+
+impl State {
+    /// A broker with dom0 only.
+    pub fn new() -> State {
+        let mut s = State::default();
+        s.domains.insert(
+            DomId::DOM0,
+            Domain {
+                next_gref: FIRST_GREF,
+                ..Domain::default()
+            },
+        );
+        s
+    }
+
+    /// The live-object counters.
+    pub fn counters(&self) -> Counters {
+        let n = |x: usize| u32::try_from(x).unwrap_or(u32::MAX);
+        Counters {
+            grants: n(self.allocs.values().map(|a| a.grefs.len()).sum()),
+            mappings: n(self.mappings.len()),
+            channels: n(self.ports.len()),
+            domains: n(self.domains.len()),
+            connections: n(self.conns.len()),
+        }
+    }
+
+    /// Whether `domid` exists and is not dying.
+    pub fn is_live(&self, domid: DomId) -> bool {
+        self.domains.get(&domid).is_some_and(|d| !d.dying)
+    }
+
+    /// Registers a new connection through `domid`'s socket; `None` if the domain is gone.
+    pub fn connect(&mut self, domid: DomId) -> Option<ConnId> {
+        let dom = self.domains.get_mut(&domid).filter(|d| !d.dying)?;
+        self.next_conn += 1;
+        let conn = self.next_conn;
+        dom.conns.insert(conn);
+        dom.ever_connected = true;
+        self.conns.insert(conn, domid);
+        Some(conn)
+    }
+
+    /// Creates a domain (the control-domain operation).
+    pub fn create_domain(&mut self, domid: DomId) -> Result<Vec<Effect>, Status> {
+        if domid == DomId::DOM0 || self.domains.contains_key(&domid) {
+            return Err(Status::DomainExists);
+        }
+        self.domains.insert(
+            domid,
+            Domain {
+                next_gref: FIRST_GREF,
+                ..Domain::default()
+            },
+        );
+        Ok(vec![Effect::CreateSocket(domid)])
+    }
+
+    /// Destroys a domain: closes its connections, which releases what it owned.
+    pub fn destroy_domain(&mut self, domid: DomId) -> Result<Vec<Effect>, Status> {
+        if domid == DomId::DOM0 {
+            return Err(Status::NotPermitted);
+        }
+        let dom = self
+            .domains
+            .get_mut(&domid)
+            .filter(|d| !d.dying)
+            .ok_or(Status::NoSuchDomain)?;
+        dom.dying = true;
+        if dom.conns.is_empty() {
+            self.domains.remove(&domid);
+            return Ok(vec![Effect::Released(domid)]);
+        }
+        Ok(dom.conns.iter().map(|&c| Effect::CloseConn(c)).collect())
+    }
+
+    /// A connection closed (or was closed): release everything it owned. The domain dies
+    /// with its last connection (dom0 never dies).
+    pub fn disconnect(&mut self, conn: ConnId) -> Vec<Effect> {
+        let Some(domid) = self.conns.remove(&conn) else {
+            return Vec::new();
+        };
+        let maps: Vec<u32> = self
+            .mappings
+            .iter()
+            .filter(|(_, m)| m.owner == conn)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in maps {
+            self.unmap(id);
+        }
+        let handles: Vec<u32> = self
+            .allocs
+            .iter()
+            .filter(|(_, a)| a.owner == conn)
+            .map(|(&h, _)| h)
+            .collect();
+        for h in handles {
+            self.end_grant(h, EndMode::Defer).ok();
+        }
+        let ports: Vec<(DomId, u32)> = self
+            .ports
+            .iter()
+            .filter(|(_, p)| p.owner == conn)
+            .map(|(&k, _)| k)
+            .collect();
+        for key in ports {
+            self.close_port(key);
+        }
+        let Some(dom) = self.domains.get_mut(&domid) else {
+            return Vec::new();
+        };
+        dom.conns.remove(&conn);
+        if domid != DomId::DOM0 && dom.conns.is_empty() && (dom.dying || dom.ever_connected) {
+            self.domains.remove(&domid);
+            return vec![Effect::Released(domid)];
+        }
+        Vec::new()
+    }
+
+    /// Handles one request from `conn`.
+    pub fn handle(&mut self, conn: ConnId, req: Request) -> (Result<Outcome, Status>, Vec<Effect>) {
+        let Some(&me) = self.conns.get(&conn) else {
+            return (Err(Status::NoSuchDomain), Vec::new());
+        };
+        let op = req.op();
+        let done = |r: Result<(), Status>| r.map(|()| (Reply::Done { op }, Vec::new()));
+        match req {
+            Request::DomainCreate { domid } if me == DomId::DOM0 => match self.create_domain(domid)
+            {
+                Ok(fx) => (Ok((Reply::Done { op }, Vec::new())), fx),
+                Err(s) => (Err(s), Vec::new()),
+            },
+            Request::DomainDestroy { domid } if me == DomId::DOM0 => {
+                match self.destroy_domain(domid) {
+                    Ok(fx) => (Ok((Reply::Done { op }, Vec::new())), fx),
+                    Err(s) => (Err(s), Vec::new()),
+                }
+            }
+            Request::Counters if me == DomId::DOM0 => (
+                Ok((Reply::Counters(self.counters()), Vec::new())),
+                Vec::new(),
+            ),
+            Request::DomainCreate { .. } | Request::DomainDestroy { .. } | Request::Counters => {
+                (Err(Status::NotPermitted), Vec::new())
+            }
+            Request::GrantAlloc {
+                grantee,
+                count,
+                access,
+            } => (self.grant(conn, me, grantee, count, access), Vec::new()),
+            Request::GrantEnd { handle, mode } => {
+                let r = match self.allocs.get(&handle) {
+                    Some(a) if a.owner == conn => self.end_grant(handle, mode),
+                    _ => Err(Status::NoSuchObject),
+                };
+                (done(r), Vec::new())
+            }
+            Request::Map {
+                domid,
+                access,
+                refs,
+            } => (self.map(conn, me, domid, access, &refs), Vec::new()),
+            Request::Unmap { map_id } => {
+                let r = match self.mappings.get(&map_id) {
+                    Some(m) if m.owner == conn => {
+                        self.unmap(map_id);
+                        Ok(())
+                    }
+                    _ => Err(Status::NoSuchObject),
+                };
+                (done(r), Vec::new())
+            }
+            Request::EvtchnAllocUnbound { remote } => {
+                (self.alloc_unbound(conn, me, remote), Vec::new())
+            }
+            Request::EvtchnBind {
+                remote,
+                remote_port,
+            } => (self.bind(conn, me, remote, remote_port.0), Vec::new()),
+            Request::EvtchnUnbind { port } => {
+                let r = match self.ports.get(&(me, port.0)) {
+                    Some(p) if p.owner == conn => {
+                        self.close_port((me, port.0));
+                        Ok(())
+                    }
+                    _ => Err(Status::NoSuchObject),
+                };
+                (done(r), Vec::new())
+            }
+        }
+    }
+
+    fn grant(
+        &mut self,
+        conn: ConnId,
+        me: DomId,
+        grantee: DomId,
+        count: u32,
+        access: Access,
+    ) -> Result<Outcome, Status> {
+        if !self.is_live(grantee) {
+            return Err(Status::NoSuchDomain);
+        }
+        let pages = usize::try_from(count).map_err(|_| Status::BadRequest)?;
+        let dom = self.domains.get_mut(&me).ok_or(Status::NoSuchDomain)?;
+        if dom.granted_pages.saturating_add(pages) > MAX_GRANTED_PAGES {
+            return Err(Status::Resource);
+        }
+        let memfd = rustix::fs::memfd_create("pvusb-grant", MemfdFlags::CLOEXEC).map_err(os)?;
+        let bytes = u64::from(count)
+            .checked_mul(PAGE_SIZE as u64)
+            .ok_or(Status::BadRequest)?;
+        rustix::fs::ftruncate(&memfd, bytes).map_err(os)?;
+        let mut grefs = Vec::with_capacity(pages);
+        for _ in 0..pages {
+            let g = dom.next_gref;
+            dom.next_gref = g.checked_add(1).ok_or(Status::Resource)?;
+            grefs.push(g);
+        }
+        dom.granted_pages += pages;
+        let handle = next_id(&mut self.next_handle, |h| self.allocs.contains_key(&h))?;
+        for (i, &g) in grefs.iter().enumerate() {
+            let page = u32::try_from(i).map_err(|_| Status::BadRequest)?;
+            self.grants.insert((me, g), (handle, page));
+        }
+        let memfd = Arc::new(memfd);
+        let reply = Reply::Granted {
+            handle,
+            grefs: grefs.iter().map(|&g| GrantRef(g)).collect(),
+        };
+        let alloc = Alloc {
+            owner: conn,
+            granter: me,
+            grantee,
+            access,
+            memfd: memfd.clone(),
+            ro_fd: None,
+            grefs,
+            mapped_by: 0,
+            revoking: false,
+        };
+        self.allocs.insert(handle, alloc);
+        Ok((reply, vec![memfd]))
+    }
+
+    fn end_grant(&mut self, handle: u32, mode: EndMode) -> Result<(), Status> {
+        let alloc = self.allocs.get_mut(&handle).ok_or(Status::NoSuchObject)?;
+        if alloc.mapped_by > 0 && mode == EndMode::Refuse {
+            return Err(Status::StillMapped);
+        }
+        if !alloc.revoking {
+            alloc.revoking = true;
+            for g in &alloc.grefs {
+                self.grants.remove(&(alloc.granter, *g));
+            }
+        }
+        if alloc.mapped_by == 0 {
+            self.free_alloc(handle);
+        }
+        Ok(())
+    }
+
+    fn free_alloc(&mut self, handle: u32) {
+        if let Some(a) = self.allocs.remove(&handle) {
+            if let Some(d) = self.domains.get_mut(&a.granter) {
+                d.granted_pages = d.granted_pages.saturating_sub(a.grefs.len());
+            }
+        }
+    }
+
+    fn map(
+        &mut self,
+        conn: ConnId,
+        me: DomId,
+        domid: DomId,
+        access: Access,
+        refs: &[GrantRef],
+    ) -> Result<Outcome, Status> {
+        if !self.is_live(domid) {
+            return Err(Status::NoSuchDomain);
+        }
+        if self.mappings.values().filter(|m| m.owner == conn).count() >= MAX_MAPPINGS_PER_CONN {
+            return Err(Status::Resource);
+        }
+        let mut handles: Vec<u32> = Vec::new();
+        let mut pages = Vec::with_capacity(refs.len());
+        for r in refs {
+            let &(handle, file_page) = self.grants.get(&(domid, r.0)).ok_or(Status::NotGranted)?;
+            let alloc = self.allocs.get(&handle).ok_or(Status::NotGranted)?;
+            if alloc.grantee != me || alloc.revoking {
+                return Err(Status::NotGranted);
+            }
+            if access == Access::Writable && alloc.access == Access::ReadOnly {
+                return Err(Status::ReadOnlyGrant);
+            }
+            let fd_index = match handles.iter().position(|&h| h == handle) {
+                Some(i) => i,
+                None => {
+                    handles.push(handle);
+                    handles.len() - 1
+                }
+            };
+            let fd_index = u32::try_from(fd_index).map_err(|_| Status::TooManyFiles)?;
+            pages.push(PageLoc {
+                fd_index,
+                file_page,
+            });
+        }
+        if handles.len() > MAX_FDS_PER_REPLY {
+            return Err(Status::TooManyFiles);
+        }
+        let mut fds = Vec::with_capacity(handles.len());
+        for h in &handles {
+            let alloc = self.allocs.get_mut(h).ok_or(Status::NotGranted)?;
+            fds.push(match access {
+                Access::Writable => alloc.memfd.clone(),
+                Access::ReadOnly => read_only(alloc)?,
+            });
+        }
+        let map_id = next_id(&mut self.next_map, |m| self.mappings.contains_key(&m))?;
+        for h in &handles {
+            if let Some(a) = self.allocs.get_mut(h) {
+                a.mapped_by += 1;
+            }
+        }
+        self.mappings.insert(
+            map_id,
+            Mapping {
+                owner: conn,
+                allocs: handles,
+            },
+        );
+        let nfds = u32::try_from(fds.len()).map_err(|_| Status::TooManyFiles)?;
+        Ok((
+            Reply::Mapped {
+                map_id,
+                nfds,
+                pages,
+            },
+            fds,
+        ))
+    }
+
+    fn unmap(&mut self, map_id: u32) {
+        let Some(m) = self.mappings.remove(&map_id) else {
+            return;
+        };
+        for h in m.allocs {
+            let Some(a) = self.allocs.get_mut(&h) else {
+                continue;
+            };
+            a.mapped_by = a.mapped_by.saturating_sub(1);
+            if a.revoking && a.mapped_by == 0 {
+                self.free_alloc(h);
+            }
+        }
+    }
+
+    fn new_port(&self, me: DomId) -> Result<u32, Status> {
+        if self.ports.keys().filter(|(d, _)| *d == me).count() >= MAX_PORTS {
+            return Err(Status::Resource);
+        }
+        // Port 0 is never valid in Xen.
+        (1..=u32::try_from(MAX_PORTS).unwrap_or(u32::MAX))
+            .find(|p| !self.ports.contains_key(&(me, *p)))
+            .ok_or(Status::Resource)
+    }
+
+    fn alloc_unbound(&mut self, conn: ConnId, me: DomId, remote: DomId) -> Result<Outcome, Status> {
+        if !self.is_live(remote) {
+            return Err(Status::NoSuchDomain);
+        }
+        let port = self.new_port(me)?;
+        let (rx, peer_rx) = (eventfd()?, eventfd()?);
+        let fds = vec![rx.clone(), peer_rx.clone()];
+        self.ports.insert(
+            (me, port),
+            Port {
+                owner: conn,
+                rx,
+                remote: Remote::Unbound { remote, peer_rx },
+            },
+        );
+        Ok((
+            Reply::Port {
+                op: Request::EvtchnAllocUnbound { remote }.op(),
+                port: EvtchnPort(port),
+            },
+            fds,
+        ))
+    }
+
+    fn bind(
+        &mut self,
+        conn: ConnId,
+        me: DomId,
+        remote: DomId,
+        rport: u32,
+    ) -> Result<Outcome, Status> {
+        if !self.is_live(remote) {
+            return Err(Status::NoSuchDomain);
+        }
+        let port = self.new_port(me)?;
+        let theirs = self
+            .ports
+            .get_mut(&(remote, rport))
+            .ok_or(Status::NotBindable)?;
+        let peer_rx = match &theirs.remote {
+            Remote::Unbound {
+                remote: allowed,
+                peer_rx,
+            } if *allowed == me => peer_rx.clone(),
+            _ => return Err(Status::NotBindable),
+        };
+        theirs.remote = Remote::Bound { remote: me, port };
+        let tx = theirs.rx.clone();
+        drain(&peer_rx);
+        let fds = vec![peer_rx.clone(), tx];
+        self.ports.insert(
+            (me, port),
+            Port {
+                owner: conn,
+                rx: peer_rx,
+                remote: Remote::Bound {
+                    remote,
+                    port: rport,
+                },
+            },
+        );
+        let op = Request::EvtchnBind {
+            remote,
+            remote_port: EvtchnPort(rport),
+        }
+        .op();
+        Ok((
+            Reply::Port {
+                op,
+                port: EvtchnPort(port),
+            },
+            fds,
+        ))
+    }
+
+    /// Closes a port; a bound peer reverts to unbound (offered to us again), as in Xen.
+    fn close_port(&mut self, key: (DomId, u32)) {
+        let Some(p) = self.ports.remove(&key) else {
+            return;
+        };
+        if let Remote::Bound { remote, port } = p.remote {
+            if let Some(peer) = self.ports.get_mut(&(remote, port)) {
+                peer.remote = Remote::Unbound {
+                    remote: key.0,
+                    peer_rx: p.rx,
+                };
+            }
+        }
+    }
+}
+
+/// A read-only file description of the allocation's memfd: mmap(PROT_WRITE) and
+/// mprotect(PROT_WRITE) of it fail with EACCES, so a read-only grant stays read-only.
+fn read_only(alloc: &mut Alloc) -> Result<Arc<OwnedFd>, Status> {
+    if let Some(fd) = &alloc.ro_fd {
+        return Ok(fd.clone());
+    }
+    let path = format!("/proc/self/fd/{}", alloc.memfd.as_fd().as_raw_fd());
+    let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).map_err(os)?;
+    let fd = Arc::new(fd);
+    alloc.ro_fd = Some(fd.clone());
+    Ok(fd)
+}
+
+#[cfg(test)]
+mod tests;

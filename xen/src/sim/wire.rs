@@ -1,0 +1,563 @@
+//! The broker's message format: one SOCK_SEQPACKET datagram per request and per reply.
+//!
+//! Every message is host-local, so integers are native-endian `u32`.
+//!
+//! Request  = `RawHeader { op, seq }` + the op's fixed body + (MAP only) `u32 refs[count]`.
+//! Reply    = `RawReplyHeader { seq, op, status }` + (status 0 only) the op's reply body.
+//!
+//! | op | request body | reply body | fds in reply |
+//! |----|--------------|------------|--------------|
+//! | 1 GRANT_ALLOC | grantee, count, flags(bit0 writable) | handle, count, `u32 grefs[count]` | memfd (rw) |
+//! | 2 GRANT_END | handle, mode (0 refuse if mapped, 1 defer) | — | — |
+//! | 3 MAP | domid, count, flags, `u32 refs[count]` | map_id, count, nfds, `{fd_index, file_page}[count]` | nfds memfds |
+//! | 4 UNMAP | map_id | — | — |
+//! | 5 EVTCHN_ALLOC_UNBOUND | remote | port | rx eventfd, tx eventfd |
+//! | 6 EVTCHN_BIND | remote, remote_port | port | rx eventfd, tx eventfd |
+//! | 7 EVTCHN_UNBIND | port | — | — |
+//! | 8 DOMAIN_CREATE (dom0) | domid | — | — |
+//! | 9 DOMAIN_DESTROY (dom0) | domid | — | — |
+//! | 10 COUNTERS (dom0) | — | grants, mappings, channels, domains, connections | — |
+//!
+//! `parse` is total (any bytes give a value or a [`BadMessage`]) and `parse(emit(x)) == x`.
+
+use std::fmt;
+
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+use crate::{Access, DomId, EvtchnPort, GrantRef, MAX_PAGES_PER_CALL};
+
+/// The largest datagram either side sends or accepts.
+pub const MAX_MESSAGE: usize = 4096;
+
+/// Request header.
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct RawHeader {
+    /// Operation number.
+    pub op: u32,
+    /// Client-chosen sequence number, echoed in the reply.
+    pub seq: u32,
+}
+
+/// Reply header.
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct RawReplyHeader {
+    /// The request's sequence number.
+    pub seq: u32,
+    /// The request's operation number.
+    pub op: u32,
+    /// [`Status`] as a number.
+    pub status: u32,
+}
+
+mod op {
+    pub const GRANT_ALLOC: u32 = 1;
+    pub const GRANT_END: u32 = 2;
+    pub const MAP: u32 = 3;
+    pub const UNMAP: u32 = 4;
+    pub const EVTCHN_ALLOC_UNBOUND: u32 = 5;
+    pub const EVTCHN_BIND: u32 = 6;
+    pub const EVTCHN_UNBIND: u32 = 7;
+    pub const DOMAIN_CREATE: u32 = 8;
+    pub const DOMAIN_DESTROY: u32 = 9;
+    pub const COUNTERS: u32 = 10;
+}
+
+/// A request that does not parse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BadMessage {
+    /// Shorter than its header or fixed body.
+    #[error("message truncated")]
+    Truncated,
+    /// Bytes left over after the body.
+    #[error("trailing bytes after the body")]
+    Trailing,
+    /// Unknown operation number.
+    #[error("unknown operation {0}")]
+    UnknownOp(u32),
+    /// Unknown status number in a reply.
+    #[error("unknown status {0}")]
+    UnknownStatus(u32),
+    /// A field is out of range (domid above 0xffff, count 0 or too large, bad flag bits).
+    #[error("field out of range")]
+    BadField,
+}
+
+/// The outcome of a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Status {
+    /// Done; the reply body follows.
+    Ok,
+    /// The request did not parse.
+    BadRequest,
+    /// Only dom0 may do this.
+    NotPermitted,
+    /// The named domain does not exist or is dying.
+    NoSuchDomain,
+    /// A reference is not granted to the caller.
+    NotGranted,
+    /// A writable mapping of a read-only grant was asked for.
+    ReadOnlyGrant,
+    /// The grant is still mapped by its grantee.
+    StillMapped,
+    /// The remote port is not an unbound port offered to the caller.
+    NotBindable,
+    /// No such handle, mapping or port of this connection.
+    NoSuchObject,
+    /// The domain already exists.
+    DomainExists,
+    /// The pages come from too many separate grants to pass in one message.
+    TooManyFiles,
+    /// The broker could not allocate the resource (memfd, eventfd, ...).
+    Resource,
+}
+
+const STATUSES: [Status; 12] = [
+    Status::Ok,
+    Status::BadRequest,
+    Status::NotPermitted,
+    Status::NoSuchDomain,
+    Status::NotGranted,
+    Status::ReadOnlyGrant,
+    Status::StillMapped,
+    Status::NotBindable,
+    Status::NoSuchObject,
+    Status::DomainExists,
+    Status::TooManyFiles,
+    Status::Resource,
+];
+
+impl Status {
+    /// The wire number.
+    pub fn to_wire(self) -> u32 {
+        STATUSES
+            .iter()
+            .position(|&s| s == self)
+            .map_or(u32::MAX, |i| i as u32)
+    }
+    /// Parses a wire number.
+    pub fn from_wire(v: u32) -> Result<Status, BadMessage> {
+        usize::try_from(v)
+            .ok()
+            .and_then(|i| STATUSES.get(i).copied())
+            .ok_or(BadMessage::UnknownStatus(v))
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// How GRANT_END treats a grant that is still mapped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndMode {
+    /// Refuse with [`Status::StillMapped`].
+    Refuse,
+    /// Revoke once the grantee unmaps (what dropping the pages does).
+    Defer,
+}
+
+/// The broker's live-object counters: tests check they return to zero.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
+#[repr(C)]
+pub struct Counters {
+    /// Granted pages not yet revoked (including those waiting for an unmap).
+    pub grants: u32,
+    /// Live mappings (one per MAP call).
+    pub mappings: u32,
+    /// Bound or unbound event channel ports.
+    pub channels: u32,
+    /// Existing domains, dom0 included.
+    pub domains: u32,
+    /// Open client connections.
+    pub connections: u32,
+}
+
+/// A parsed request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// Grant `count` new pages to `grantee`.
+    GrantAlloc {
+        grantee: DomId,
+        count: u32,
+        access: Access,
+    },
+    /// End access to an allocation.
+    GrantEnd { handle: u32, mode: EndMode },
+    /// Map references of `domid`.
+    Map {
+        domid: DomId,
+        access: Access,
+        refs: Vec<GrantRef>,
+    },
+    /// Report that a mapping is gone.
+    Unmap { map_id: u32 },
+    /// Allocate a port `remote` may bind.
+    EvtchnAllocUnbound { remote: DomId },
+    /// Bind to `remote`'s unbound port.
+    EvtchnBind {
+        remote: DomId,
+        remote_port: EvtchnPort,
+    },
+    /// Close a port.
+    EvtchnUnbind { port: EvtchnPort },
+    /// Create a domain (dom0 only).
+    DomainCreate { domid: DomId },
+    /// Destroy a domain (dom0 only).
+    DomainDestroy { domid: DomId },
+    /// Read the counters (dom0 only).
+    Counters,
+}
+
+/// One page of a MAP reply: which of the passed fds, and which page of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct PageLoc {
+    /// Index into the fds passed with the reply.
+    pub fd_index: u32,
+    /// Page number inside that memfd.
+    pub file_page: u32,
+}
+
+/// A parsed reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// The request failed.
+    Error { op: u32, status: Status },
+    /// GRANT_ALLOC succeeded (one memfd attached).
+    Granted { handle: u32, grefs: Vec<GrantRef> },
+    /// MAP succeeded (`nfds` memfds attached).
+    Mapped {
+        map_id: u32,
+        nfds: u32,
+        pages: Vec<PageLoc>,
+    },
+    /// A port was bound (rx and tx eventfds attached).
+    Port { op: u32, port: EvtchnPort },
+    /// The counters.
+    Counters(Counters),
+    /// Any other request succeeded.
+    Done { op: u32 },
+}
+
+#[derive(Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+struct Three {
+    a: u32,
+    b: u32,
+    c: u32,
+}
+
+#[derive(Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+struct Two {
+    a: u32,
+    b: u32,
+}
+
+fn take<T: FromBytes>(bytes: &[u8]) -> Result<(T, &[u8]), BadMessage> {
+    T::read_from_prefix(bytes).map_err(|_| BadMessage::Truncated)
+}
+
+fn end(rest: &[u8]) -> Result<(), BadMessage> {
+    if rest.is_empty() {
+        Ok(())
+    } else {
+        Err(BadMessage::Trailing)
+    }
+}
+
+fn domid(v: u32) -> Result<DomId, BadMessage> {
+    u16::try_from(v)
+        .map(DomId)
+        .map_err(|_| BadMessage::BadField)
+}
+
+fn count(v: u32) -> Result<usize, BadMessage> {
+    usize::try_from(v)
+        .ok()
+        .filter(|&n| n > 0 && n <= MAX_PAGES_PER_CALL)
+        .ok_or(BadMessage::BadField)
+}
+
+fn access(flags: u32) -> Result<Access, BadMessage> {
+    match flags {
+        0 => Ok(Access::ReadOnly),
+        1 => Ok(Access::Writable),
+        _ => Err(BadMessage::BadField),
+    }
+}
+
+fn access_flags(a: Access) -> u32 {
+    match a {
+        Access::ReadOnly => 0,
+        Access::Writable => 1,
+    }
+}
+
+/// Reads `n` native u32s.
+fn u32s(bytes: &[u8], n: usize) -> Result<(Vec<u32>, &[u8]), BadMessage> {
+    let len = n.checked_mul(4).ok_or(BadMessage::BadField)?;
+    if bytes.len() < len {
+        return Err(BadMessage::Truncated);
+    }
+    let (head, rest) = bytes.split_at(len);
+    let v = head
+        .chunks_exact(4)
+        .map(|c| u32::read_from_bytes(c).map_err(|_| BadMessage::Truncated))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((v, rest))
+}
+
+fn push_u32s(out: &mut Vec<u8>, vals: impl IntoIterator<Item = u32>) {
+    for v in vals {
+        out.extend_from_slice(v.as_bytes());
+    }
+}
+
+impl Request {
+    /// The operation number.
+    pub fn op(&self) -> u32 {
+        match self {
+            Request::GrantAlloc { .. } => op::GRANT_ALLOC,
+            Request::GrantEnd { .. } => op::GRANT_END,
+            Request::Map { .. } => op::MAP,
+            Request::Unmap { .. } => op::UNMAP,
+            Request::EvtchnAllocUnbound { .. } => op::EVTCHN_ALLOC_UNBOUND,
+            Request::EvtchnBind { .. } => op::EVTCHN_BIND,
+            Request::EvtchnUnbind { .. } => op::EVTCHN_UNBIND,
+            Request::DomainCreate { .. } => op::DOMAIN_CREATE,
+            Request::DomainDestroy { .. } => op::DOMAIN_DESTROY,
+            Request::Counters => op::COUNTERS,
+        }
+    }
+
+    /// Parses a request datagram into its sequence number and request. The header is parsed
+    /// first so that a bad body can still be answered with the right `seq` and `op`.
+    pub fn parse_header(bytes: &[u8]) -> Result<(RawHeader, &[u8]), BadMessage> {
+        take::<RawHeader>(bytes)
+    }
+
+    /// Parses a request body for operation `op`.
+    pub fn parse_body(op: u32, body: &[u8]) -> Result<Request, BadMessage> {
+        let req = match op {
+            op::GRANT_ALLOC => {
+                let (t, rest) = take::<Three>(body)?;
+                end(rest)?;
+                count(t.b)?;
+                Request::GrantAlloc {
+                    grantee: domid(t.a)?,
+                    count: t.b,
+                    access: access(t.c)?,
+                }
+            }
+            op::GRANT_END => {
+                let (t, rest) = take::<Two>(body)?;
+                end(rest)?;
+                let mode = match t.b {
+                    0 => EndMode::Refuse,
+                    1 => EndMode::Defer,
+                    _ => return Err(BadMessage::BadField),
+                };
+                Request::GrantEnd { handle: t.a, mode }
+            }
+            op::MAP => {
+                let (t, rest) = take::<Three>(body)?;
+                let n = count(t.b)?;
+                let (refs, rest) = u32s(rest, n)?;
+                end(rest)?;
+                Request::Map {
+                    domid: domid(t.a)?,
+                    access: access(t.c)?,
+                    refs: refs.into_iter().map(GrantRef).collect(),
+                }
+            }
+            op::COUNTERS => {
+                end(body)?;
+                Request::Counters
+            }
+            op::EVTCHN_BIND => {
+                let (t, rest) = take::<Two>(body)?;
+                end(rest)?;
+                Request::EvtchnBind {
+                    remote: domid(t.a)?,
+                    remote_port: EvtchnPort(t.b),
+                }
+            }
+            op::UNMAP
+            | op::EVTCHN_ALLOC_UNBOUND
+            | op::EVTCHN_UNBIND
+            | op::DOMAIN_CREATE
+            | op::DOMAIN_DESTROY => {
+                let (v, rest) = take::<u32>(body)?;
+                end(rest)?;
+                match op {
+                    op::UNMAP => Request::Unmap { map_id: v },
+                    op::EVTCHN_ALLOC_UNBOUND => Request::EvtchnAllocUnbound { remote: domid(v)? },
+                    op::EVTCHN_UNBIND => Request::EvtchnUnbind {
+                        port: EvtchnPort(v),
+                    },
+                    op::DOMAIN_CREATE => Request::DomainCreate { domid: domid(v)? },
+                    _ => Request::DomainDestroy { domid: domid(v)? },
+                }
+            }
+            other => return Err(BadMessage::UnknownOp(other)),
+        };
+        Ok(req)
+    }
+
+    /// Parses a whole request datagram.
+    pub fn parse(bytes: &[u8]) -> Result<(u32, Request), BadMessage> {
+        let (h, body) = Self::parse_header(bytes)?;
+        Ok((h.seq, Self::parse_body(h.op, body)?))
+    }
+
+    /// Encodes the request with sequence number `seq`.
+    pub fn emit(&self, seq: u32) -> Vec<u8> {
+        let mut out = RawHeader { op: self.op(), seq }.as_bytes().to_vec();
+        match self {
+            Request::GrantAlloc {
+                grantee,
+                count,
+                access,
+            } => push_u32s(
+                &mut out,
+                [u32::from(grantee.0), *count, access_flags(*access)],
+            ),
+            Request::GrantEnd { handle, mode } => {
+                push_u32s(&mut out, [*handle, u32::from(*mode == EndMode::Defer)])
+            }
+            Request::Map {
+                domid,
+                access,
+                refs,
+            } => {
+                let n = u32::try_from(refs.len()).unwrap_or(u32::MAX);
+                push_u32s(&mut out, [u32::from(domid.0), n, access_flags(*access)]);
+                push_u32s(&mut out, refs.iter().map(|r| r.0));
+            }
+            Request::Unmap { map_id } => push_u32s(&mut out, [*map_id]),
+            Request::EvtchnAllocUnbound { remote } => push_u32s(&mut out, [u32::from(remote.0)]),
+            Request::EvtchnBind {
+                remote,
+                remote_port,
+            } => push_u32s(&mut out, [u32::from(remote.0), remote_port.0]),
+            Request::EvtchnUnbind { port } => push_u32s(&mut out, [port.0]),
+            Request::DomainCreate { domid } | Request::DomainDestroy { domid } => {
+                push_u32s(&mut out, [u32::from(domid.0)])
+            }
+            Request::Counters => {}
+        }
+        out
+    }
+}
+
+impl Reply {
+    /// Encodes the reply to request `seq`.
+    pub fn emit(&self, seq: u32) -> Vec<u8> {
+        let (op, status) = match self {
+            Reply::Error { op, status } => (*op, *status),
+            Reply::Granted { .. } => (op::GRANT_ALLOC, Status::Ok),
+            Reply::Mapped { .. } => (op::MAP, Status::Ok),
+            Reply::Port { op, .. } | Reply::Done { op } => (*op, Status::Ok),
+            Reply::Counters(_) => (op::COUNTERS, Status::Ok),
+        };
+        let mut out = RawReplyHeader {
+            seq,
+            op,
+            status: status.to_wire(),
+        }
+        .as_bytes()
+        .to_vec();
+        match self {
+            Reply::Granted { handle, grefs } => {
+                let n = u32::try_from(grefs.len()).unwrap_or(u32::MAX);
+                push_u32s(&mut out, [*handle, n]);
+                push_u32s(&mut out, grefs.iter().map(|g| g.0));
+            }
+            Reply::Mapped {
+                map_id,
+                nfds,
+                pages,
+            } => {
+                let n = u32::try_from(pages.len()).unwrap_or(u32::MAX);
+                push_u32s(&mut out, [*map_id, n, *nfds]);
+                for p in pages {
+                    out.extend_from_slice(p.as_bytes());
+                }
+            }
+            Reply::Port { port, .. } => push_u32s(&mut out, [port.0]),
+            Reply::Counters(c) => out.extend_from_slice(c.as_bytes()),
+            Reply::Error { .. } | Reply::Done { .. } => {}
+        }
+        out
+    }
+
+    /// Parses a reply datagram into its sequence number and reply.
+    pub fn parse(bytes: &[u8]) -> Result<(u32, Reply), BadMessage> {
+        let (h, body) = take::<RawReplyHeader>(bytes)?;
+        let status = Status::from_wire(h.status)?;
+        if status != Status::Ok {
+            end(body)?;
+            return Ok((h.seq, Reply::Error { op: h.op, status }));
+        }
+        let reply = match h.op {
+            op::GRANT_ALLOC => {
+                let (t, rest) = take::<Two>(body)?;
+                let (grefs, rest) = u32s(rest, count(t.b)?)?;
+                end(rest)?;
+                Reply::Granted {
+                    handle: t.a,
+                    grefs: grefs.into_iter().map(GrantRef).collect(),
+                }
+            }
+            op::MAP => {
+                let (t, mut rest) = take::<Three>(body)?;
+                let n = count(t.b)?;
+                let mut pages = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let (p, r) = take::<PageLoc>(rest)?;
+                    pages.push(p);
+                    rest = r;
+                }
+                end(rest)?;
+                Reply::Mapped {
+                    map_id: t.a,
+                    nfds: t.c,
+                    pages,
+                }
+            }
+            op::EVTCHN_ALLOC_UNBOUND | op::EVTCHN_BIND => {
+                let (port, rest) = take::<u32>(body)?;
+                end(rest)?;
+                Reply::Port {
+                    op: h.op,
+                    port: EvtchnPort(port),
+                }
+            }
+            op::COUNTERS => {
+                let (c, rest) = take::<Counters>(body)?;
+                end(rest)?;
+                Reply::Counters(c)
+            }
+            op::GRANT_END
+            | op::UNMAP
+            | op::EVTCHN_UNBIND
+            | op::DOMAIN_CREATE
+            | op::DOMAIN_DESTROY => {
+                end(body)?;
+                Reply::Done { op: h.op }
+            }
+            other => return Err(BadMessage::UnknownOp(other)),
+        };
+        Ok((h.seq, reply))
+    }
+}
+
+#[cfg(test)]
+mod tests;
