@@ -40,6 +40,7 @@
 pub mod shm;
 pub mod sring;
 mod sync;
+pub mod urb;
 pub mod wire;
 
 #[cfg(any(test, feature = "test-utils"))]

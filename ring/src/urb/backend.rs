@@ -1,0 +1,462 @@
+//! Backend half of one vusb controller: which request reaches the host, when, and its answer.
+//!
+//! One [`Backend`] serves one usbif ring, i.e. one virtual host controller with up to 31
+//! ports: request ids are unique per ring, so duplicate detection must see all ports.
+//! It enforces, for every request the frontend puts on the ring:
+//!
+//! - **exactly one answer** (contract 1): every request taken gets exactly one
+//!   [`Action::Respond`], the unlink request and its victim included; a request refused as
+//!   a protocol error (a duplicate live id) gets none and the caller learns why;
+//! - **ring order** (contract 2): [`Action::Submit`]s come out in the order requests came
+//!   in, so one endpoint's URBs reach the host in ring order, many in flight at once;
+//! - **containment** (contract 3, when negotiated, see [`super::aca`]);
+//! - **disconnect** (contract 5, seed 003): [`Backend::handle_device_gone`] and
+//!   [`Backend::handle_disconnect`] cancel every URB in flight on the host and refuse every
+//!   later request in the same call, so nothing can slip in between;
+//! - **buffer ownership** (contract 7): a request's payload goes to the host with
+//!   `Submit`, comes back with [`Backend::handle_host_done`] and leaves with its `Respond`,
+//!   so the shell unmaps a grant only once the host has let go of it, and before the
+//!   response is pushed.
+
+use std::collections::VecDeque;
+
+use crate::wire::{Pipe, Port, Status};
+
+use super::aca::{self, Admission, BackendAca, CONTAINED};
+use super::{clamp_ports, EpKey, UrbResult, EPS_PER_PORT};
+
+/// How the controller was negotiated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendConfig {
+    /// `num-ports` (clamped to 31).
+    pub num_ports: u8,
+    /// Requests the ring holds (16 for a stock ring): the most that can be live at once.
+    pub ring_size: u16,
+    /// Error containment was negotiated ([`aca::FEATURE_ACA`] on both sides).
+    pub aca: bool,
+}
+
+/// What became of a submit request that was taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disposition {
+    /// Handed to the host with [`Action::Submit`]; answered when the host gives it back.
+    Submitted,
+    /// Never reaches the host: already answered with this status (no device on the port,
+    /// the controller is disconnected, or the endpoint is contained).
+    Refused(Status),
+}
+
+/// A request the backend will not take: the frontend broke the protocol. Nothing was
+/// queued for it; the shell should disconnect that guest (DESIGN.md contract 8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// The id is already live (submitted and not yet answered).
+    #[error("request id {0} is already in flight")]
+    DuplicateId(u16),
+    /// More requests live than the ring can hold.
+    #[error("more than {limit} requests in flight")]
+    TooManyInFlight { limit: u16 },
+}
+
+/// A submit request refused as a protocol error, with its payload handed back.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct Rejected<P> {
+    pub error: ProtocolError,
+    pub payload: P,
+}
+
+/// How the host finished a URB.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostStatus {
+    /// It ran to this status (usbfs: anything but -ECONNRESET/-ENOENT, mapped with
+    /// [`Status::from_errno`]).
+    Done(Status),
+    /// It was cancelled before it ran to an end: usbfs reaped it with -ECONNRESET or
+    /// -ENOENT, or refused it with -EREMOTEIO because an earlier URB of its
+    /// `BULK_CONTINUATION` chain failed.
+    Cancelled,
+}
+
+/// A URB the host gave back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostResult {
+    pub status: HostStatus,
+    pub actual_length: u32,
+    pub start_frame: u16,
+    pub error_count: u32,
+}
+
+impl HostResult {
+    /// A non-isochronous URB that ran to `status` after `actual_length` bytes.
+    pub const fn done(status: Status, actual_length: u32) -> Self {
+        HostResult {
+            status: HostStatus::Done(status),
+            actual_length,
+            start_frame: 0,
+            error_count: 0,
+        }
+    }
+
+    /// A URB cancelled before it transferred anything.
+    pub const fn cancelled() -> Self {
+        HostResult {
+            status: HostStatus::Cancelled,
+            actual_length: 0,
+            start_frame: 0,
+            error_count: 0,
+        }
+    }
+}
+
+/// The host gave back a URB the backend does not have on the host (a shell bug).
+#[derive(Debug, thiserror::Error)]
+#[error("host gave back urb {id}, which is not in flight")]
+pub struct UnknownUrb<P> {
+    pub id: u16,
+    pub payload: P,
+}
+
+/// What the shell must do, in order.
+#[derive(Debug)]
+#[must_use]
+pub enum Action<P> {
+    /// Start the URB on the host.
+    ///
+    /// `continuation`: a usbfs shell sets `USBDEVFS_URB_BULK_CONTINUATION`. It is set on
+    /// every bulk URB of a contained-capable endpoint except the one that reopens it, so
+    /// when one fails the kernel cancels the URBs queued behind it from the completion
+    /// handler, before the device runs them, and refuses further ones until the reopening
+    /// URB; the backend's own [`Action::Cancel`]s follow when the failure is reaped. If the
+    /// shell splits a request into several usbfs URBs, all but the first carry the flag.
+    Submit {
+        id: u16,
+        pipe: Pipe,
+        continuation: bool,
+        payload: P,
+    },
+    /// Cancel the URB on the host (usbfs `DISCARDURB`); it is still given back later.
+    Cancel { id: u16 },
+    /// Unmap `payload` (if any), then push this response on the ring.
+    Respond {
+        id: u16,
+        result: UrbResult,
+        payload: Option<P>,
+    },
+}
+
+/// Why a URB on the host was cancelled; decides its answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cancel {
+    /// The guest unlinked it.
+    Unlinked,
+    /// An earlier URB of its endpoint failed.
+    Contained,
+    /// Its device went away.
+    DeviceGone,
+    /// The controller disconnected.
+    Shutdown,
+}
+
+impl Cancel {
+    /// Device gone and disconnect override whatever the URB did.
+    fn is_final(self) -> bool {
+        matches!(self, Cancel::DeviceGone | Cancel::Shutdown)
+    }
+}
+
+/// A request on the host.
+#[derive(Clone, Copy, Debug)]
+struct Live {
+    id: u16,
+    port: u8,
+    ep: usize,
+    /// Arrival order, to tell followers from predecessors.
+    seq: u64,
+    /// Containment applies to its endpoint.
+    contain: bool,
+    cancel: Option<Cancel>,
+}
+
+/// Backend half of one vusb controller: requests in, host URBs and responses out.
+///
+/// Calling contract: for each request copied off the ring, in ring order, call
+/// [`handle_submit`](Self::handle_submit) or [`handle_unlink`](Self::handle_unlink); for
+/// each URB the host gives back call [`handle_host_done`](Self::handle_host_done); call
+/// [`handle_device_attached`](Self::handle_device_attached) /
+/// [`handle_device_gone`](Self::handle_device_gone) as ports gain and lose devices and
+/// [`handle_disconnect`](Self::handle_disconnect) when the controller goes away. After each
+/// call drain [`poll_action`](Self::poll_action) until `None` and perform the actions in
+/// order. No call blocks, reads a clock or allocates beyond the tables sized at
+/// construction (the action queue grows only if the shell stops draining it).
+#[derive(Debug)]
+pub struct Backend<P> {
+    cfg: BackendConfig,
+    /// Requests on the host, at most `ring_size`.
+    live: Vec<Option<Live>>,
+    /// Containment state per endpoint of each port.
+    eps: Vec<BackendAca>,
+    /// Which ports have a device.
+    present: Vec<bool>,
+    disconnected: bool,
+    seq: u64,
+    actions: VecDeque<Action<P>>,
+}
+
+impl<P> Backend<P> {
+    /// A controller with every port empty.
+    pub fn new(cfg: BackendConfig) -> Self {
+        let cfg = BackendConfig {
+            num_ports: clamp_ports(cfg.num_ports),
+            ring_size: cfg.ring_size.max(1),
+            ..cfg
+        };
+        let ports = usize::from(cfg.num_ports);
+        let slots = usize::from(cfg.ring_size);
+        Backend {
+            cfg,
+            live: vec![None; slots],
+            eps: vec![BackendAca::Open; ports * EPS_PER_PORT],
+            present: vec![false; ports],
+            disconnected: false,
+            seq: 0,
+            // Each request yields a handful of actions before the shell drains them.
+            actions: VecDeque::with_capacity(slots * 4),
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> BackendConfig {
+        self.cfg
+    }
+
+    /// The next thing to do, in order.
+    pub fn poll_action(&mut self) -> Option<Action<P>> {
+        self.actions.pop_front()
+    }
+
+    /// URBs on the host (submitted and not yet given back).
+    pub fn in_flight(&self) -> usize {
+        self.live.iter().flatten().count()
+    }
+
+    /// Whether [`Backend::handle_disconnect`] was called.
+    pub fn is_disconnected(&self) -> bool {
+        self.disconnected
+    }
+
+    /// Whether the endpoint a pipe addresses is contained.
+    pub fn is_contained(&self, pipe: Pipe) -> bool {
+        EpKey::of(pipe)
+            .index(self.cfg.num_ports)
+            .and_then(|i| self.eps.get(i))
+            .is_some_and(|ep| ep.is_contained())
+    }
+
+    /// A submit request. `aca_clear` is its [`aca::ACA_CLEAR`] bit (ignored unless
+    /// negotiated); `payload` is whatever the host needs to run it.
+    pub fn handle_submit(
+        &mut self,
+        id: u16,
+        pipe: Pipe,
+        aca_clear: bool,
+        payload: P,
+    ) -> Result<Disposition, Rejected<P>> {
+        if let Err(error) = self.check_id(id) {
+            return Err(Rejected { error, payload });
+        }
+        let pipe = pipe.without_unlink();
+        let key = EpKey::of(pipe);
+        let ep = match key.index(self.cfg.num_ports) {
+            Some(ep) if !self.disconnected && self.port_present(key.port) => ep,
+            _ => {
+                let status = if self.disconnected {
+                    Status::Shutdown
+                } else {
+                    Status::NoDev
+                };
+                self.respond(id, UrbResult::status(status), Some(payload));
+                return Ok(Disposition::Refused(status));
+            }
+        };
+        let Some(slot) = self.live.iter().position(Option::is_none) else {
+            let error = ProtocolError::TooManyInFlight {
+                limit: self.cfg.ring_size,
+            };
+            return Err(Rejected { error, payload });
+        };
+        let contain = self.cfg.aca && aca::applies_to(pipe.xfer_type());
+        let mut continuation = false;
+        if contain {
+            let admission = match self.eps.get_mut(ep) {
+                Some(state) => state.admit(aca_clear),
+                None => Admission::Pass,
+            };
+            match admission {
+                Admission::Contain => {
+                    self.respond(id, UrbResult::status(CONTAINED), Some(payload));
+                    return Ok(Disposition::Refused(CONTAINED));
+                }
+                Admission::Reopened => continuation = false,
+                Admission::Pass => continuation = pipe.is_bulk(),
+            }
+        }
+        self.seq += 1;
+        if let Some(entry) = self.live.get_mut(slot) {
+            *entry = Some(Live {
+                id,
+                port: key.port,
+                ep,
+                seq: self.seq,
+                contain,
+                cancel: None,
+            });
+        }
+        self.actions.push_back(Action::Submit {
+            id,
+            pipe,
+            continuation,
+            payload,
+        });
+        Ok(Disposition::Submitted)
+    }
+
+    /// An unlink request `id` for the request `victim`. The victim, if on the host, is
+    /// cancelled and answered when the host gives it back; the unlink itself is answered
+    /// at once (status 0, as both stock backends do, also when the victim is unknown).
+    pub fn handle_unlink(&mut self, id: u16, victim: u16) -> Result<(), ProtocolError> {
+        self.check_id(id)?;
+        if let Some(live) = self.live.iter_mut().flatten().find(|l| l.id == victim) {
+            if live.cancel.is_none() {
+                live.cancel = Some(Cancel::Unlinked);
+                self.actions.push_back(Action::Cancel { id: victim });
+            }
+        }
+        let status = if self.disconnected {
+            Status::Shutdown
+        } else {
+            Status::Ok
+        };
+        self.respond(id, UrbResult::status(status), None);
+        Ok(())
+    }
+
+    /// The host gave back URB `id` with `result` and its payload.
+    pub fn handle_host_done(
+        &mut self,
+        id: u16,
+        result: HostResult,
+        payload: P,
+    ) -> Result<(), UnknownUrb<P>> {
+        let Some(live) = self
+            .live
+            .iter_mut()
+            .find(|l| l.is_some_and(|l| l.id == id))
+            .and_then(Option::take)
+        else {
+            return Err(UnknownUrb { id, payload });
+        };
+        let status = match (live.cancel, result.status) {
+            (Some(Cancel::DeviceGone), _) => Status::NoDev,
+            (Some(Cancel::Shutdown), _) => Status::Shutdown,
+            // It ran before the cancel took effect: say what happened.
+            (_, HostStatus::Done(status)) => status,
+            (Some(Cancel::Contained), HostStatus::Cancelled) => CONTAINED,
+            // usbif's code for a cancelled request (QEMU answers -EPROTO too).
+            (Some(Cancel::Unlinked), HostStatus::Cancelled) => Status::IoError,
+            // The host cancelled it by itself: a continuation chain broken by an earlier
+            // failure, reaped before this one.
+            (None, HostStatus::Cancelled) if live.contain => CONTAINED,
+            (None, HostStatus::Cancelled) => Status::IoError,
+        };
+        let failed = matches!(result.status, HostStatus::Done(s) if !s.is_ok());
+        if failed && live.contain && !live.cancel.is_some_and(Cancel::is_final) {
+            self.contain(live);
+        }
+        let result = UrbResult {
+            status,
+            actual_length: result.actual_length,
+            start_frame: result.start_frame,
+            error_count: result.error_count,
+        };
+        self.respond(id, result, Some(payload));
+        Ok(())
+    }
+
+    /// A device is on `port` (new or back): its endpoints start open.
+    pub fn handle_device_attached(&mut self, port: Port) {
+        if let Some(p) = self.present.get_mut(usize::from(port.get() - 1)) {
+            *p = true;
+        }
+        let start = usize::from(port.get() - 1) * EPS_PER_PORT;
+        for ep in self.eps.iter_mut().skip(start).take(EPS_PER_PORT) {
+            ep.reset();
+        }
+    }
+
+    /// The device on `port` went away: every URB of it on the host is cancelled and will
+    /// be answered -ENODEV, and every later request for the port is answered -ENODEV at
+    /// once, until [`Backend::handle_device_attached`].
+    pub fn handle_device_gone(&mut self, port: Port) {
+        if let Some(p) = self.present.get_mut(usize::from(port.get() - 1)) {
+            *p = false;
+        }
+        self.cancel_all(Cancel::DeviceGone, |l| l.port == port.get());
+    }
+
+    /// The controller goes away: every URB on the host is cancelled and will be answered
+    /// -ESHUTDOWN, and every later request is answered -ESHUTDOWN at once.
+    pub fn handle_disconnect(&mut self) {
+        self.disconnected = true;
+        self.cancel_all(Cancel::Shutdown, |_| true);
+    }
+
+    fn check_id(&self, id: u16) -> Result<(), ProtocolError> {
+        if self.live.iter().flatten().any(|l| l.id == id) {
+            return Err(ProtocolError::DuplicateId(id));
+        }
+        Ok(())
+    }
+
+    fn port_present(&self, port: u8) -> bool {
+        port.checked_sub(1)
+            .and_then(|p| self.present.get(usize::from(p)))
+            .copied()
+            .unwrap_or(false)
+    }
+
+    /// `failed` failed on the host: contain its endpoint and cancel the URBs behind it.
+    fn contain(&mut self, failed: Live) {
+        if let Some(state) = self.eps.get_mut(failed.ep) {
+            state.fail();
+        }
+        for live in self.live.iter_mut().flatten() {
+            if live.ep == failed.ep && live.seq > failed.seq && live.cancel.is_none() {
+                live.cancel = Some(Cancel::Contained);
+                self.actions.push_back(Action::Cancel { id: live.id });
+            }
+        }
+    }
+
+    fn cancel_all(&mut self, why: Cancel, which: impl Fn(&Live) -> bool) {
+        for live in self.live.iter_mut().flatten().filter(|l| which(l)) {
+            match live.cancel {
+                Some(c) if c.is_final() => {}
+                // Already being cancelled: only the answer changes.
+                Some(_) => live.cancel = Some(why),
+                None => {
+                    live.cancel = Some(why);
+                    self.actions.push_back(Action::Cancel { id: live.id });
+                }
+            }
+        }
+    }
+
+    fn respond(&mut self, id: u16, result: UrbResult, payload: Option<P>) {
+        self.actions.push_back(Action::Respond {
+            id,
+            result,
+            payload,
+        });
+    }
+}
