@@ -255,8 +255,8 @@ mod tests {
         ep.sent(false); // X2
         ep.completed(true, Seen::Failed);
         let between = ep.epoch(); // submitted after X1's failure, before X2's
-        ep.completed(true, Seen::Failed); // X2 failed on its own
-        // `between` did not see X2's failure: it must not clear the containment.
+                                  // X2 fails on its own: `between` did not see that, so it must not clear containment.
+        ep.completed(true, Seen::Failed);
         assert_eq!(ep.release(between), Release::Send);
         assert_eq!(ep.release(ep.epoch()), Release::SendMarked);
     }

@@ -426,11 +426,7 @@ impl<P> Frontend<P> {
             // The ring is gone and every transfer was already answered.
             return Ok(());
         }
-        let Some(entry) = self
-            .ring
-            .get_mut(usize::from(id))
-            .and_then(Option::take)
-        else {
+        let Some(entry) = self.ring.get_mut(usize::from(id)).and_then(Option::take) else {
             return Err(UnknownId(id));
         };
         self.free_ids.push(id);
@@ -708,7 +704,13 @@ impl<P> Frontend<P> {
             },
         };
         let more = t.split.has_next();
-        self.push(request, Carries::Piece { transfer: slot, piece });
+        self.push(
+            request,
+            Carries::Piece {
+                transfer: slot,
+                piece,
+            },
+        );
         if more {
             Step::Sent
         } else {

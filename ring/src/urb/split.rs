@@ -232,9 +232,7 @@ impl Split {
 
     /// Whether another piece is to be issued.
     pub fn has_next(&self) -> bool {
-        self.end.is_none()
-            && self.aborted.is_none()
-            && (self.next < self.total || !self.issued_any)
+        self.end.is_none() && self.aborted.is_none() && (self.next < self.total || !self.issued_any)
     }
 
     /// The next piece, in order; `None` once all are issued or the transfer ended.
@@ -246,9 +244,7 @@ impl Split {
         let page_offset = self.page_offset_at(offset);
         let remaining = self.total - offset;
         let by_segs = (u64::from(self.room_segs) * PAGE).saturating_sub(u64::from(page_offset));
-        let room = u32::try_from(by_segs)
-            .unwrap_or(u32::MAX)
-            .min(self.max_len);
+        let room = u32::try_from(by_segs).unwrap_or(u32::MAX).min(self.max_len);
         let (len, last) = if remaining <= room {
             (remaining, true)
         } else {
