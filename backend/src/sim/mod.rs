@@ -1,1 +1,17 @@
-//! Simulated host devices.
+//! Simulated host devices: device models behind the `HostDevice` trait, and the simulated
+//! USB bus (`plug`/`unplug`, a sysfs-like tree resolved by the same code as a real host).
+
+pub mod bus;
+pub mod core;
+pub mod device;
+pub mod model;
+pub mod spec;
+
+pub use bus::{plug, set_faults, unplug, BusError};
+pub use device::{SimDevice, SimOpenError};
+pub use spec::{DeviceSpec, FailNth, Faults, ModelSpec, ShortRead};
+
+#[cfg(test)]
+mod storage_tests;
+#[cfg(test)]
+mod tests;

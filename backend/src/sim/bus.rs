@@ -1,0 +1,288 @@
+//! The simulated USB bus on disk: `plug`/`unplug` build and remove the sysfs-like tree under
+//! `<simdir>/usb/`, device nodes, and per-device persistent state.
+//!
+//! ```text
+//! <simdir>/usb/sys/bus/usb/devices/<busid>/  busnum devnum speed idVendor idProduct
+//!        bDeviceClass manufacturer product serial descriptors ... sim-spec.toml
+//!        [sim-faults.toml]  (run-time faults, replaced atomically by `set_faults`)
+//! <simdir>/usb/dev/bus/usb/BBB/DDD            device node (a file naming the busid;
+//!                                              opening it = flock, like claiming usbfs)
+//! <simdir>/usb/state/<serial>/                persistent state (disk.img), kept on unplug
+//! <simdir>/usb/tmp/                           staging for atomic plug/unplug renames
+//! ```
+//! A device appears by renaming a finished directory into `devices/` and disappears by
+//! renaming it out, so readers and inotify watchers never see half a device.
+
+use std::path::{Path, PathBuf};
+
+use rustix::fs::RenameFlags;
+
+use super::model::identity;
+use super::spec::{DeviceSpec, Faults};
+use crate::host::{check_busid, UsbRoots};
+
+/// The spec file in a device's sysfs directory.
+pub const SPEC_FILE: &str = "sim-spec.toml";
+/// The run-time fault file in a device's sysfs directory.
+pub const FAULTS_FILE: &str = "sim-faults.toml";
+/// The simulated bus number.
+pub const SIM_BUS: u16 = 1;
+
+/// Why plug/unplug/set_faults failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("bus id {0:?} is invalid or not on simulated bus 1")]
+    BadBusid(String),
+    #[error("bus id {0} is already in use")]
+    BusidTaken(String),
+    #[error("no free port or device number on the simulated bus")]
+    Full,
+    #[error("no simulated device {0}")]
+    NotPlugged(String),
+    #[error("{path}: {source}")]
+    Spec {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+}
+
+fn io<T>(what: &'static str, path: &Path, r: std::io::Result<T>) -> Result<T, BusError> {
+    r.map_err(|source| BusError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// `<simdir>/usb`.
+pub fn usb_dir(simdir: &Path) -> PathBuf {
+    simdir.join("usb")
+}
+
+/// Persistent state directory of the device with `serial`.
+pub fn state_dir(simdir: &Path, serial: &str) -> PathBuf {
+    usb_dir(simdir).join("state").join(serial)
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{prefix}.{}.{nanos}", std::process::id())
+}
+
+/// Reads a device's spec (and its run-time faults, if set) from its sysfs directory.
+pub fn read_spec(sysdir: &Path) -> Result<DeviceSpec, BusError> {
+    let path = sysdir.join(SPEC_FILE);
+    let text = io("reading", &path, std::fs::read_to_string(&path))?;
+    let mut spec =
+        DeviceSpec::from_toml(&text).map_err(|source| BusError::Spec { path, source })?;
+    if let Some(f) = read_faults(sysdir)? {
+        spec.faults = f;
+    }
+    Ok(spec)
+}
+
+/// The run-time faults file, if present.
+pub fn read_faults(sysdir: &Path) -> Result<Option<Faults>, BusError> {
+    let path = sysdir.join(FAULTS_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => toml::from_str(&text)
+            .map(Some)
+            .map_err(|source| BusError::Spec { path, source }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(BusError::Io {
+            what: "reading",
+            path,
+            source,
+        }),
+    }
+}
+
+/// Plugs a simulated device; returns its bus id ("1-N").
+pub fn plug(simdir: &Path, spec: &DeviceSpec) -> Result<String, BusError> {
+    let roots = UsbRoots::sim(simdir);
+    let devices = roots.devices_dir();
+    let nodes = roots.devfs.join(format!("bus/usb/{SIM_BUS:03}"));
+    let tmp = usb_dir(simdir).join("tmp");
+    for d in [&devices, &nodes, &tmp] {
+        io("creating", d, std::fs::create_dir_all(d))?;
+    }
+    if let Some(b) = &spec.busid {
+        if check_busid(b).is_err() || !b.starts_with("1-") {
+            return Err(BusError::BadBusid(b.clone()));
+        }
+    }
+    // Device number: the first free node, created exclusively (concurrent plugs race here).
+    let (devnum, node) = (2u16..=127)
+        .find_map(|d| {
+            let node = roots.node_path(SIM_BUS, d);
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&node)
+                .ok()
+                .map(|_| (d, node))
+        })
+        .ok_or(BusError::Full)?;
+    let result = place(simdir, spec, &roots, devnum, &node, &tmp);
+    if result.is_err() {
+        let _ = std::fs::remove_file(&node);
+    }
+    result
+}
+
+fn place(
+    simdir: &Path,
+    spec: &DeviceSpec,
+    roots: &UsbRoots,
+    devnum: u16,
+    node: &Path,
+    tmp: &Path,
+) -> Result<String, BusError> {
+    let candidates: Vec<String> = match &spec.busid {
+        Some(b) => vec![b.clone()],
+        None => (1..=127).map(|p| format!("{SIM_BUS}-{p}")).collect(),
+    };
+    for busid in candidates {
+        let target = roots.devices_dir().join(&busid);
+        if target.exists() {
+            continue;
+        }
+        let mut spec = spec.clone();
+        spec.busid = Some(busid.clone());
+        let serial = spec
+            .serial
+            .get_or_insert_with(|| format!("SIM{}", busid.replace(['-', '.'], "")))
+            .clone();
+        let staging = tmp.join(unique(&busid));
+        write_tree(&staging, &spec, &serial, devnum)?;
+        let state = state_dir(simdir, &serial);
+        io("creating", &state, std::fs::create_dir_all(&state))?;
+        io("writing", node, std::fs::write(node, format!("{busid}\n")))?;
+        match rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            &staging,
+            rustix::fs::CWD,
+            &target,
+            RenameFlags::NOREPLACE,
+        ) {
+            Ok(()) => {
+                tracing::info!(busid, devnum, "simulated device plugged");
+                return Ok(busid);
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&staging);
+                if e != rustix::io::Errno::EXIST && e != rustix::io::Errno::NOTEMPTY {
+                    return io("renaming into", &target, Err(e.into()));
+                }
+            }
+        }
+    }
+    match &spec.busid {
+        Some(b) => Err(BusError::BusidTaken(b.clone())),
+        None => Err(BusError::Full),
+    }
+}
+
+fn write_tree(dir: &Path, spec: &DeviceSpec, serial: &str, devnum: u16) -> Result<(), BusError> {
+    io("creating", dir, std::fs::create_dir_all(dir))?;
+    let id = identity(spec, serial);
+    let d = &id.descriptors.device;
+    let cfg = id.descriptors.configs.first();
+    let busid = spec.busid.as_deref().unwrap_or_default();
+    let attrs: Vec<(&str, String)> = vec![
+        ("busnum", SIM_BUS.to_string()),
+        ("devnum", devnum.to_string()),
+        (
+            "devpath",
+            busid.split_once('-').map_or("", |p| p.1).to_string(),
+        ),
+        ("speed", id.speed.to_sysfs().to_string()),
+        (
+            "version",
+            format!("{:2x}.{:02x}", d.bcd_usb >> 8, d.bcd_usb & 0xff),
+        ),
+        ("bDeviceClass", format!("{:02x}", d.class)),
+        ("bDeviceSubClass", format!("{:02x}", d.subclass)),
+        ("bDeviceProtocol", format!("{:02x}", d.protocol)),
+        ("bMaxPacketSize0", d.max_packet_size0.to_string()),
+        ("idVendor", format!("{:04x}", d.id_vendor)),
+        ("idProduct", format!("{:04x}", d.id_product)),
+        ("bcdDevice", format!("{:04x}", d.bcd_device)),
+        ("bNumConfigurations", d.num_configurations.to_string()),
+        (
+            "bConfigurationValue",
+            cfg.map_or(String::new(), |c| c.value.to_string()),
+        ),
+        (
+            "bNumInterfaces",
+            cfg.map_or(String::new(), |c| format!("{:2}", c.num_interfaces)),
+        ),
+        (
+            "manufacturer",
+            id.strings.first().cloned().unwrap_or_default(),
+        ),
+        ("product", id.strings.get(1).cloned().unwrap_or_default()),
+        ("serial", serial.to_string()),
+    ];
+    for (name, value) in attrs {
+        let p = dir.join(name);
+        io("writing", &p, std::fs::write(&p, format!("{value}\n")))?;
+    }
+    let p = dir.join("descriptors");
+    io("writing", &p, std::fs::write(&p, id.descriptors.to_bytes()))?;
+    let p = dir.join(SPEC_FILE);
+    io("writing", &p, std::fs::write(&p, spec.to_toml()))
+}
+
+/// Unplugs a simulated device. A backend that has it open sees it go within ~20 ms: its
+/// in-flight URBs complete with -ESHUTDOWN and later submits fail. Persistent state is kept.
+pub fn unplug(simdir: &Path, busid: &str) -> Result<(), BusError> {
+    check_busid(busid).map_err(|_| BusError::BadBusid(busid.to_string()))?;
+    let roots = UsbRoots::sim(simdir);
+    let src = roots.devices_dir().join(busid);
+    let tmp = usb_dir(simdir).join("tmp");
+    io("creating", &tmp, std::fs::create_dir_all(&tmp))?;
+    let gone = tmp.join(unique(&format!("gone-{busid}")));
+    match std::fs::rename(&src, &gone) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(BusError::NotPlugged(busid.to_string()))
+        }
+        Err(e) => return io("renaming", &src, Err(e)),
+    }
+    if let Some(devnum) = std::fs::read_to_string(gone.join("devnum"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u16>().ok())
+    {
+        let _ = std::fs::remove_file(roots.node_path(SIM_BUS, devnum));
+    }
+    let _ = std::fs::remove_dir_all(&gone);
+    tracing::info!(busid, "simulated device unplugged");
+    Ok(())
+}
+
+/// Replaces a plugged device's faults at run time (atomically; the owning backend applies
+/// them within ~20 ms, restarting the fault counters and halting `stall` endpoints).
+pub fn set_faults(simdir: &Path, busid: &str, faults: &Faults) -> Result<(), BusError> {
+    check_busid(busid).map_err(|_| BusError::BadBusid(busid.to_string()))?;
+    let dir = UsbRoots::sim(simdir).devices_dir().join(busid);
+    if !dir.is_dir() {
+        return Err(BusError::NotPlugged(busid.to_string()));
+    }
+    let tmp = dir.join(unique(".faults"));
+    let text = toml::to_string(faults).unwrap_or_default();
+    io("writing", &tmp, std::fs::write(&tmp, text))?;
+    io(
+        "renaming",
+        &tmp,
+        std::fs::rename(&tmp, dir.join(FAULTS_FILE)),
+    )
+}

@@ -1,0 +1,597 @@
+//! usbfs semantics over a device model, without threads or files: per-endpoint queues,
+//! validation, halts, BULK_CONTINUATION cancellation, standard requests, faults, disconnect.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use super::model::{Identity, Io, Model, Poll, Setup};
+use super::spec::Faults;
+use crate::host::desc::dt;
+use crate::host::{
+    errno, Completion, CtrlError, DiscardError, HostUrb, Refused, SubmitError, UrbFlags, XferKind,
+};
+
+/// Max iso packets per URB (usbfs's limit).
+const MAX_ISO_PACKETS: usize = 128;
+
+#[derive(Debug)]
+struct Queued {
+    urb: HostUrb,
+    ready_at: Instant,
+    /// Iso: first frame.
+    frame: u64,
+}
+
+#[derive(Debug, Default)]
+struct EpState {
+    queue: VecDeque<Queued>,
+    halted: bool,
+    /// usbfs `disabled_bulk_eps`: continuation URBs refused with -EREMOTEIO.
+    cont_refused: bool,
+    next_frame: u64,
+}
+
+/// One simulated device's URB state. Every method is non-blocking; the owner calls
+/// [`Core::process`] after `submit` and whenever [`Core::next_deadline`] passes.
+#[derive(Debug)]
+pub struct Core {
+    model: Box<dyn Model>,
+    ident: Identity,
+    config: u8,
+    alts: BTreeMap<u8, u8>,
+    eps: BTreeMap<u8, EpState>,
+    done: VecDeque<Completion>,
+    tags: HashSet<u64>,
+    gone: bool,
+    origin: Instant,
+    faults: Faults,
+    processed: u64,
+    matched_fail: u64,
+    shorted: u64,
+    /// Set when an `unplug_after` fault fired: the owner removes the device from the tree.
+    pub unplug_requested: bool,
+}
+
+fn complete(urb: HostUrb, status: i32, actual: usize) -> Completion {
+    Completion {
+        tag: urb.tag,
+        status,
+        actual_length: u32::try_from(actual).unwrap_or(u32::MAX),
+        iso_packets: Vec::new(),
+        error_count: 0,
+        start_frame: 0,
+        buf: urb.buf,
+    }
+}
+
+impl Core {
+    /// A configured device (configuration 1 active, every interface at alt 0), as the host
+    /// kernel leaves a device it enumerated.
+    pub fn new(model: Box<dyn Model>, ident: Identity, faults: Faults, now: Instant) -> Self {
+        let config = ident.descriptors.configs.first().map_or(0, |c| c.value);
+        let mut core = Core {
+            model,
+            ident,
+            config,
+            alts: BTreeMap::new(),
+            eps: BTreeMap::new(),
+            done: VecDeque::new(),
+            tags: HashSet::new(),
+            gone: false,
+            origin: now,
+            faults: Faults::default(),
+            processed: 0,
+            matched_fail: 0,
+            shorted: 0,
+            unplug_requested: false,
+        };
+        core.apply_faults(faults);
+        core
+    }
+
+    /// The model's identity (descriptors, strings, speed).
+    pub fn identity(&self) -> &Identity {
+        &self.ident
+    }
+
+    /// Replaces the fault settings; counters restart and `stall` endpoints halt now.
+    pub fn apply_faults(&mut self, faults: Faults) {
+        for &ep in &faults.stall {
+            if ep & 0x7f != 0 {
+                self.eps.entry(ep).or_default().halted = true;
+            }
+        }
+        self.faults = faults;
+        self.processed = 0;
+        self.matched_fail = 0;
+        self.shorted = 0;
+    }
+
+    /// True once disconnected.
+    pub fn is_gone(&self) -> bool {
+        self.gone
+    }
+
+    /// Accepted and not yet reaped.
+    pub fn in_flight(&self) -> usize {
+        self.tags.len()
+    }
+
+    /// Active configuration value.
+    pub fn active_config(&self) -> u8 {
+        self.config
+    }
+
+    fn alt_of(&self, iface: u8) -> u8 {
+        self.alts.get(&iface).copied().unwrap_or(0)
+    }
+
+    fn validate(&self, urb: &HostUrb) -> Result<(), SubmitError> {
+        if self.gone {
+            return Err(SubmitError::Gone);
+        }
+        if self.tags.contains(&urb.tag) {
+            return Err(SubmitError::DuplicateTag(urb.tag));
+        }
+        if urb.kind == XferKind::Control {
+            if urb.endpoint & 0x7f != 0 {
+                return Err(SubmitError::NoEndpoint(urb.endpoint));
+            }
+            let mut setup = [0u8; 8];
+            if !urb.buf.read_at(0, &mut setup) {
+                return Err(SubmitError::Invalid(
+                    "control URB shorter than its setup packet",
+                ));
+            }
+            if usize::from(Setup::parse(setup).length) + 8 > urb.buf.len() {
+                return Err(SubmitError::Invalid("wLength exceeds the buffer"));
+            }
+            return Ok(());
+        }
+        let cfg = self
+            .ident
+            .descriptors
+            .config(self.config)
+            .ok_or(SubmitError::NoEndpoint(urb.endpoint))?;
+        let (_, ep) = cfg
+            .find_endpoint(|i| self.alt_of(i), urb.endpoint)
+            .ok_or(SubmitError::NoEndpoint(urb.endpoint))?;
+        // usbfs lets bulk and interrupt URBs use either kind of endpoint.
+        let compatible = matches!(
+            (urb.kind, ep.kind()),
+            (XferKind::Iso, XferKind::Iso)
+                | (
+                    XferKind::Bulk | XferKind::Interrupt,
+                    XferKind::Bulk | XferKind::Interrupt
+                )
+        );
+        if !compatible {
+            return Err(SubmitError::Invalid(
+                "transfer type does not match the endpoint",
+            ));
+        }
+        if urb.kind == XferKind::Iso {
+            let total: u64 = urb.iso_packets.iter().map(|&l| u64::from(l)).sum();
+            if urb.iso_packets.is_empty()
+                || urb.iso_packets.len() > MAX_ISO_PACKETS
+                || total > urb.buf.len() as u64
+            {
+                return Err(SubmitError::Invalid("bad iso packet list"));
+            }
+        }
+        if urb.kind == XferKind::Bulk
+            && urb.flags.contains(UrbFlags::BULK_CONTINUATION)
+            && self.eps.get(&urb.endpoint).is_some_and(|e| e.cont_refused)
+        {
+            return Err(SubmitError::ContinuationRefused);
+        }
+        Ok(())
+    }
+
+    /// Accepts or refuses an URB (like SUBMITURB). Accepted URBs run in `process`.
+    pub fn submit(&mut self, urb: HostUrb, now: Instant) -> Result<(), Refused> {
+        if let Err(error) = self.validate(&urb) {
+            return Err(Refused { error, urb });
+        }
+        let key = if urb.kind == XferKind::Control {
+            0
+        } else {
+            urb.endpoint
+        };
+        let latency = Duration::from_micros(self.faults.latency_us);
+        let frame_now = self.frame_at(now);
+        let ep = self.eps.entry(key).or_default();
+        if urb.kind == XferKind::Bulk && !urb.flags.contains(UrbFlags::BULK_CONTINUATION) {
+            ep.cont_refused = false;
+        }
+        let (ready_at, frame) = if urb.kind == XferKind::Iso {
+            let asked = u64::try_from(urb.start_frame).unwrap_or(0);
+            let start = if urb.flags.contains(UrbFlags::ISO_ASAP) || asked <= frame_now {
+                ep.next_frame.max(frame_now + 1)
+            } else {
+                asked
+            };
+            let end = start + urb.iso_packets.len() as u64;
+            ep.next_frame = end;
+            (self.origin + Duration::from_millis(end) + latency, start)
+        } else {
+            (now + latency, 0)
+        };
+        self.tags.insert(urb.tag);
+        ep.queue.push_back(Queued {
+            urb,
+            ready_at,
+            frame,
+        });
+        Ok(())
+    }
+
+    fn frame_at(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.origin).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Runs every endpoint's queue as far as it goes; true if anything completed.
+    pub fn process(&mut self, now: Instant) -> bool {
+        let mut any = false;
+        loop {
+            let mut progress = false;
+            let keys: Vec<u8> = self.eps.keys().copied().collect();
+            for key in keys {
+                while !self.gone && self.run_head(key, now) {
+                    progress = true;
+                }
+            }
+            any |= progress;
+            if !progress || self.gone {
+                return any;
+            }
+        }
+    }
+
+    /// Earliest time something queued may progress on its own.
+    pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
+        let heads = self
+            .eps
+            .values()
+            .filter_map(|e| e.queue.front().map(|q| q.ready_at))
+            .filter(|&t| t > now);
+        heads.chain(self.model.next_wakeup()).min()
+    }
+
+    /// Pops one completion.
+    pub fn reap(&mut self) -> Option<Completion> {
+        let c = self.done.pop_front()?;
+        self.tags.remove(&c.tag);
+        Some(c)
+    }
+
+    /// True if `reap` has something.
+    pub fn has_done(&self) -> bool {
+        !self.done.is_empty()
+    }
+
+    fn run_head(&mut self, key: u8, now: Instant) -> bool {
+        let Some(ep) = self.eps.get_mut(&key) else {
+            return false;
+        };
+        if ep.queue.front().is_none_or(|q| q.ready_at > now) {
+            return false;
+        }
+        let halted = ep.halted;
+        let Some(mut q) = ep.queue.pop_front() else {
+            return false;
+        };
+        let kind = q.urb.kind;
+        let is_in = q.urb.is_in();
+        let addr = q.urb.endpoint;
+        let mut fail = None;
+        // Counters only advance for attempts that complete (a NAKed attempt is retried).
+        let (fail_before, short_before) = (self.matched_fail, self.shorted);
+        if let Some(f) = self.faults.fail_nth {
+            if f.endpoint.is_none_or(|e| e == addr) {
+                self.matched_fail += 1;
+                if self.matched_fail == f.n {
+                    fail = Some(-f.errno.abs());
+                }
+            }
+        }
+        let (status, actual, iso) = match (fail, kind) {
+            (Some(status), _) => (status, 0, None),
+            (None, XferKind::Iso) => {
+                let mut io = Io::new(&mut q.urb.buf, 0, usize::MAX);
+                let r = self.model.iso(addr, q.frame, &q.urb.iso_packets, &mut io);
+                (0, r.iter().map(|p| p.actual_length as usize).sum(), Some(r))
+            }
+            (None, XferKind::Control) => {
+                let mut raw = [0u8; 8];
+                q.urb.buf.read_at(0, &mut raw);
+                let setup = Setup::parse(raw);
+                let mut io = Io::new(&mut q.urb.buf, 8, usize::from(setup.length));
+                match self.control(setup, &mut io) {
+                    Poll::Pending => {
+                        (self.matched_fail, self.shorted) = (fail_before, short_before);
+                        self.requeue(key, q);
+                        return false;
+                    }
+                    Poll::Ok => (0, io.actual(), None),
+                    Poll::Stall => (-errno::EPIPE, io.actual(), None),
+                    Poll::Error(e) => (-e.abs(), io.actual(), None),
+                }
+            }
+            (None, _) if halted => (-errno::EPIPE, 0, None),
+            (None, _) => {
+                let mut len = usize::MAX;
+                if let Some(s) = self.faults.short_read {
+                    let applies = is_in
+                        && s.endpoint.is_none_or(|e| e == addr)
+                        && s.count.is_none_or(|c| self.shorted < c);
+                    if applies {
+                        self.shorted += 1;
+                        len = s.max_bytes as usize;
+                    }
+                }
+                let mut io = Io::new(&mut q.urb.buf, 0, len);
+                match self.model.transfer(addr, &mut io, now) {
+                    Poll::Pending => {
+                        (self.matched_fail, self.shorted) = (fail_before, short_before);
+                        self.requeue(key, q);
+                        return false;
+                    }
+                    Poll::Ok => (0, io.actual(), None),
+                    Poll::Stall => {
+                        if let Some(ep) = self.eps.get_mut(&key) {
+                            ep.halted = true;
+                        }
+                        (-errno::EPIPE, io.actual(), None)
+                    }
+                    Poll::Error(e) => (-e.abs(), io.actual(), None),
+                }
+            }
+        };
+        let requested = match kind {
+            XferKind::Control => q.urb.buf.len().saturating_sub(8),
+            _ => q.urb.buf.len(),
+        };
+        let mut status = status;
+        if status == 0
+            && is_in
+            && kind != XferKind::Iso
+            && q.urb.flags.contains(UrbFlags::SHORT_NOT_OK)
+            && actual < requested
+        {
+            status = -errno::EREMOTEIO;
+        }
+        let mut c = complete(q.urb, status, actual);
+        if let Some(packets) = iso {
+            c.error_count = packets.iter().filter(|p| p.status != 0).count() as u32;
+            c.iso_packets = packets;
+            c.start_frame = (q.frame & 0x7fff_ffff) as i32;
+        }
+        self.done.push_back(c);
+        if kind == XferKind::Bulk && status < 0 {
+            self.cancel_continuations(key);
+        }
+        self.processed += 1;
+        if self
+            .faults
+            .unplug_after
+            .is_some_and(|n| self.processed >= n)
+        {
+            self.unplug_requested = true;
+            self.disconnect();
+        }
+        true
+    }
+
+    fn requeue(&mut self, key: u8, q: Queued) {
+        if let Some(ep) = self.eps.get_mut(&key) {
+            ep.queue.push_front(q);
+        }
+    }
+
+    /// devio.c `cancel_bulk_urbs`: unlink the continuation URBs queued behind a failed one,
+    /// up to the first non-continuation URB; with none, refuse further continuations.
+    fn cancel_continuations(&mut self, key: u8) {
+        let Some(ep) = self.eps.get_mut(&key) else {
+            return;
+        };
+        let mut new_transfer = false;
+        while let Some(q) = ep.queue.front() {
+            if !q.urb.flags.contains(UrbFlags::BULK_CONTINUATION) {
+                new_transfer = true;
+                break;
+            }
+            if let Some(q) = ep.queue.pop_front() {
+                self.done.push_back(complete(q.urb, -errno::ECONNRESET, 0));
+            }
+        }
+        if !new_transfer {
+            ep.cont_refused = true;
+        }
+    }
+
+    fn control(&mut self, setup: Setup, io: &mut Io<'_>) -> Poll {
+        const GET_STATUS: u8 = 0;
+        const CLEAR_FEATURE: u8 = 1;
+        const SET_FEATURE: u8 = 3;
+        const SET_ADDRESS: u8 = 5;
+        const GET_DESCRIPTOR: u8 = 6;
+        const GET_CONFIGURATION: u8 = 8;
+        const SET_CONFIGURATION: u8 = 9;
+        const GET_INTERFACE: u8 = 10;
+        const SET_INTERFACE: u8 = 11;
+        if setup.request_type & 0x60 != 0 {
+            return self.model.control(setup, io);
+        }
+        let [value_lo, value_hi] = setup.value.to_le_bytes();
+        let recipient = setup.request_type & 0x1f;
+        match (setup.request_type & 0x80 != 0, setup.request) {
+            (true, GET_DESCRIPTOR) if recipient == 0 => {
+                let d = &self.ident.descriptors;
+                let bytes = match value_hi {
+                    dt::DEVICE => Some(d.device_raw.to_vec()),
+                    dt::CONFIG => d.configs.get(usize::from(value_lo)).map(|c| c.raw.clone()),
+                    dt::STRING => self.ident.string_descriptor(value_lo),
+                    _ => None,
+                };
+                match bytes {
+                    Some(b) => {
+                        io.push(&b);
+                        Poll::Ok
+                    }
+                    None => Poll::Stall,
+                }
+            }
+            (true, GET_STATUS) => {
+                let halted =
+                    recipient == 2 && self.eps.get(&(setup.index as u8)).is_some_and(|e| e.halted);
+                io.push(&[u8::from(halted), 0]);
+                Poll::Ok
+            }
+            (true, GET_CONFIGURATION) => {
+                io.push(&[self.config]);
+                Poll::Ok
+            }
+            (true, GET_INTERFACE) => {
+                io.push(&[self.alt_of(setup.index as u8)]);
+                Poll::Ok
+            }
+            (false, SET_ADDRESS | SET_FEATURE) => Poll::Ok,
+            (false, SET_CONFIGURATION) => match self.set_configuration(value_lo) {
+                Ok(()) => Poll::Ok,
+                Err(_) => Poll::Stall,
+            },
+            (false, SET_INTERFACE) => match self.set_interface(setup.index as u8, value_lo) {
+                Ok(()) => Poll::Ok,
+                Err(_) => Poll::Stall,
+            },
+            (false, CLEAR_FEATURE) if recipient == 2 && setup.value == 0 => {
+                match self.clear_halt(setup.index as u8) {
+                    Ok(()) => Poll::Ok,
+                    Err(_) => Poll::Stall,
+                }
+            }
+            (false, CLEAR_FEATURE) => Poll::Ok,
+            _ => self.model.control(setup, io),
+        }
+    }
+
+    /// Completes every queued URB on non-control endpoints matching `filter` with `status`.
+    fn flush(&mut self, status: i32, filter: impl Fn(u8) -> bool) {
+        for (&key, ep) in self.eps.iter_mut() {
+            if key != 0 && filter(key) {
+                while let Some(q) = ep.queue.pop_front() {
+                    self.done.push_back(complete(q.urb, status, 0));
+                }
+                ep.halted = false;
+                ep.cont_refused = false;
+            }
+        }
+    }
+
+    /// SET_CONFIGURATION: in-flight URBs on data endpoints end with -ESHUTDOWN.
+    pub fn set_configuration(&mut self, value: u8) -> Result<(), CtrlError> {
+        if self.gone {
+            return Err(CtrlError::Gone);
+        }
+        if value != 0 && self.ident.descriptors.config(value).is_none() {
+            return Err(CtrlError::Invalid);
+        }
+        self.flush(-errno::ESHUTDOWN, |_| true);
+        self.config = value;
+        self.alts.clear();
+        self.model.reset();
+        Ok(())
+    }
+
+    /// SET_INTERFACE: the interface's in-flight URBs end with -ESHUTDOWN.
+    pub fn set_interface(&mut self, iface: u8, alt: u8) -> Result<(), CtrlError> {
+        if self.gone {
+            return Err(CtrlError::Gone);
+        }
+        let cfg = self
+            .ident
+            .descriptors
+            .config(self.config)
+            .ok_or(CtrlError::Invalid)?;
+        if cfg.alt(iface, alt).is_none() {
+            return Err(CtrlError::Invalid);
+        }
+        let eps: Vec<u8> = cfg
+            .alts
+            .iter()
+            .filter(|a| a.number == iface)
+            .flat_map(|a| a.endpoints.iter().map(|e| e.address))
+            .collect();
+        self.flush(-errno::ESHUTDOWN, |k| eps.contains(&k));
+        self.alts.insert(iface, alt);
+        self.model.set_interface(iface, alt);
+        Ok(())
+    }
+
+    /// CLEAR_HALT: the endpoint runs again; the model hears of it.
+    pub fn clear_halt(&mut self, ep: u8) -> Result<(), CtrlError> {
+        if self.gone {
+            return Err(CtrlError::Gone);
+        }
+        let cfg = self
+            .ident
+            .descriptors
+            .config(self.config)
+            .ok_or(CtrlError::Invalid)?;
+        if ep & 0x7f != 0 && cfg.find_endpoint(|i| self.alt_of(i), ep).is_none() {
+            return Err(CtrlError::Invalid);
+        }
+        if let Some(e) = self.eps.get_mut(&ep) {
+            e.halted = false;
+        }
+        self.model.clear_halt(ep);
+        Ok(())
+    }
+
+    /// Port reset: in-flight URBs end with -ESHUTDOWN, alt settings and halts reset, the
+    /// configuration is kept (as usbfs restores it).
+    pub fn reset(&mut self) -> Result<(), CtrlError> {
+        if self.gone {
+            return Err(CtrlError::Gone);
+        }
+        self.flush(-errno::ESHUTDOWN, |_| true);
+        self.alts.clear();
+        self.model.reset();
+        Ok(())
+    }
+
+    /// Discards one queued URB: it completes with -ECONNRESET.
+    pub fn discard(&mut self, tag: u64) -> Result<(), DiscardError> {
+        for ep in self.eps.values_mut() {
+            if let Some(pos) = ep.queue.iter().position(|q| q.urb.tag == tag) {
+                if let Some(q) = ep.queue.remove(pos) {
+                    self.done.push_back(complete(q.urb, -errno::ECONNRESET, 0));
+                    return Ok(());
+                }
+            }
+        }
+        Err(DiscardError::NotInFlight(tag))
+    }
+
+    /// The device went away: every queued URB completes with -ESHUTDOWN, submits fail.
+    pub fn disconnect(&mut self) {
+        self.gone = true;
+        for ep in self.eps.values_mut() {
+            while let Some(q) = ep.queue.pop_front() {
+                self.done.push_back(complete(q.urb, -errno::ESHUTDOWN, 0));
+            }
+        }
+    }
+
+    /// Kills everything queued (-ENOENT) and returns every outstanding completion.
+    pub fn drain(&mut self) -> Vec<Completion> {
+        for ep in self.eps.values_mut() {
+            while let Some(q) = ep.queue.pop_front() {
+                self.done.push_back(complete(q.urb, -errno::ENOENT, 0));
+            }
+        }
+        self.tags.clear();
+        self.done.drain(..).collect()
+    }
+}
