@@ -9,6 +9,9 @@ pub mod server;
 pub mod session;
 pub mod wire;
 
+#[doc(hidden)]
+pub mod fuzzing;
+
 pub use decode::{CmdDecoder, DecodeError, Limits, ReplyShape, RetDecoder};
 pub use device::{ExportedDevice, InterfaceClass, Speed};
 pub use op::{OpError, OpRequest, OpStatus};
@@ -17,3 +20,10 @@ pub use pdu::{
 };
 pub use server::{ConnError, ConnEvent, NotAwaiting, ServerConn};
 pub use session::{CompleteError, Completion, Event, Session, SessionConfig, SessionError};
+
+#[cfg(test)]
+mod codec_tests;
+#[cfg(test)]
+mod prop_tests;
+#[cfg(test)]
+mod session_tests;

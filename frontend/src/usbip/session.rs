@@ -127,6 +127,9 @@ struct InFlight {
     iso: Vec<IsoPacket>,
     /// Seqnum of the CMD_UNLINK targeting this URB, once one arrived.
     unlink: Option<u32>,
+    /// Further CMD_UNLINKs for it: answered with status 0 right after its own answer
+    /// (vhci gives a URB back on *any* RET_UNLINK naming it, so not earlier).
+    extra_unlinks: Vec<u32>,
 }
 
 /// Outgoing bytes: appended at the end, consumed from `start` as the socket takes them.
@@ -235,6 +238,7 @@ impl Session {
                     length: s.length,
                     iso: s.iso.clone(),
                     unlink: None,
+                    extra_unlinks: Vec::new(),
                 };
                 self.in_flight.insert(s.seqnum, urb);
                 self.events.push_back(Event::Submit(s));
@@ -245,23 +249,36 @@ impl Session {
                     Some(urb) if urb.unlink.is_none() => {
                         urb.unlink = Some(u.seqnum);
                         self.unlinks.insert(u.seqnum, u.victim);
-                        self.events.push_back(Event::Unlink {
-                            seqnum: u.seqnum,
-                            victim: u.victim,
-                        });
+                        let (seqnum, victim) = (u.seqnum, u.victim);
+                        self.events.push_back(Event::Unlink { seqnum, victim });
                     }
-                    // Already answered, never seen, or already being unlinked by an
-                    // earlier CMD_UNLINK (which will carry the answer): as stub_rx does,
-                    // say "nothing to cancel".
-                    _ => RetUnlink {
-                        seqnum: u.seqnum,
-                        status: 0,
+                    Some(urb) => {
+                        urb.extra_unlinks.push(u.seqnum);
+                        self.unlinks.insert(u.seqnum, u.victim);
                     }
-                    .encode(self.tx.out()),
+                    // Already answered or never seen: as stub_rx does, "nothing to cancel".
+                    None => self.ret_unlink(u.seqnum, 0),
                 }
             }
         }
         Ok(())
+    }
+
+    fn ret_unlink(&mut self, seqnum: u32, status: i32) {
+        RetUnlink { seqnum, status }.encode(self.tx.out());
+    }
+
+    /// Answers the CMD_UNLINKs of a URB that has just been answered: the first with
+    /// `status`, any further ones with 0.
+    fn answer_unlinks(&mut self, urb: &InFlight, status: i32) {
+        if let Some(u) = urb.unlink {
+            self.unlinks.remove(&u);
+            self.ret_unlink(u, status);
+        }
+        for &u in &urb.extra_unlinks {
+            self.unlinks.remove(&u);
+            self.ret_unlink(u, 0);
+        }
     }
 
     /// The next thing the client asked for.
@@ -270,36 +287,23 @@ impl Session {
     }
 
     /// Reports that the transfer `seqnum` finished. Sends its RET_SUBMIT, then RET_UNLINK
-    /// status 0 if an unlink for it is pending. If an unlink is pending and `status` is
+    /// status 0 for each pending unlink of it. If an unlink is pending and `status` is
     /// -ECONNRESET, the transfer counts as cancelled: as [`unlinked`](Self::unlinked).
     pub fn complete(&mut self, seqnum: u32, c: Completion) -> Result<(), CompleteError> {
         let urb = self
             .in_flight
             .remove(&seqnum)
             .ok_or(CompleteError::NotInFlight(seqnum))?;
-        if let Some(u) = urb.unlink {
-            self.unlinks.remove(&u);
-            if c.status == ECONNRESET {
-                RetUnlink {
-                    seqnum: u,
-                    status: ECONNRESET,
-                }
-                .encode(self.tx.out());
-                return Ok(());
-            }
+        if urb.unlink.is_some() && c.status == ECONNRESET {
+            self.answer_unlinks(&urb, ECONNRESET);
+            return Ok(());
         }
         let (ret, bad) = match build_ret(seqnum, &urb, c) {
             Ok(ret) => (ret, None),
             Err(reason) => (eproto(seqnum, &urb), Some(reason)),
         };
         ret.encode(self.tx.out());
-        if let Some(u) = urb.unlink {
-            RetUnlink {
-                seqnum: u,
-                status: 0,
-            }
-            .encode(self.tx.out());
-        }
+        self.answer_unlinks(&urb, 0);
         match bad {
             None => Ok(()),
             Some(reason) => Err(CompleteError::BadCompletion { seqnum, reason }),
@@ -313,14 +317,12 @@ impl Session {
             .in_flight
             .get(&victim)
             .ok_or(CompleteError::NotInFlight(victim))?;
-        let u = urb.unlink.ok_or(CompleteError::NotUnlinking(victim))?;
-        self.in_flight.remove(&victim);
-        self.unlinks.remove(&u);
-        RetUnlink {
-            seqnum: u,
-            status: ECONNRESET,
+        if urb.unlink.is_none() {
+            return Err(CompleteError::NotUnlinking(victim));
         }
-        .encode(self.tx.out());
+        if let Some(urb) = self.in_flight.remove(&victim) {
+            self.answer_unlinks(&urb, ECONNRESET);
+        }
         Ok(())
     }
 
@@ -458,6 +460,10 @@ fn build_ret(seqnum: u32, urb: &InFlight, c: Completion) -> Result<RetSubmit, &'
             ret.data
                 .extend_from_slice(chunk.ok_or("iso packet data missing from the IN buffer")?);
         }
+    }
+    if sum > urb.length {
+        // Overlapping packets: the packed data would not fit the client's buffer.
+        return Err("iso packets total more than the transfer buffer");
     }
     ret.actual_length = sum;
     ret.iso = c.iso;
