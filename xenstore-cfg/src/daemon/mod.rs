@@ -16,6 +16,7 @@
 mod core;
 mod domain;
 mod exec;
+mod fuzzing;
 mod ops;
 mod path;
 mod server;
@@ -24,6 +25,7 @@ mod watch;
 
 pub use self::core::{Xenstored, OUT_HARD_LIMIT, OUT_SOFT_LIMIT, SPECIAL_NODES};
 pub use self::domain::DOMID_FIRST_RESERVED;
+pub use self::fuzzing::exercise;
 pub use self::server::{spawn, Config, Daemon, DaemonError, DaemonHandle, Stopper};
 
 use crate::wire::DomId;

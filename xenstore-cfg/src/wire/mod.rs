@@ -230,4 +230,4 @@ pub fn split_fields(payload: &[u8]) -> Vec<&[u8]> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
