@@ -1,0 +1,33 @@
+#!/bin/sh
+# dom0's PID 1 (exec'd by the loader initramfs from the payload disk mounted at /e2e):
+# mount the usual filesystems and xenfs, load the Xen device drivers, start xenstored and
+# xenconsoled, run scenario-dom0.sh, copy logs to /e2e/results and power the machine off.
+# Whatever happens, it ends in a poweroff (or, if that fails, a dom0 crash that makes Xen
+# reboot, which ends QEMU because of -no-reboot).
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export HOME=/root LANG=C
+cd /
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mkdir -p /dev/pts /dev/shm
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /dev/shm
+mount -t tmpfs tmpfs /run
+mount -t tmpfs tmpfs /tmp
+mkdir -p /run/lock /run/xen /var/log/xen/console
+hostname dom0
+RESULTS=/e2e/results
+mkdir -p "$RESULTS"
+echo "dom0-init: userspace at uptime $(cut -d' ' -f1 /proc/uptime)"
+# dom0's console (hvc0) ends up in the serial log; keep a copy on the payload disk too.
+( bash /e2e/scenario-dom0.sh; echo "dom0-init: scenario exited rc=$?" ) 2>&1 | tee "$RESULTS/dom0-scenario.log"
+
+cp /var/log/xen/console/*.log "$RESULTS/" 2>/dev/null
+cp /var/log/xen/*.log "$RESULTS/" 2>/dev/null
+dmesg >"$RESULTS/dom0-dmesg.log" 2>&1
+echo "dom0-init: powering off at uptime $(cut -d' ' -f1 /proc/uptime)"
+sync
+umount /e2e 2>/dev/null || mount -o remount,ro /e2e
+sync
+busybox poweroff -f
+sleep 10

@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# Real-Xen end-to-end test (issue 9): Xen 4.17 + a Debian 12 dom0 + a PV guest booted under
+# QEMU (TCG) with an emulated USB stick, everything built from Debian packages and cached
+# under target/xen-e2e/. dom0 runs scenario-dom0.sh, the guest runs scenario-guest.sh as its
+# agent; results come back in an ext4 payload disk and are printed as one summary table.
+#
+# Usage: tests/xen-e2e/run.sh [options]
+#   --pvusb-dir DIR     where pvusb-backend, pvusb-frontend, xl-usb are looked for
+#                       (default: target/x86_64-unknown-linux-gnu/release)
+#   --backend PATH | --frontend PATH | --xl-usb PATH   override one binary
+#   --build-pvusb       build the three static binaries first (cargo, nice'd)
+#   --require-pvusb     a missing pvusb binary fails the run (default: boot smoke only)
+#   --timeout SECS      global QEMU timeout (default 1200)
+#   --build-only        build/cache everything, do not boot
+#   --keep              keep the per-run directory (payload image, stick image)
+# Environment: PVUSB_SKIP_APT=1 (never apt-get), DEBIAN_MIRROR, DEBIAN_SECURITY.
+# Exit status: 0 all run steps passed (and, with --require-pvusb, none skipped), 1 otherwise.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+OUT="$ROOT/target/xen-e2e"
+CACHE="$OUT/cache"
+LOGDIR="$OUT/logs"
+RUNDIR="$OUT/run"
+T_START=$(date +%s)
+
+log() { printf '[xen-e2e %4ss] %s\n' "$(($(date +%s) - T_START))" "$*" >&2; }
+die() { log "FATAL: $*"; exit 1; }
+
+PVUSB_DIR="$ROOT/target/x86_64-unknown-linux-gnu/release"
+BACKEND="" FRONTEND="" XLUSB="" BUILD_PVUSB=0 REQUIRE_PVUSB=0 TIMEOUT=1200 BUILD_ONLY=0 KEEP=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --pvusb-dir) PVUSB_DIR=$2; shift ;;
+        --backend) BACKEND=$2; shift ;;
+        --frontend) FRONTEND=$2; shift ;;
+        --xl-usb) XLUSB=$2; shift ;;
+        --build-pvusb) BUILD_PVUSB=1 ;;
+        --require-pvusb) REQUIRE_PVUSB=1 ;;
+        --timeout) TIMEOUT=$2; shift ;;
+        --build-only) BUILD_ONLY=1 ;;
+        --keep) KEEP=1 ;;
+        -h|--help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) die "unknown option $1 (see --help)" ;;
+    esac
+    shift
+done
+[ "$(id -u)" -eq 0 ] || die "must run as root (debootstrap, chroot, apt-get)"
+mkdir -p "$CACHE" "$LOGDIR" "$RUNDIR"
+# shellcheck source=lib/build.sh
+. "$HERE/lib/build.sh"
+
+# ---------------------------------------------------------------- build / cache
+ensure_host_packages
+if [ "$BUILD_PVUSB" = 1 ]; then
+    log "building static pvusb binaries"
+    (cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" nice -n 10 cargo build --release \
+        --target x86_64-unknown-linux-gnu -p pvusb-backend -p pvusb-frontend -p xl-usb) \
+        || die "cargo build of the pvusb binaries failed"
+fi
+: "${BACKEND:=$PVUSB_DIR/pvusb-backend}" "${FRONTEND:=$PVUSB_DIR/pvusb-frontend}" "${XLUSB:=$PVUSB_DIR/xl-usb}"
+for v in BACKEND FRONTEND XLUSB; do
+    if [ -x "${!v}" ]; then log "pvusb: using ${!v}"; else log "pvusb: ${!v} absent"; printf -v "$v" ''; fi
+done
+
+build_xen
+build_loader
+build_xen_hcd
+build_guest_base
+build_rootfs
+T_BUILT=$(date +%s)
+log "build/cache done in $((T_BUILT - T_START)) s (kernel $KVER, QEMU $QEMU)"
+[ "$BUILD_ONLY" = 1 ] && exit 0
+
+# ---------------------------------------------------------------- per-run payload
+rm -rf "$RUNDIR" "$LOGDIR/results"; mkdir -p "$RUNDIR"
+P="$RUNDIR/payload"
+mkdir -p "$P"/{bin,guest,results}
+cp "$HERE/dom0-init.sh" "$HERE/scenario-dom0.sh" "$P/"
+cp "$HERE/domu.cfg" "$P/guest/domu.cfg"
+[ -n "$BACKEND" ] && cp "$BACKEND" "$P/bin/pvusb-backend"
+[ -n "$XLUSB" ] && cp "$XLUSB" "$P/bin/xl-usb"
+build_guest_initrd "$P/guest/initrd.cpio" "$FRONTEND"
+PAYLOAD_IMG="$RUNDIR/payload.ext4"
+STICK_IMG="$RUNDIR/stick.img"
+truncate -s 64M "$STICK_IMG"
+
+# ---------------------------------------------------------------- boot
+SERIAL="$LOGDIR/serial.log"
+QEMU_START=$(date +%s.%N)
+printf 'HOST_QEMU_START=%s\nREQUIRE_PVUSB=%s\nHAVE_FRONTEND=%s\n' "$QEMU_START" "$REQUIRE_PVUSB" \
+    "$([ -n "$FRONTEND" ] && echo 1 || echo 0)" >"$P/run.env"
+mkfs.ext4 -q -F -L e2e -d "$P" "$PAYLOAD_IMG" 256M || die "mkfs.ext4 payload failed"
+log "booting Xen + dom0 under QEMU (TCG), timeout ${TIMEOUT}s; serial: $SERIAL"
+QEMU_RC=0
+nice -n 10 timeout -k 10 "$TIMEOUT" "$QEMU" \
+    -accel tcg -cpu max -m 3072 -smp 2 -nographic -no-reboot -nic none \
+    -kernel "$XEN_ELF" \
+    -append "console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M smap=0" \
+    -initrd "$VMLINUZ console=hvc0 earlyprintk=xen,$LOADER" \
+    -drive "file=$ROOT_IMG,if=virtio,format=raw,snapshot=on" \
+    -drive "file=$PAYLOAD_IMG,if=virtio,format=raw" \
+    -device usb-ehci,id=usbc \
+    -drive "if=none,id=stick,file=$STICK_IMG,format=raw" \
+    -device usb-storage,bus=usbc.0,drive=stick,serial=PVUSB0001 \
+    </dev/null >"$SERIAL" 2>&1 || QEMU_RC=$?
+QEMU_END=$(date +%s.%N)
+log "QEMU exited rc=$QEMU_RC after $(awk -v a="$QEMU_START" -v b="$QEMU_END" 'BEGIN{printf "%.0f", b-a}') s"
+grep -a '(XEN)' "$SERIAL" >"$LOGDIR/xen.log" || true
+grep -av '(XEN)' "$SERIAL" >"$LOGDIR/dom0-console.log" || true
+
+# ---------------------------------------------------------------- results
+debugfs -R "rdump /results $LOGDIR" "$PAYLOAD_IMG" >/dev/null 2>&1 || true
+SUMMARY="$LOGDIR/results/summary.tsv"
+{
+    printf 'host/build\tPASS\tcache ready in %ss (kernel %s)\n' "$((T_BUILT - T_START))" "$KVER"
+    if [ "$QEMU_RC" = 124 ] || [ "$QEMU_RC" = 137 ]; then
+        printf 'host/qemu\tFAIL\tglobal timeout (%ss) killed QEMU\n' "$TIMEOUT"
+    else
+        printf 'host/qemu\tPASS\tQEMU ended rc=%s in %.0fs\n' "$QEMU_RC" \
+            "$(awk -v a="$QEMU_START" -v b="$QEMU_END" 'BEGIN{print b-a}')"
+    fi
+    if [ -s "$SUMMARY" ]; then
+        cat "$SUMMARY"
+        grep -q '^dom0/finished' "$SUMMARY" || printf 'dom0/finished\tFAIL\tscenario did not finish (see %s)\n' "$SERIAL"
+    else
+        printf 'dom0/results\tFAIL\tno results from dom0 (see %s)\n' "$SERIAL"
+    fi
+} >"$LOGDIR/summary.tsv"
+[ "$KEEP" = 1 ] || rm -rf "$RUNDIR"
+
+# One table: step | status | detail. SKIP = not run (binary missing or an earlier step failed).
+FAILS=0 SKIPS=0
+printf '\n%-34s %-6s %s\n' STEP STATUS DETAIL
+printf '%.0s-' {1..100}; echo
+while IFS=$'\t' read -r step status detail; do
+    printf '%-34s %-6s %s\n' "$step" "$status" "$detail"
+    case "$status" in FAIL) FAILS=$((FAILS + 1)) ;; SKIP) SKIPS=$((SKIPS + 1)) ;; esac
+done <"$LOGDIR/summary.tsv"
+printf '%.0s-' {1..100}; echo
+T_END=$(date +%s)
+RESULT=PASS
+[ "$FAILS" -gt 0 ] && RESULT=FAIL
+[ "$REQUIRE_PVUSB" = 1 ] && [ "$SKIPS" -gt 0 ] && RESULT=FAIL
+printf 'xen-e2e: %s — %d failed, %d not run; total %ss (build %ss); logs in %s\n' \
+    "$RESULT" "$FAILS" "$SKIPS" "$((T_END - T_START))" "$((T_BUILT - T_START))" "$LOGDIR"
+[ "$RESULT" = PASS ]

@@ -1,0 +1,395 @@
+#!/bin/bash
+# The dom0 side of the real-Xen end-to-end scenario (issue 9), run by dom0-init.sh.
+#
+# Every step records one line "id<TAB>PASS|FAIL|SKIP|INFO<TAB>detail" in
+# /e2e/results/summary.tsv; run.sh prints them as the summary table. A step whose pvusb
+# binary is absent is recorded as SKIP "not run (binary missing: ...)"; a step whose
+# prerequisite failed as SKIP "not run (after failed ...)". No step may block: every wait has a
+# deadline and every external command that could hang runs under timeout(1).
+#
+# The guest runs scenario-guest.sh as an agent; we talk to it through xenstore keys under its
+# own /local/domain/<id>/data/e2e (cmd: "<seq> <command> [args]"; it answers out, then
+# ack: "<seq> <rc>").
+#
+# Assumed pvusb command lines (override with the environment variables in run.env):
+#   pvusb-backend --platform xen              long-running, foreground, logs to stderr;
+#                                             serves every vusb backend of this domain
+#   pvusb-frontend --platform xen             in the guest, long-running, foreground
+#   xl-usb usbctrl-attach <dom> type=pv version=2 ports=4
+#   xl-usb usbdev-attach <dom> hostbus=1 hostaddr=2
+#   xl-usb usbdev-detach <dom> <ctrl> <port>
+#   xl-usb usbctrl-detach <dom> <ctrl>
+#   xl-usb usb-list <dom>
+set -u
+E2E=/e2e
+RES=$E2E/results
+SUM=$RES/summary.tsv
+BIN=$E2E/bin
+. "$E2E/run.env"
+: "${BACKEND_ARGS:=--platform xen}" "${IO_MB:=16}" "${NATIVE_MB:=64}"
+export RUST_LOG=${RUST_LOG:-info} RUST_BACKTRACE=1
+mkdir -p "$RES/steps"
+GUEST=domu
+: >"$SUM"
+
+up() { cut -d' ' -f1 /proc/uptime; }
+since_qemu() { awk -v a="$HOST_QEMU_START" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
+elapsed() { awk -v a="$1" -v b="$(up)" 'BEGIN { printf "%.1f", b - a }'; }
+mbps() { awk -v mb="$1" -v t="$2" 'BEGIN { if (t <= 0) t = 0.01; printf "%.2f", mb / t }'; }
+kv() { printf '%s\n' "$2" | tr ' ' '\n' | sed -n "s/^$1=//p" | head -1; }
+say() { echo "=== $(up) $*"; }
+
+record() {
+    printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$SUM"
+    say "[$1] $2 $3"
+}
+
+# step ID FUNCTION [ARGS]: run a step in this shell (it keeps state), record PASS/FAIL with
+# its DETAIL and duration. Returns the function's status.
+step() {
+    local id=$1 t0 rc=0; shift
+    DETAIL=""; t0=$(up)
+    say ">>> $id"
+    local lf="steps/${id//\//_}.log"
+    "$@" >"$RES/$lf" 2>&1 || rc=$?
+    sed 's/^/    /' "$RES/$lf"
+    if [ "$rc" -eq 0 ]; then record "$id" PASS "$DETAIL ($(elapsed "$t0")s)"
+    else record "$id" FAIL "$DETAIL ($(elapsed "$t0")s; log $lf)"; fi
+    return "$rc"
+}
+skip() { record "$1" SKIP "not run ($2)"; }
+info() { record "$1" INFO "$2"; }
+
+# missing BIN...: print "binary missing: a, b" for the absent ones; status 0 if any is absent.
+missing() {
+    local b m=""
+    for b in "$@"; do
+        case "$b" in
+            pvusb-frontend) [ "${HAVE_FRONTEND:-0}" = 1 ] || m="$m${m:+, }$b" ;;
+            *) [ -x "$BIN/$b" ] || m="$m${m:+, }$b" ;;
+        esac
+    done
+    [ -n "$m" ] && echo "binary missing: $m"
+}
+
+# wait_for TIMEOUT CMD...: poll CMD every 0.3 s until it succeeds; status 1 on timeout.
+wait_for() {
+    local deadline; deadline=$(awk -v u="$(up)" -v t="$1" 'BEGIN { print u + t }'); shift
+    until "$@"; do
+        awk -v u="$(up)" -v d="$deadline" 'BEGIN { exit !(u > d) }' && return 1
+        sleep 0.3
+    done
+}
+
+# ---------------------------------------------------------------- guest agent channel
+GSEQ=0 GDOMID="" GDATA="" GOUT=""
+guest_ack_is() { local a; a=$(xenstore-read "$GDATA/ack" 2>/dev/null) && [ "${a%% *}" = "$GSEQ" ]; }
+# guest_cmd TIMEOUT COMMAND [ARGS]: GOUT = the guest's answer; status = the guest's status
+# (124 if it did not answer in time).
+guest_cmd() {
+    local t=$1 a; shift
+    GSEQ=$((GSEQ + 1)); GOUT=""
+    echo "guest_cmd #$GSEQ: $*"
+    xenstore-write "$GDATA/cmd" "$GSEQ $*" || { GOUT="xenstore-write failed"; return 125; }
+    if ! wait_for "$t" guest_ack_is; then GOUT="guest did not answer '$*' within ${t}s"; echo "$GOUT"; return 124; fi
+    a=$(xenstore-read "$GDATA/ack"); GOUT=$(xenstore-read "$GDATA/out" 2>/dev/null)
+    echo "guest #$GSEQ rc=${a#* }: $GOUT"
+    return "${a#* }"
+}
+
+# ---------------------------------------------------------------- smoke steps (no pvusb needed)
+s_dom0_boot() {
+    DETAIL="dom0 userspace at uptime ${DOM0_UP}s, ${DOM0_SINCE_QEMU}s after QEMU start"
+}
+
+s_xen_start() {
+    mountpoint -q /proc/xen || mount -t xenfs xenfs /proc/xen || return 1
+    grep -q control_d /proc/xen/capabilities || { DETAIL="not the control domain"; return 1; }
+    modprobe -a xen_privcmd xen_gntdev xen_gntalloc xen_evtchn || return 1
+    ls -l /dev/xen
+    timeout 60 /etc/init.d/xen start || { DETAIL="/etc/init.d/xen start failed"; return 1; }
+    pgrep -l xenstored && pgrep -l xenconsoled || { DETAIL="xenstored or xenconsoled not running"; return 1; }
+    DETAIL="xenstored+xenconsoled up, dom0 name $(xenstore-read /local/domain/0/name)"
+}
+
+s_xl_info() {
+    timeout 30 xl info >"$RES/xl-info.txt" || return 1
+    cat "$RES/xl-info.txt"
+    DETAIL=$(awk -F' *: ' '/^(xen_version|nr_cpus|total_memory|free_memory|xen_caps)/ {printf "%s=%s ", $1, $2}' "$RES/xl-info.txt")
+    grep -q '^xen_version *: 4\.17' "$RES/xl-info.txt"
+}
+
+STICK_DEV=""
+stick_ready() {
+    local d
+    [ -e /sys/bus/usb/devices/1-1/idVendor ] || return 1
+    for d in /sys/block/sd*; do
+        [ -e "$d" ] || continue
+        case "$(readlink -f "$d")" in */1-1/1-1:1.0/*) STICK_DEV=${d##*/}; return 0 ;; esac
+    done
+    return 1
+}
+s_usb_stick() {
+    modprobe -a ehci_pci usb_storage sd_mod || return 1
+    wait_for 30 stick_ready || { DETAIL="no stick at 1-1 with a block device after 30s"; lsusb; return 1; }
+    local p=/sys/bus/usb/devices/1-1 id speed
+    id="$(cat $p/idVendor):$(cat $p/idProduct)"; speed=$(cat $p/speed)
+    lsusb | tee "$RES/lsusb.txt"
+    [ -c /dev/bus/usb/001/002 ] || { DETAIL="/dev/bus/usb/001/002 missing"; return 1; }
+    grep -q "Bus 001 Device 002: ID 46f4:0001" "$RES/lsusb.txt" || { DETAIL="lsusb does not show 46f4:0001 at 001/002"; return 1; }
+    DETAIL="1-1 $id speed=$speed /dev/bus/usb/001/002 -> /dev/$STICK_DEV ($(($(cat /sys/block/$STICK_DEV/size) / 2048)) MiB)"
+    [ "$id" = 46f4:0001 ] && [ "$speed" = 480 ]
+}
+
+NATIVE_READ=""
+s_native_read() {
+    local t0 t1
+    sync; echo 3 >/proc/sys/vm/drop_caches
+    t0=$(up)
+    timeout 300 dd if="/dev/$STICK_DEV" of=/dev/null bs=1M count="$NATIVE_MB" iflag=direct || return 1
+    t1=$(up)
+    NATIVE_READ=$(mbps "$NATIVE_MB" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')")
+    DETAIL="dom0 reads /dev/$STICK_DEV directly: $NATIVE_MB MiB at $NATIVE_READ MB/s (O_DIRECT, bs=1M)"
+}
+
+guest_ready() { [ -n "$(xenstore-read "$GDATA/ready" 2>/dev/null)" ]; }
+s_guest_create() {
+    timeout 120 xl create "$E2E/guest/domu.cfg" || { DETAIL="xl create failed"; return 1; }
+    GDOMID=$(xl domid "$GUEST") || return 1
+    GDATA=/local/domain/$GDOMID/data/e2e
+    local t0; t0=$(up)
+    wait_for 180 guest_ready || { DETAIL="domid $GDOMID: guest agent not ready after 180s"; return 1; }
+    DETAIL="domid $GDOMID, agent ready $(elapsed "$t0")s after xl create, $(since_qemu)s after QEMU start ($(xenstore-read "$GDATA/ready"))"
+}
+
+s_guest_drivers() {
+    guest_cmd 60 probe; local rc=$?
+    DETAIL="$GOUT"
+    return "$rc"
+}
+
+s_xenstore_channel() {
+    # The guest wrote measurements under its own data/e2e/m; dom0 reads them back.
+    local keys; keys=$(xenstore-list "$GDATA/m" 2>/dev/null | tr '\n' ' ')
+    xenstore-ls -fp "/local/domain/$GDOMID/data" >"$RES/guest-data-xenstore.txt" 2>&1
+    DETAIL="guest keys under /local/domain/$GDOMID/data/e2e/m: $keys"
+    [ -n "$keys" ]
+}
+
+# Stock libxl with no usbif backend running: usbctrl-attach writes the keys and then waits for
+# the backend to reach InitWait; with none, it gives up after ~10 s. Cleaned up afterwards.
+s_xl_attach_waits() {
+    local t0 rc=0 be st
+    t0=$(up)
+    timeout 60 xl usbctrl-attach "$GUEST" type=pv version=2 ports=4 || rc=$?
+    local dt; dt=$(elapsed "$t0")
+    be=$(xenstore-list "/local/domain/0/backend/vusb/$GDOMID" 2>/dev/null | head -1)
+    st=$(xenstore-read "/local/domain/0/backend/vusb/$GDOMID/$be/state" 2>/dev/null || echo none)
+    xenstore-ls -fp "/local/domain/0/backend/vusb" >"$RES/xenstore-vusb-nobackend.txt" 2>&1
+    timeout 60 xl usbctrl-detach "$GUEST" "${be:-0}" || true
+    # Leave no half controller behind for the pvusb rounds.
+    local left=""
+    if [ -n "$be" ]; then
+        for p in "/local/domain/0/backend/vusb/$GDOMID/$be" "/local/domain/$GDOMID/device/vusb/$be" "/libxl/$GDOMID/device/vusb/$be"; do
+            xenstore-exists "$p" 2>/dev/null && { left="$left $p"; xenstore-rm "$p"; }
+        done
+    fi
+    DETAIL="xl usbctrl-attach rc=$rc after ${dt}s; backend/vusb/$GDOMID/${be:-?}/state=$st (waited for a backend); usbctrl-detach left:${left:- nothing}"
+    [ "$rc" -ne 0 ] && [ "$st" = 1 ]
+}
+
+# ---------------------------------------------------------------- pvusb steps (issue 9)
+BACKEND_PID=""
+backend_start() {
+    "$BIN/pvusb-backend" $BACKEND_ARGS >>"$RES/pvusb-backend.log" 2>&1 &
+    BACKEND_PID=$!
+    sleep 2
+    kill -0 "$BACKEND_PID" 2>/dev/null || { DETAIL="pvusb-backend exited at once: $(tail -3 "$RES/pvusb-backend.log" | tr '\n' ' ')"; return 1; }
+    DETAIL="pvusb-backend $BACKEND_ARGS running (pid $BACKEND_PID)"
+}
+
+s_frontend_start() {
+    guest_cmd 30 start-frontend; local rc=$?
+    DETAIL="$GOUT"; return "$rc"
+}
+
+CTRL=""
+# new_ctrl: the devid of the newest vusb controller of the guest.
+new_ctrl() { xenstore-list "/local/domain/0/backend/vusb/$GDOMID" 2>/dev/null | sort -n | tail -1; }
+ctrl_connected() {
+    [ "$(xenstore-read "/local/domain/0/backend/vusb/$GDOMID/$CTRL/state" 2>/dev/null)" = 4 ] &&
+        [ "$(xenstore-read "/local/domain/$GDOMID/device/vusb/$CTRL/state" 2>/dev/null)" = 4 ]
+}
+# s_ctrl_attach TOOL: TOOL is "xl-usb" (ours) or "xl" (stock libxl).
+s_ctrl_attach() {
+    local tool=$1 cmd rc=0
+    if [ "$tool" = xl ]; then cmd=(xl); else cmd=("$BIN/xl-usb"); fi
+    timeout 60 "${cmd[@]}" usbctrl-attach "$GUEST" type=pv version=2 ports=4 || rc=$?
+    CTRL=$(new_ctrl)
+    [ "$rc" -eq 0 ] || { DETAIL="$tool usbctrl-attach rc=$rc"; return 1; }
+    [ -n "$CTRL" ] || { DETAIL="no backend/vusb/$GDOMID/<devid> after $tool usbctrl-attach"; return 1; }
+    if ! wait_for 30 ctrl_connected; then
+        DETAIL="controller $CTRL: backend state $(xenstore-read "/local/domain/0/backend/vusb/$GDOMID/$CTRL/state"), frontend state $(xenstore-read "/local/domain/$GDOMID/device/vusb/$CTRL/state" 2>/dev/null) (want 4/4)"
+        return 1
+    fi
+    DETAIL="$tool usbctrl-attach: controller $CTRL connected (backend 4, frontend 4)"
+}
+
+port1_is() { [ "$(xenstore-read "/local/domain/0/backend/vusb/$GDOMID/$CTRL/port/1" 2>/dev/null)" = "$1" ]; }
+s_dev_attach() {
+    local rc=0
+    timeout 60 "$BIN/xl-usb" usbdev-attach "$GUEST" hostbus=1 hostaddr=2 || rc=$?
+    [ "$rc" -eq 0 ] || { DETAIL="xl-usb usbdev-attach rc=$rc"; return 1; }
+    port1_is 1-1 || { DETAIL="backend/vusb/$GDOMID/$CTRL/port/1 is not 1-1"; return 1; }
+    DETAIL="port 1 of controller $CTRL = 1-1"
+}
+
+s_usb_list() {
+    local rc1=0 rc2=0 tag=$1
+    timeout 30 "$BIN/xl-usb" usb-list "$GUEST" >"$RES/xl-usb-usb-list-$tag.txt" 2>&1 || rc1=$?
+    timeout 30 xl usb-list "$GUEST" >"$RES/xl-usb-list-$tag.txt" 2>&1 || rc2=$?
+    cat "$RES/xl-usb-usb-list-$tag.txt" "$RES/xl-usb-list-$tag.txt"
+    local shows=no; grep -Eq '1-1|Bus 0*1 Device 0*2|hostbus=1' "$RES/xl-usb-usb-list-$tag.txt" && shows=yes
+    local xlshows=no; grep -Eq 'Bus 0*1 Device 0*2' "$RES/xl-usb-list-$tag.txt" && xlshows=yes
+    DETAIL="xl-usb usb-list rc=$rc1 shows 1-1: $shows; xl usb-list rc=$rc2 shows it: $xlshows"
+    [ "$rc1" -eq 0 ] && [ "$rc2" -eq 0 ] && [ "$shows" = yes ]
+}
+
+GUEST_READ_OURS="" GUEST_READ_STOCK=""
+# s_guest_io TAG: the guest finds the stick as a SCSI disk, writes IO_MB of random data,
+# drops caches, reads it back; sha256 must match.
+s_guest_io() {
+    local rc
+    guest_cmd 120 wait-disk 60 || { DETAIL="$GOUT"; return 1; }
+    guest_cmd 600 io-test "$IO_MB"; rc=$?
+    DETAIL="$GOUT"
+    [ "$rc" -eq 0 ] || return 1
+    case "$1" in ours) GUEST_READ_OURS=$(kv read_mbps "$GOUT") ;; stock) GUEST_READ_STOCK=$(kv read_mbps "$GOUT") ;; esac
+}
+
+s_detach_while_open() {
+    guest_cmd 30 hold-open || { DETAIL="hold-open: $GOUT"; return 1; }
+    sleep 2
+    local rc=0
+    timeout 60 "$BIN/xl-usb" usbdev-detach "$GUEST" "$CTRL" 1 || rc=$?
+    [ "$rc" -eq 0 ] || { DETAIL="xl-usb usbdev-detach rc=$rc"; return 1; }
+    guest_cmd 90 check-gone 45; rc=$?
+    DETAIL="detach rc=0; port/1='$(xenstore-read "/local/domain/0/backend/vusb/$GDOMID/$CTRL/port/1" 2>/dev/null)'; guest: $GOUT"
+    [ "$rc" -eq 0 ] && port1_is ""
+}
+
+s_reattach() {
+    s_dev_attach || return 1
+    guest_cmd 120 verify 60; local rc=$?
+    DETAIL="re-attached; guest: $GOUT"; return "$rc"
+}
+
+s_backend_restart() {
+    kill -KILL "$BACKEND_PID" 2>/dev/null; wait "$BACKEND_PID" 2>/dev/null
+    echo "---- pvusb-backend killed (SIGKILL), restarting" >>"$RES/pvusb-backend.log"
+    sleep 1
+    backend_start || return 1
+    guest_cmd 150 verify 120; local rc=$?
+    DETAIL="backend SIGKILLed and restarted; guest (our frontend): $GOUT"; return "$rc"
+}
+
+s_switch_to_stock() {
+    local rc=0 what="no controller to remove"
+    if [ -n "$CTRL" ]; then
+        timeout 60 "$BIN/xl-usb" usbdev-detach "$GUEST" "$CTRL" 1 || rc=$?
+        timeout 60 "$BIN/xl-usb" usbctrl-detach "$GUEST" "$CTRL" || rc=$?
+        [ "$rc" -eq 0 ] || { DETAIL="xl-usb usbdev-detach/usbctrl-detach rc=$rc"; return 1; }
+        what="controller $CTRL removed"; CTRL=""
+    fi
+    guest_cmd 30 stop-frontend || { DETAIL="stop-frontend: $GOUT"; return 1; }
+    guest_cmd 60 load-stock || { DETAIL="load xen-hcd: $GOUT"; return 1; }
+    DETAIL="$what; guest: $GOUT"
+}
+
+s_backend_stop() {
+    kill -TERM "$BACKEND_PID" 2>/dev/null
+    local i=0
+    while kill -0 "$BACKEND_PID" 2>/dev/null; do i=$((i + 1)); [ "$i" -gt 50 ] && break; sleep 0.2; done
+    if kill -0 "$BACKEND_PID" 2>/dev/null; then kill -KILL "$BACKEND_PID"; DETAIL="did not exit within 10s of SIGTERM"; return 1; fi
+    wait "$BACKEND_PID"; DETAIL="exited with status $? after SIGTERM"
+}
+
+# ---------------------------------------------------------------- the run
+DOM0_UP=$(up); DOM0_SINCE_QEMU=$(since_qemu)
+say "scenario start; dom0 uptime $DOM0_UP, ${DOM0_SINCE_QEMU}s after QEMU start; require pvusb: $REQUIRE_PVUSB"
+OK_XEN=0 OK_STICK=0 OK_GUEST=0
+step dom0/boot s_dom0_boot
+step dom0/xen-start s_xen_start && OK_XEN=1
+if [ "$OK_XEN" = 1 ]; then step dom0/xl-info s_xl_info; else skip dom0/xl-info "after failed dom0/xen-start"; fi
+step dom0/usb-stick s_usb_stick && OK_STICK=1
+if [ "$OK_STICK" = 1 ]; then step "7/native-read" s_native_read; else skip 7/native-read "after failed dom0/usb-stick"; fi
+if [ "$OK_XEN" = 1 ]; then step guest/create s_guest_create && OK_GUEST=1; else skip guest/create "after failed dom0/xen-start"; fi
+if [ "$OK_GUEST" = 1 ]; then
+    step guest/kernel-drivers s_guest_drivers
+    step guest/xenstore-channel s_xenstore_channel
+else
+    skip guest/kernel-drivers "after failed guest/create"; skip guest/xenstore-channel "after failed guest/create"
+fi
+
+# Without a backend, stock libxl's usbctrl-attach waits for one and gives up.
+if [ "$OK_GUEST" = 1 ]; then step xl/usbctrl-attach-no-backend s_xl_attach_waits
+else skip xl/usbctrl-attach-no-backend "after failed guest/create"; fi
+
+# ---- issue 9 steps with pvusb. Each needs its binaries and the steps before it.
+OK=$((OK_GUEST && OK_STICK))
+# guarded ID PREREQ_VAR BINARIES... -- FUNCTION [ARGS]
+guarded() {
+    local id=$1 pre=$2 bins=() m; shift 2
+    while [ "$1" != -- ]; do bins+=("$1"); shift; done; shift
+    if m=$(missing "${bins[@]}"); then skip "$id" "$m"; return 1; fi
+    if [ "${!pre}" != 1 ]; then skip "$id" "after failed ${FAILED_AT:-an earlier step}"; return 1; fi
+    if step "$id" "$@"; then return 0; fi
+    FAILED_AT=$id; eval "$pre=0"; return 1
+}
+OURS=$OK
+guarded 1/backend-start OK pvusb-backend -- backend_start || OURS=0
+BACKEND_OK=$OURS
+STOCK=$OURS
+ALL=(pvusb-backend pvusb-frontend xl-usb)
+guarded 2/frontend-start OURS "${ALL[@]}" -- s_frontend_start
+guarded 3/usbctrl-attach-xl-usb OURS "${ALL[@]}" -- s_ctrl_attach xl-usb
+guarded 3/usbdev-attach OURS "${ALL[@]}" -- s_dev_attach
+guarded 3/usb-list OURS "${ALL[@]}" -- s_usb_list ours
+guarded 4/io-ours-vhci OURS "${ALL[@]}" -- s_guest_io ours
+guarded 6/detach-while-open OURS "${ALL[@]}" -- s_detach_while_open
+guarded 6/reattach OURS "${ALL[@]}" -- s_reattach
+guarded 6/backend-restart OURS "${ALL[@]}" -- s_backend_restart
+# Round 2: Linux's own xen-hcd against our backend, controller made by stock xl.
+[ "$BACKEND_OK" = 1 ] && kill -0 "$BACKEND_PID" 2>/dev/null || STOCK=0
+BE=(pvusb-backend xl-usb)
+guarded 5/switch-to-stock STOCK "${BE[@]}" -- s_switch_to_stock
+guarded 3/usbctrl-attach-stock-xl STOCK "${BE[@]}" -- s_ctrl_attach xl
+guarded 5/usbdev-attach-stock STOCK "${BE[@]}" -- s_dev_attach
+guarded 5/usb-list-stock STOCK "${BE[@]}" -- s_usb_list stock
+guarded 5/io-stock-xen-hcd STOCK "${BE[@]}" -- s_guest_io stock
+if [ "$BACKEND_OK" = 1 ] && [ -n "$BACKEND_PID" ]; then
+    if [ -n "$CTRL" ] && [ -x "$BIN/xl-usb" ]; then
+        timeout 60 "$BIN/xl-usb" usbdev-detach "$GUEST" "$CTRL" 1
+        timeout 60 "$BIN/xl-usb" usbctrl-detach "$GUEST" "$CTRL"
+    fi
+    step 1/backend-stop s_backend_stop
+fi
+
+# ---- step 7: native vs guest read rate
+if [ -n "$NATIVE_READ" ]; then
+    for which in ours stock; do
+        v=GUEST_READ_${which^^}
+        if [ -n "${!v}" ]; then
+            info "7/read-ratio-$which" "guest ${!v} MB/s vs dom0 native $NATIVE_READ MB/s = $(awk -v g="${!v}" -v n="$NATIVE_READ" 'BEGIN { printf "%.0f%%", 100 * g / n }')"
+        fi
+    done
+fi
+
+if [ -n "$GDATA" ]; then
+    guest_cmd 20 dmesg >/dev/null 2>&1
+    guest_cmd 10 poweroff >/dev/null 2>&1
+    sleep 2
+    timeout 20 xl destroy "$GUEST" 2>/dev/null
+fi
+xenstore-ls -fp >"$RES/xenstore-final.txt" 2>&1
+record dom0/finished PASS "scenario complete at dom0 uptime $(up)s, $(since_qemu)s after QEMU start"

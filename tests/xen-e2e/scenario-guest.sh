@@ -1,0 +1,185 @@
+#!/bin/busybox sh
+# The guest side of the real-Xen end-to-end scenario: /init of the busybox-only PV guest.
+# Loads the USB stack, announces itself in xenstore (data/e2e/ready, measurements under
+# data/e2e/m/), then serves commands dom0 writes to data/e2e/cmd ("<seq> <command> [args]"):
+# it answers data/e2e/out (one line) and then data/e2e/ack ("<seq> <status>").
+# Paths are relative, so xenstored resolves them under this domain's /local/domain/<id>.
+# Every command bounds its own waits, so the agent always answers.
+/bin/busybox --install -s /bin
+export PATH=/bin:/sbin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /tmp
+mkdir -p /dev/pts /run && mount -t devpts devpts /dev/pts
+D=data/e2e
+
+log() { echo "guest-agent: $*"; }
+up() { cut -d' ' -f1 /proc/uptime; }
+mbps() { awk -v mb="$1" -v a="$2" -v b="$3" 'BEGIN { t = b - a; if (t <= 0) t = 0.01; printf "%.2f", mb / t }'; }
+put() { xenstore-write "$D/m/$1" "$2"; }
+
+# loadmod NAME: insmod the module and its dependencies in the order computed at build time.
+loadmod() {
+    local f n
+    [ -f "/lib/modules/order/$1" ] || { echo "no module list for $1"; return 1; }
+    for f in $(cat "/lib/modules/order/$1"); do
+        n=$(basename "$f" .ko | tr - _)
+        grep -q "^$n " /proc/modules && continue
+        insmod "$f" || { echo "insmod $f failed"; return 1; }
+    done
+}
+
+# The stick as seen by this guest: the first SCSI disk whose vendor is QEMU.
+find_disk() {
+    local d
+    for d in /sys/block/sd*; do
+        [ -e "$d/device/vendor" ] || continue
+        grep -q QEMU "$d/device/vendor" && [ "$(cat "$d/size")" -gt 0 ] && { echo "${d##*/}"; return 0; }
+    done
+    return 1
+}
+
+# wait_disk SECONDS
+wait_disk() {
+    local i=0 n; n=$(($1 * 5))
+    while [ "$i" -lt "$n" ]; do
+        DISK=$(find_disk) && [ -b "/dev/$DISK" ] && return 0
+        i=$((i + 1)); sleep 0.2
+    done
+    return 1
+}
+
+# io_test MB: random data -> disk (O_DIRECT + fsync), drop caches, read back (O_DIRECT), compare.
+io_test() {
+    local mb=$1 t0 t1 t2 t3 w r sw sr
+    find_disk >/dev/null || { OUT="no disk"; return 1; }
+    DISK=$(find_disk)
+    dd if=/dev/urandom of=/tmp/pattern bs=1M count="$mb" 2>/dev/null
+    sw=$(sha256sum </tmp/pattern | cut -d' ' -f1); echo "$sw" >/tmp/pattern.sha
+    t0=$(up)
+    dd if=/tmp/pattern of="/dev/$DISK" bs=1M oflag=direct conv=fsync 2>/dev/null || { OUT="write to /dev/$DISK failed"; return 1; }
+    t1=$(up)
+    sync; echo 3 >/proc/sys/vm/drop_caches
+    t2=$(up)
+    dd if="/dev/$DISK" of=/tmp/readback bs=1M count="$mb" iflag=direct 2>/dev/null || { OUT="read of /dev/$DISK failed"; return 1; }
+    t3=$(up)
+    sr=$(sha256sum </tmp/readback | cut -d' ' -f1); rm -f /tmp/readback
+    w=$(mbps "$mb" "$t0" "$t1"); r=$(mbps "$mb" "$t2" "$t3")
+    put "${2:-io}_write_mbps" "$w"; put "${2:-io}_read_mbps" "$r"
+    OUT="dev=$DISK mb=$mb write_mbps=$w read_mbps=$r sha256=${sw%"${sw#????????????}"}"
+    if [ "$sw" = "$sr" ]; then OUT="$OUT match=yes"; else OUT="$OUT match=NO(read ${sr%"${sr#????????????}"})"; return 1; fi
+}
+
+# verify SECONDS: until the deadline, wait for the disk and read back what io_test wrote.
+verify() {
+    local n=$(($1 * 5)) i=0 mb sr t0 t1
+    [ -f /tmp/pattern.sha ] || { OUT="nothing written before"; return 1; }
+    mb=$(($(stat -c %s /tmp/pattern) / 1048576))
+    while [ "$i" -lt "$n" ]; do
+        if DISK=$(find_disk) && [ -b "/dev/$DISK" ]; then
+            t0=$(up)
+            sr=$(dd if="/dev/$DISK" bs=1M count="$mb" iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)
+            t1=$(up)
+            if [ "$sr" = "$(cat /tmp/pattern.sha)" ]; then
+                OUT="dev=$DISK data intact after ${i}x0.2s read_mbps=$(mbps "$mb" "$t0" "$t1")"; return 0
+            fi
+        fi
+        i=$((i + 1)); sleep 0.2
+    done
+    OUT="disk ${DISK:-absent}: data not readable/intact within $1 s"; return 1
+}
+
+# hold-open: keep the disk open and busy (a reader loop on an open descriptor).
+hold_open() {
+    DISK=$(find_disk) || { OUT="no disk"; return 1; }
+    ( exec 3<"/dev/$DISK"
+      while dd if="/dev/$DISK" of=/dev/null bs=64k count=64 iflag=direct 2>/dev/null; do :; done
+      echo "guest-agent: reader loop on /dev/$DISK ended" ) &
+    echo $! >/tmp/reader.pid
+    HELD=$DISK
+    OUT="reader pid $! holds /dev/$DISK open"
+}
+
+# check-gone SECONDS: the held disk must disappear and its reader must end (or be killable).
+check_gone() {
+    local n=$(($1 * 5)) i=0 pid st j=0
+    pid=$(cat /tmp/reader.pid 2>/dev/null)
+    while [ -e "/sys/block/$HELD" ] && [ "$i" -lt "$n" ]; do i=$((i + 1)); sleep 0.2; done
+    [ -e "/sys/block/$HELD" ] && { OUT="/dev/$HELD still present after $1 s"; return 1; }
+    while [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && [ "$j" -lt 50 ]; do j=$((j + 1)); sleep 0.2; done
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+        pkill -KILL -P "$pid"; kill -KILL "$pid"; sleep 2
+        st=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)
+        [ -n "$st" ] && [ "$st" != Z ] && { OUT="$HELD gone after $((i / 5)) s but reader stuck (state $st)"; return 1; }
+        OUT="$HELD gone after $((i / 5)).$((i % 5 * 2)) s; reader had to be killed"
+    else
+        OUT="$HELD gone after $((i / 5)).$((i % 5 * 2)) s; reader ended by itself"
+    fi
+    timeout 20 sync || { OUT="$OUT; sync hangs"; return 1; }
+}
+
+stop_frontend() {
+    local p; p=$(pidof pvusb-frontend) || { OUT="frontend not running"; return 0; }
+    kill -TERM $p; i=0
+    while pidof pvusb-frontend >/dev/null && [ "$i" -lt 50 ]; do i=$((i + 1)); sleep 0.2; done
+    pidof pvusb-frontend >/dev/null && { kill -KILL $p; OUT="frontend needed SIGKILL"; return 1; }
+    OUT="frontend stopped"
+}
+
+run() { # the command dispatcher; sets OUT, returns status
+    OUT=""
+    case "$1" in
+        probe)
+            local vusb=no vhci=no
+            loadmod xen_hcd || { OUT="cannot load xen-hcd.ko"; return 1; }
+            [ -d /sys/bus/xen/drivers/vusb ] && vusb=yes
+            [ -d /sys/devices/platform/vhci_hcd.0 ] && vhci=yes
+            rmmod xen_hcd || { OUT="cannot unload xen_hcd"; return 1; }
+            put xen_hcd_vusb_driver "$vusb"; put vhci_hcd0 "$vhci"
+            OUT="xen-hcd.ko loads: /sys/bus/xen/drivers/vusb=$vusb (unloaded again); vhci_hcd.0=$vhci; kernel $(uname -r)"
+            [ "$vusb" = yes ] && [ "$vhci" = yes ] ;;
+        start-frontend)
+            [ -x /bin/pvusb-frontend ] || { OUT="no /bin/pvusb-frontend"; return 1; }
+            ( RUST_LOG=${RUST_LOG:-info} /bin/pvusb-frontend --platform xen 2>&1 | sed 's/^/pvusb-frontend: /' ) &
+            sleep 2
+            pidof pvusb-frontend >/dev/null || { OUT="pvusb-frontend exited at once"; return 1; }
+            OUT="pvusb-frontend --platform xen running (pid $(pidof pvusb-frontend))" ;;
+        stop-frontend) stop_frontend ;;
+        load-stock)
+            loadmod xen_hcd || { OUT="cannot load xen-hcd.ko"; return 1; }
+            OUT="xen-hcd.ko loaded, vusb driver: $([ -d /sys/bus/xen/drivers/vusb ] && echo yes || echo no)" ;;
+        wait-disk)
+            wait_disk "$2" || { OUT="no QEMU disk within $2 s"; return 1; }
+            OUT="/dev/$DISK ($(($(cat /sys/block/$DISK/size) / 2048)) MiB, $(cat /sys/block/$DISK/device/vendor | tr -d ' ') $(cat /sys/block/$DISK/device/model | tr -s ' '))" ;;
+        io-test) io_test "$2" ;;
+        verify) verify "$2" ;;
+        hold-open) hold_open ;;
+        check-gone) check_gone "$2" ;;
+        dmesg) dmesg | tail -60; OUT="dmesg printed on the console" ;;
+        poweroff) OUT="bye"; xenstore-write "$D/out" "$OUT"; xenstore-write "$D/ack" "$SEQ 0"; sync; poweroff -f ;;
+        *) OUT="unknown command $1"; return 2 ;;
+    esac
+}
+
+log "up at $(up) s, kernel $(uname -r)"
+for m in vhci_hcd usb_storage sd_mod; do loadmod "$m" || log "loading $m failed"; done
+xenstore-write "$D/m/boot_uptime" "$(up)"
+xenstore-write "$D/ready" "guest userspace at uptime $(up)s" || log "cannot write xenstore (no /dev/xen/xenbus?)"
+log "ready"
+LAST=""
+while :; do
+    c=$(xenstore-read "$D/cmd" 2>/dev/null)
+    SEQ=${c%% *}
+    if [ -n "$c" ] && [ "$SEQ" != "$LAST" ]; then
+        LAST=$SEQ
+        # shellcheck disable=SC2086
+        set -- ${c#* }
+        log "#$SEQ $*"
+        run "$@"; rc=$?
+        log "#$SEQ rc=$rc $OUT"
+        xenstore-write "$D/out" "$OUT"
+        xenstore-write "$D/ack" "$SEQ $rc"
+    fi
+    sleep 0.3
+done
