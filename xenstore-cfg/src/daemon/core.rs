@@ -255,6 +255,7 @@ impl Xenstored {
             let e = Reply::Error(XsErrno::ENOSYS);
             return self.send(conn, XsType::Error, req_id, tx_id, &e);
         };
+        tracing::trace!(?conn, ?ty, req_id, tx_id, len = payload.len(), "request");
         let reply = match Request::parse(ty, payload) {
             Ok(req) => self.execute(conn, tx_id, req).unwrap_or_else(Reply::Error),
             Err(e) => Reply::Error(e.errno()),
