@@ -12,8 +12,13 @@
 #   --require-pvusb     a missing pvusb binary fails the run (default: boot smoke only)
 #   --timeout SECS      global QEMU timeout (default 1200)
 #   --build-only        build/cache everything, do not boot
+#   --selftest-agent    check the guest agent's disk commands without Xen: plain QEMU boots the
+#                       guest kernel + initramfs with the stick on its own EHCI and runs
+#                       selftest-agent.cmds (a USB unplug/replug included)
 #   --keep              keep the per-run directory (payload image, stick image)
-# Environment: PVUSB_SKIP_APT=1 (never apt-get), DEBIAN_MIRROR, DEBIAN_SECURITY.
+# Environment: PVUSB_SKIP_APT=1 (never apt-get), DEBIAN_MIRROR, DEBIAN_SECURITY,
+#   E2E_IO_MB (guest write/read test size, default 16), E2E_BACKEND_ARGS (default
+#   "--platform xen"), E2E_FRONTEND_ARGS (default "--platform xen"), RUST_LOG (default info).
 # Exit status: 0 all run steps passed (and, with --require-pvusb, none skipped), 1 otherwise.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -28,7 +33,7 @@ log() { printf '[xen-e2e %4ss] %s\n' "$(($(date +%s) - T_START))" "$*" >&2; }
 die() { log "FATAL: $*"; exit 1; }
 
 PVUSB_DIR="$ROOT/target/x86_64-unknown-linux-gnu/release"
-BACKEND="" FRONTEND="" XLUSB="" BUILD_PVUSB=0 REQUIRE_PVUSB=0 TIMEOUT=1200 BUILD_ONLY=0 KEEP=0
+BACKEND="" FRONTEND="" XLUSB="" BUILD_PVUSB=0 REQUIRE_PVUSB=0 TIMEOUT=1200 BUILD_ONLY=0 KEEP=0 SELFTEST=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --pvusb-dir) PVUSB_DIR=$2; shift ;;
@@ -39,6 +44,7 @@ while [ $# -gt 0 ]; do
         --require-pvusb) REQUIRE_PVUSB=1 ;;
         --timeout) TIMEOUT=$2; shift ;;
         --build-only) BUILD_ONLY=1 ;;
+        --selftest-agent) SELFTEST=1 ;;
         --keep) KEEP=1 ;;
         -h|--help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
@@ -63,10 +69,33 @@ for v in BACKEND FRONTEND XLUSB; do
     if [ -x "${!v}" ]; then log "pvusb: using ${!v}"; else log "pvusb: ${!v} absent"; printf -v "$v" ''; fi
 done
 
-build_xen
-build_loader
 build_xen_hcd
 build_guest_base
+if [ "$SELFTEST" = 1 ]; then
+    rm -rf "$RUNDIR"; mkdir -p "$RUNDIR"
+    build_guest_initrd "$RUNDIR/initrd.cpio" "" "$HERE/selftest-agent.cmds"
+    truncate -s 64M "$RUNDIR/stick.img"
+    SERIAL="$LOGDIR/selftest-serial.log"
+    log "selftest: guest agent under plain QEMU (no Xen); serial: $SERIAL"
+    rc=0
+    nice -n 10 timeout -k 10 600 "$QEMU" -accel tcg -cpu max -m 512 -smp 1 -nographic -no-reboot -nic none \
+        -kernel "$VMLINUZ" -initrd "$RUNDIR/initrd.cpio" -append "console=ttyS0 rdinit=/init e2e.local panic=-1" \
+        -device usb-ehci,id=usbc -drive "if=none,id=stick,file=$RUNDIR/stick.img,format=raw" \
+        -device usb-storage,bus=usbc.0,drive=stick,serial=PVUSB0001 </dev/null >"$SERIAL" 2>&1 || rc=$?
+    want=$(grep -c . "$HERE/selftest-agent.cmds"); got=0 bad=0
+    printf '\n%-22s %-6s %s\n' COMMAND STATUS ANSWER
+    while read -r _ _ st rest; do
+        got=$((got + 1)); [ "$st" = 0 ] && s=PASS || { s=FAIL; bad=$((bad + 1)); }
+        printf '%-22s %-6s %s\n' "${rest%% :: *}" "$s" "${rest#* :: }"
+    done < <(grep -a '^E2E-RESULT ' "$SERIAL" | tr -d '\r')
+    [ "$KEEP" = 1 ] || rm -rf "$RUNDIR"
+    if [ "$rc" -eq 0 ] && [ "$got" -eq "$want" ] && [ "$bad" -eq 0 ]; then
+        log "selftest: PASS ($got commands)"; exit 0
+    fi
+    log "selftest: FAIL (QEMU rc=$rc, $got of $want answers, $bad failed)"; exit 1
+fi
+build_xen
+build_loader
 build_rootfs
 T_BUILT=$(date +%s)
 log "build/cache done in $((T_BUILT - T_START)) s (kernel $KVER, QEMU $QEMU)"
@@ -88,9 +117,13 @@ truncate -s 64M "$STICK_IMG"
 # ---------------------------------------------------------------- boot
 SERIAL="$LOGDIR/serial.log"
 QEMU_START=$(date +%s.%N)
-printf 'HOST_QEMU_START=%s\nREQUIRE_PVUSB=%s\nHAVE_FRONTEND=%s\n' "$QEMU_START" "$REQUIRE_PVUSB" \
-    "$([ -n "$FRONTEND" ] && echo 1 || echo 0)" >"$P/run.env"
-mkfs.ext4 -q -F -L e2e -d "$P" "$PAYLOAD_IMG" 256M || die "mkfs.ext4 payload failed"
+{
+    printf 'HOST_QEMU_START=%s\nREQUIRE_PVUSB=%s\nHAVE_FRONTEND=%s\n' "$QEMU_START" "$REQUIRE_PVUSB" \
+        "$([ -n "$FRONTEND" ] && echo 1 || echo 0)"
+    printf 'IO_MB=%s\nBACKEND_ARGS="%s"\nRUST_LOG="%s"\n' "${E2E_IO_MB:-16}" \
+        "${E2E_BACKEND_ARGS:---platform xen}" "${RUST_LOG:-info}"
+} >"$P/run.env"
+mkfs.ext4 -q -F -L e2e -d "$P" "$PAYLOAD_IMG" 256M >/dev/null || die "mkfs.ext4 payload failed"
 log "booting Xen + dom0 under QEMU (TCG), timeout ${TIMEOUT}s; serial: $SERIAL"
 QEMU_RC=0
 nice -n 10 timeout -k 10 "$TIMEOUT" "$QEMU" \

@@ -26,7 +26,7 @@ RES=$E2E/results
 SUM=$RES/summary.tsv
 BIN=$E2E/bin
 . "$E2E/run.env"
-: "${BACKEND_ARGS:=--platform xen}" "${IO_MB:=16}" "${NATIVE_MB:=64}"
+: "${BACKEND_ARGS:=--platform xen}" "${IO_MB:=16}" "${NATIVE_MB:=$IO_MB}"
 export RUST_LOG=${RUST_LOG:-info} RUST_BACKTRACE=1
 mkdir -p "$RES/steps"
 GUEST=domu

@@ -5,6 +5,9 @@
 # it answers data/e2e/out (one line) and then data/e2e/ack ("<seq> <status>").
 # Paths are relative, so xenstored resolves them under this domain's /local/domain/<id>.
 # Every command bounds its own waits, so the agent always answers.
+# With "e2e.local" on the kernel command line (run.sh --selftest-agent: plain QEMU, no Xen,
+# the stick on the VM's own EHCI) it runs /etc/e2e-local.cmds instead and prints each answer
+# as "E2E-RESULT <seq> <status> <command> :: <answer>" on the console.
 /bin/busybox --install -s /bin
 export PATH=/bin:/sbin
 mount -t proc proc /proc
@@ -13,11 +16,14 @@ mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs tmpfs /tmp
 mkdir -p /dev/pts /run && mount -t devpts devpts /dev/pts
 D=data/e2e
+LOCAL=0; grep -q 'e2e\.local' /proc/cmdline && LOCAL=1
+[ -f /etc/e2e.env ] && . /etc/e2e.env
 
 log() { echo "guest-agent: $*"; }
 up() { cut -d' ' -f1 /proc/uptime; }
 mbps() { awk -v mb="$1" -v a="$2" -v b="$3" 'BEGIN { t = b - a; if (t <= 0) t = 0.01; printf "%.2f", mb / t }'; }
-put() { xenstore-write "$D/m/$1" "$2"; }
+xs_write() { if [ "$LOCAL" = 1 ]; then echo "E2E-XS $1 = $2"; else xenstore-write "$1" "$2"; fi; }
+put() { xs_write "$D/m/$1" "$2"; }
 
 # loadmod NAME: insmod the module and its dependencies in the order computed at build time.
 loadmod() {
@@ -82,7 +88,7 @@ verify() {
             sr=$(dd if="/dev/$DISK" bs=1M count="$mb" iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)
             t1=$(up)
             if [ "$sr" = "$(cat /tmp/pattern.sha)" ]; then
-                OUT="dev=$DISK data intact after ${i}x0.2s read_mbps=$(mbps "$mb" "$t0" "$t1")"; return 0
+                OUT="dev=$DISK data intact (found after $((i / 5)).$((i % 5 * 2))s) read_mbps=$(mbps "$mb" "$t0" "$t1")"; return 0
             fi
         fi
         i=$((i + 1)); sleep 0.2
@@ -141,10 +147,12 @@ run() { # the command dispatcher; sets OUT, returns status
             [ "$vusb" = yes ] && [ "$vhci" = yes ] ;;
         start-frontend)
             [ -x /bin/pvusb-frontend ] || { OUT="no /bin/pvusb-frontend"; return 1; }
-            ( RUST_LOG=${RUST_LOG:-info} /bin/pvusb-frontend --platform xen 2>&1 | sed 's/^/pvusb-frontend: /' ) &
+            # shellcheck disable=SC2086
+            ( RUST_LOG=${RUST_LOG:-info} RUST_BACKTRACE=1 /bin/pvusb-frontend ${FRONTEND_ARGS:---platform xen} 2>&1 |
+                sed 's/^/pvusb-frontend: /' ) &
             sleep 2
             pidof pvusb-frontend >/dev/null || { OUT="pvusb-frontend exited at once"; return 1; }
-            OUT="pvusb-frontend --platform xen running (pid $(pidof pvusb-frontend))" ;;
+            OUT="pvusb-frontend ${FRONTEND_ARGS:---platform xen} running (pid $(pidof pvusb-frontend))" ;;
         stop-frontend) stop_frontend ;;
         load-stock)
             loadmod xen_hcd || { OUT="cannot load xen-hcd.ko"; return 1; }
@@ -156,16 +164,34 @@ run() { # the command dispatcher; sets OUT, returns status
         verify) verify "$2" ;;
         hold-open) hold_open ;;
         check-gone) check_gone "$2" ;;
+        usb-unplug|usb-replug) # selftest only: USB-level disconnect/reconnect of the stick
+            local a=0 p; [ "$1" = usb-replug ] && a=1
+            p=$(grep -l '^46f4$' /sys/bus/usb/devices/*/idVendor | head -1) || { OUT="no stick"; return 1; }
+            echo "$a" >"${p%/idVendor}/authorized" || { OUT="cannot write authorized"; return 1; }
+            OUT="${p%/idVendor} authorized=$a" ;;
         dmesg) dmesg | tail -60; OUT="dmesg printed on the console" ;;
-        poweroff) OUT="bye"; xenstore-write "$D/out" "$OUT"; xenstore-write "$D/ack" "$SEQ 0"; sync; poweroff -f ;;
+        poweroff) OUT="bye"; xs_write "$D/out" "$OUT"; xs_write "$D/ack" "$SEQ 0"; sync; poweroff -f ;;
         *) OUT="unknown command $1"; return 2 ;;
     esac
 }
 
 log "up at $(up) s, kernel $(uname -r)"
 for m in vhci_hcd usb_storage sd_mod; do loadmod "$m" || log "loading $m failed"; done
-xenstore-write "$D/m/boot_uptime" "$(up)"
-xenstore-write "$D/ready" "guest userspace at uptime $(up)s" || log "cannot write xenstore (no /dev/xen/xenbus?)"
+put boot_uptime "$(up)"
+if [ "$LOCAL" = 1 ]; then
+    loadmod ehci_pci || log "loading ehci_pci failed"
+    SEQ=0
+    while read -r line; do
+        SEQ=$((SEQ + 1))
+        # shellcheck disable=SC2086
+        set -- $line
+        log "#$SEQ $*"
+        run "$@"; rc=$?
+        echo "E2E-RESULT $SEQ $rc $line :: $OUT"
+    done </etc/e2e-local.cmds
+    poweroff -f
+fi
+xs_write "$D/ready" "guest userspace at uptime $(up)s" || log "cannot write xenstore (no /dev/xen/xenbus?)"
 log "ready"
 LAST=""
 while :; do

@@ -63,14 +63,15 @@ QEMU_LIB_DEPS=(
 ensure_qemu() {
     if [ -n "${QEMU:-}" ]; then return 0; fi
     if command -v qemu-system-x86_64 >/dev/null; then QEMU=$(command -v qemu-system-x86_64); return 0; fi
+    local ver dir tmp
+    ver=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
+    dir="$CACHE/qemu-$(key_of "$ver")"
+    if [ -x "$dir/usr/bin/qemu-system-x86_64" ]; then QEMU="$dir/usr/bin/qemu-system-x86_64"; return 0; fi
     if apt_install qemu-system-x86 && command -v qemu-system-x86_64 >/dev/null; then
         QEMU=$(command -v qemu-system-x86_64); return 0
     fi
     log "qemu-system-x86 not installable system-wide (see $LOGDIR/apt.log); unpacking it into the cache"
     apt_install "${QEMU_LIB_DEPS[@]}" || die "cannot install QEMU's libraries"
-    local ver dir tmp
-    ver=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
-    dir="$CACHE/qemu-$(key_of "$ver")"
     if [ ! -x "$dir/usr/bin/qemu-system-x86_64" ]; then
         tmp="$dir.tmp"; rm -rf "$tmp"; mkdir -p "$tmp/debs"
         (cd "$tmp/debs" && apt-get download "qemu-system-x86=$ver" "qemu-system-common=$ver") \
@@ -146,7 +147,7 @@ EOF
 
 build_rootfs() {
     local key
-    key=$(key_of rootfs-v1 "$KVER" "$(pkg_version linux-image-$KVER)" "$DOM0_PACKAGES" \
+    key=$(key_of rootfs-v1 "$KVER" "$(pkg_version "linux-image-$KVER")" "$DOM0_PACKAGES" \
         "$(fn_text build_rootfs_tree)")
     ROOT_IMG="$CACHE/dom0-root-$key.ext4"
     [ -s "$ROOT_IMG" ] && return 0
@@ -155,7 +156,7 @@ build_rootfs() {
     rm -rf "$t"; mkdir -p "$t"
     build_rootfs_tree "$t"
     rm -f "$ROOT_IMG.tmp"
-    nice -n 10 mkfs.ext4 -q -F -L dom0root -d "$t" "$ROOT_IMG.tmp" 2G || die "mkfs.ext4 -d dom0 root failed"
+    nice -n 10 mkfs.ext4 -q -F -L dom0root -d "$t" "$ROOT_IMG.tmp" 2G >/dev/null || die "mkfs.ext4 -d dom0 root failed"
     mv "$ROOT_IMG.tmp" "$ROOT_IMG"
     rm -rf "$t"
 }
@@ -204,7 +205,8 @@ build_xen_hcd() {
 
 # ---------------------------------------------------------------- guest initramfs
 # Modules the guest agent may load; the closure's order file lets busybox insmod them in order.
-GUEST_MODULES=(vhci_hcd usb_storage sd_mod)
+# (ehci_pci only for --selftest-agent, where the stick sits on the VM's own EHCI.)
+GUEST_MODULES=(vhci_hcd usb_storage sd_mod ehci_pci)
 
 # copy_with_libs BINARY DESTROOT DESTPATH: a dynamic binary plus the shared objects it needs.
 copy_with_libs() {
@@ -242,9 +244,10 @@ build_guest_base() {
     mv "$t" "$GUEST_BASE"
 }
 
-# build_guest_initrd OUT FRONTEND_BIN|"" : base + agent + xen-hcd.ko + our frontend when given.
+# build_guest_initrd OUT FRONTEND_BIN|"" [LOCAL_CMDS]: base + agent + xen-hcd.ko + our
+# frontend when given (+ the selftest command list).
 build_guest_initrd() {
-    local out=$1 fe=$2 t
+    local out=$1 fe=$2 cmds=${3:-} t
     t=$(mktemp -d "$RUNDIR/guest-initrd.XXXXXX")
     cp -a "$GUEST_BASE/." "$t/"
     cp "$HERE/scenario-guest.sh" "$t/init"; chmod +x "$t/init"
@@ -254,6 +257,8 @@ build_guest_initrd() {
     grep -E '/(usb-common|usbcore)\.ko$' "$t/lib/modules/order/vhci_hcd" >"$t/lib/modules/order/xen_hcd"
     echo /lib/modules/extra/xen-hcd.ko >>"$t/lib/modules/order/xen_hcd"
     [ -n "$fe" ] && copy_with_libs "$fe" "$t" /bin/pvusb-frontend
+    [ -n "$cmds" ] && cp "$cmds" "$t/etc/e2e-local.cmds"
+    printf 'FRONTEND_ARGS="%s"\nRUST_LOG="%s"\n' "${E2E_FRONTEND_ARGS:---platform xen}" "${RUST_LOG:-info}" >"$t/etc/e2e.env"
     (cd "$t" && find . | cpio -o -H newc --quiet) >"$out"
     rm -rf "$t"
 }
