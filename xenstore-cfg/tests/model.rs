@@ -427,11 +427,10 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         }
         // Round-trip on each watcher so every event sent so far has arrived.
         let mut got_events = Vec::new();
-        for c in 0..2 {
-            conns[c]
-                .request(0, &Request::GetDomainPath { domid: 0 })
+        for (c, conn) in conns.iter_mut().enumerate().take(2) {
+            conn.request(0, &Request::GetDomainPath { domid: 0 })
                 .unwrap();
-            while let Some(e) = conns[c].poll_event() {
+            while let Some(e) = conn.poll_event() {
                 got_events.push((c, e.path, e.token));
             }
         }
