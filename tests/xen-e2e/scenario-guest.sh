@@ -16,6 +16,7 @@ mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs tmpfs /tmp
 mkdir -p /dev/pts /run && mount -t devpts devpts /dev/pts
 D=data/e2e
+VERIFY_MB=4
 LOCAL=0; grep -q 'e2e\.local' /proc/cmdline && LOCAL=1
 [ -f /etc/e2e.env ] && . /etc/e2e.env
 
@@ -62,7 +63,11 @@ io_test() {
     find_disk >/dev/null || { OUT="no disk"; return 1; }
     DISK=$(find_disk)
     dd if=/dev/urandom of=/tmp/pattern bs=1M count="$mb" 2>/dev/null
-    sw=$(sha256sum </tmp/pattern | cut -d' ' -f1); echo "$sw" >/tmp/pattern.sha
+    sw=$(sha256sum </tmp/pattern | cut -d' ' -f1)
+    # verify re-reads only a prefix: enough to prove the data survived, cheap under TCG
+    local vmb=$VERIFY_MB; [ "$mb" -lt "$vmb" ] && vmb=$mb
+    echo "$vmb" >/tmp/pattern.mb
+    head -c $((vmb * 1048576)) /tmp/pattern | sha256sum | cut -d' ' -f1 >/tmp/pattern.sha
     t0=$(up)
     dd if=/tmp/pattern of="/dev/$DISK" bs=1M oflag=direct conv=fsync 2>/dev/null || { OUT="write to /dev/$DISK failed"; return 1; }
     t1=$(up)
@@ -77,11 +82,12 @@ io_test() {
     if [ "$sw" = "$sr" ]; then OUT="$OUT match=yes"; else OUT="$OUT match=NO(read ${sr%"${sr#????????????}"})"; return 1; fi
 }
 
-# verify SECONDS: until the deadline, wait for the disk and read back what io_test wrote.
+# verify SECONDS: until the deadline, wait for the disk and read back (a VERIFY_MB prefix of)
+# what io_test wrote.
 verify() {
     local n=$(($1 * 5)) i=0 mb sr t0 t1
     [ -f /tmp/pattern.sha ] || { OUT="nothing written before"; return 1; }
-    mb=$(($(stat -c %s /tmp/pattern) / 1048576))
+    mb=$(cat /tmp/pattern.mb)
     while [ "$i" -lt "$n" ]; do
         if DISK=$(find_disk) && [ -b "/dev/$DISK" ]; then
             t0=$(up)
