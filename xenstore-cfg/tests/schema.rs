@@ -1,0 +1,57 @@
+//! The vusb tree our schema writes, as `xenstore-ls -fp` lines, pinned by a snapshot.
+//! Compare by eye with section 4 of shared/reference/xenstore-vusb-dump.txt (real Xen 4.17).
+
+mod common;
+
+use xenstore_cfg::vusb::{self, ControllerConfig, CtrlType, UsbVer, VusbId};
+use xenstore_cfg::{Xs, XsOps};
+
+/// `xenstore-ls -fp <root>` lines (without the root itself), sorted like the dump.
+fn ls_fp(xs: &mut Xs, root: &str, out: &mut Vec<String>) {
+    for child in xs.directory(root).unwrap() {
+        let path = format!("{root}/{child}");
+        let value = String::from_utf8_lossy(&xs.read(&path).unwrap()).into_owned();
+        let perms = xs.get_perms(&path).unwrap();
+        out.push(format!("{path} = {value:?}   ({perms})"));
+        ls_fp(xs, &path, out);
+    }
+}
+
+#[test]
+fn controller_and_device_attach_tree() {
+    let sim = common::Sim::start();
+    let mut xs = sim.dom0();
+    xs.introduce(1, 0, 0).unwrap();
+    let id = VusbId {
+        fe: 1,
+        be: 0,
+        devid: 0,
+    };
+    let cfg = ControllerConfig {
+        id,
+        usb_ver: UsbVer::Usb20,
+        num_ports: 4,
+        ctrl_type: CtrlType::Pv,
+    };
+    vusb::add_controller(&mut xs, &cfg).unwrap();
+    vusb::set_port(&mut xs, &id, 1, Some("1-1")).unwrap();
+    let mut lines = Vec::new();
+    for root in ["/local/domain/0/backend", "/local/domain/1", "/libxl"] {
+        ls_fp(&mut xs, root, &mut lines);
+    }
+    lines.sort();
+    insta::assert_snapshot!(lines.join("\n"));
+
+    let view = vusb::read_backend(&mut xs, &id).unwrap();
+    assert_eq!(view.num_ports, 4);
+    assert_eq!(view.usb_ver, UsbVer::Usb20);
+    assert_eq!(view.ports, vec![Some("1-1".to_owned()), None, None, None]);
+    assert!(
+        vusb::set_port(&mut xs, &id, 5, Some("1-2")).is_err(),
+        "port beyond num-ports"
+    );
+    assert!(
+        vusb::set_port(&mut xs, &id, 2, Some("../x")).is_err(),
+        "not a bus id"
+    );
+}
