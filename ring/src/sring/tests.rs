@@ -289,3 +289,21 @@ fn usbif_rings_have_stock_sizes() {
     let conn = ConnFrontRing::init(Shm::heap(4096)).unwrap();
     assert_eq!(conn.size(), 512);
 }
+
+#[test]
+fn multi_page_rings_grow_by_order() {
+    for order in 0..=header::MAX_RING_ORDER {
+        let page = Shm::heap(crate::wire::PAGE_SIZE << order);
+        let mut front = UrbFrontRing::init(page.clone()).unwrap();
+        let mut back = UrbBackRing::new(page).unwrap();
+        assert_eq!(front.size(), 16 << order);
+        let raw = crate::wire::RawUrbRequest::default();
+        for _ in 0..front.size() {
+            front.push_request(&raw).unwrap();
+        }
+        front.push_requests();
+        assert_eq!(back.unconsumed_requests(), Ok(16 << order));
+        while back.pop_request().unwrap().is_some() {}
+        assert_eq!(back.req_cons(), 16 << order);
+    }
+}

@@ -8,6 +8,7 @@ pub mod conn;
 pub mod iso;
 pub mod pipe;
 pub mod seg;
+pub mod setup;
 pub mod status;
 pub mod urb;
 
@@ -17,6 +18,7 @@ pub use iso::{
 };
 pub use pipe::{Ep, Pipe, Port, XferType};
 pub use seg::{Seg, Segments};
+pub use setup::Setup;
 pub use status::{Speed, Status, UsbVer};
 pub use urb::{
     BadRequest, BadResponse, Isoc, Limits, RawIntr, RawIsoc, RawSeg, RawUnlink, RawUrbRequest,

@@ -368,6 +368,13 @@ impl Submit {
     pub fn data_segs(&self) -> &[Seg] {
         self.segs.head(self.nr_buffer_segs())
     }
+    /// The setup packet of a control request.
+    pub fn setup(&self) -> Option<super::Setup> {
+        match self.xfer {
+            Transfer::Ctrl { setup } => Some(super::Setup(setup)),
+            _ => None,
+        }
+    }
     /// The segments holding the ISO frame descriptors (empty unless isochronous).
     pub fn frame_desc_segs(&self) -> &[Seg] {
         self.segs.tail(self.nr_buffer_segs())
