@@ -7,6 +7,7 @@
 pub mod conn;
 pub mod iso;
 pub mod pipe;
+pub mod response;
 pub mod seg;
 pub mod setup;
 pub mod status;

@@ -1,4 +1,4 @@
-//! The URB ring's requests and responses: raw `usbif_urb_*` images, checked parse, infallible emit.
+//! The URB ring's requests: raw `usbif_urb_request`, checked parse, infallible emit.
 //!
 //! Parsing is where a guest's request stops being bytes it can still change: call it on a
 //! private copy (`BackRing::pop_request` makes one), never on the shared page. What parse
@@ -8,11 +8,12 @@
 //! `seg[]` entries past the counted ones, and `transfer_flags`/`buffer_length` of an unlink.
 //! `nr_frame_desc_segs` on a non-isochronous request is not a wire field at all (those bytes
 //! belong to another union member), so the typed repr makes it unrepresentable instead.
-use zerocopy::little_endian::{I32, U16, U32};
+use zerocopy::little_endian::{U16, U32};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use zerocopy::FromZeros;
 
+pub use super::response::{BadResponse, RawUrbResponse, UrbResponse};
 use super::seg::{Seg, Segments};
 use super::{
     Pipe, Status, XferType, MAX_PORTNR, MAX_SEGMENTS_PER_REQUEST, PAGE_SIZE, SHORT_NOT_OK,
@@ -173,38 +174,9 @@ impl RawUrbRequest {
     }
 }
 
-/// `struct usbif_urb_response`, 16 bytes.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    KnownLayout,
-    Immutable,
-    Unaligned,
-)]
-#[repr(C)]
-pub struct RawUrbResponse {
-    /// Id of the request answered.
-    pub id: U16,
-    /// Start frame (isochronous).
-    pub start_frame: U16,
-    /// `USBIF_STATUS_*` (a negative Linux errno, or 0).
-    pub status: I32,
-    /// Bytes transferred.
-    pub actual_length: I32,
-    /// Number of failed ISO packets.
-    pub error_count: I32,
-}
-
 const _: () = {
     assert!(core::mem::size_of::<RawSeg>() == 8);
     assert!(core::mem::size_of::<RawUrbRequest>() == 148);
-    assert!(core::mem::size_of::<RawUrbResponse>() == 16);
 };
 
 /// What the parser accepts beyond stock usbif, from the xenstore negotiation.
@@ -609,94 +581,6 @@ fn parse_unlink(
         return Err(BadRequest::UnlinkSelf { id });
     }
     Ok(UrbRequest::Unlink(Unlink { id, pipe, victim }))
-}
-
-/// Why a response from the backend was refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum BadResponse {
-    /// `actual_length` is negative.
-    #[error("negative actual_length {0}")]
-    NegativeActualLength(i32),
-    /// `error_count` is negative.
-    #[error("negative error_count {0}")]
-    NegativeErrorCount(i32),
-}
-
-/// A checked URB response. `status` is kept raw: a stock backend may send any errno, and
-/// [`UrbResponse::status_lossy`] maps it the way xen-hcd does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct UrbResponse {
-    /// Id of the request answered.
-    pub id: u16,
-    /// Start frame (isochronous).
-    pub start_frame: u16,
-    /// Raw status: 0 or a negative Linux errno.
-    pub status: i32,
-    /// Bytes transferred, ≤ `i32::MAX` (the wire field is signed).
-    pub actual_length: u32,
-    /// Failed ISO packets, ≤ `i32::MAX`.
-    pub error_count: u32,
-}
-
-impl UrbResponse {
-    /// A non-isochronous response.
-    pub const fn new(id: u16, status: Status, actual_length: u32) -> Self {
-        UrbResponse {
-            id,
-            start_frame: 0,
-            status: status.to_wire(),
-            actual_length,
-            error_count: 0,
-        }
-    }
-
-    /// The status if it is one usbif.h defines.
-    pub const fn status(&self) -> Option<Status> {
-        Status::from_wire(self.status)
-    }
-
-    /// The status as xen-hcd reads it: unknown codes become `Shutdown`.
-    pub const fn status_lossy(&self) -> Status {
-        Status::from_wire_lossy(self.status)
-    }
-
-    /// True for status 0.
-    pub const fn is_ok(&self) -> bool {
-        self.status == 0
-    }
-
-    /// Checks a private copy of a response.
-    pub fn parse(raw: &RawUrbResponse) -> Result<Self, BadResponse> {
-        let al = raw.actual_length.get();
-        let ec = raw.error_count.get();
-        let actual_length = u32::try_from(al).map_err(|_| BadResponse::NegativeActualLength(al))?;
-        let error_count = u32::try_from(ec).map_err(|_| BadResponse::NegativeErrorCount(ec))?;
-        Ok(UrbResponse {
-            id: raw.id.get(),
-            start_frame: raw.start_frame.get(),
-            status: raw.status.get(),
-            actual_length,
-            error_count,
-        })
-    }
-
-    /// Writes the response; lengths above `i32::MAX` saturate.
-    pub fn emit(&self, raw: &mut RawUrbResponse) {
-        raw.id.set(self.id);
-        raw.start_frame.set(self.start_frame);
-        raw.status.set(self.status);
-        raw.actual_length
-            .set(i32::try_from(self.actual_length).unwrap_or(i32::MAX));
-        raw.error_count
-            .set(i32::try_from(self.error_count).unwrap_or(i32::MAX));
-    }
-
-    /// [`UrbResponse::emit`] into a fresh raw response.
-    pub fn to_raw(&self) -> RawUrbResponse {
-        let mut raw = RawUrbResponse::new_zeroed();
-        self.emit(&mut raw);
-        raw
-    }
 }
 
 #[cfg(test)]
