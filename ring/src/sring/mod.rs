@@ -1,4 +1,4 @@
-//! ring.h over a [`Shm`]: the shared header, the front (request producer) and the back
+//! ring.h over a [`Shm`](crate::shm::Shm): the shared header, the front (request producer) and the back
 //! (request consumer) halves, with ring.h's barriers, notification hold-off and overflow
 //! checks.
 //!
