@@ -137,3 +137,66 @@ pub fn fuzz_back_ring(page: &[u8], start: u32, limits: &Limits) -> usize {
     back.push_responses_and_check_notify();
     consumed
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::wire::{Ep, Pipe, Port, Speed, Status, Unlink, XferType};
+
+    #[test]
+    fn mock_guest_talks_to_back_rings() {
+        let (mut guest, mut urb, mut conn) = MockGuest::new(8).unwrap();
+        assert_eq!(
+            conn.unconsumed_requests(),
+            Ok(512),
+            "every conn slot posted"
+        );
+
+        let slot = conn.pop_request().unwrap().unwrap();
+        let ev = ConnEvent {
+            id: slot.id.get(),
+            port: Port::new(2).unwrap(),
+            speed: Speed::High,
+        };
+        conn.push_response(&ev.to_raw()).unwrap();
+        assert!(conn.push_responses_and_check_notify());
+        assert_eq!(guest.conn_events().unwrap(), vec![ev]);
+        assert_eq!(
+            conn.unconsumed_requests(),
+            Ok(512),
+            "511 left + the re-posted slot"
+        );
+
+        let pipe = Pipe::new(1, 2, Ep::new(1, true), XferType::Bulk);
+        let req = UrbRequest::Unlink(Unlink {
+            id: 1,
+            pipe,
+            victim: 0,
+        });
+        assert!(guest.submit(&req).unwrap(), "first request notifies");
+        let raw = urb.pop_request().unwrap().unwrap();
+        assert_eq!(UrbRequest::parse(&raw, &Limits::stock(8)), Ok(req));
+        let rsp = UrbResponse::new(1, Status::Ok, 0);
+        urb.push_response(&rsp.to_raw()).unwrap();
+        urb.push_responses_and_check_notify();
+        assert_eq!(guest.responses().unwrap(), vec![rsp]);
+    }
+
+    #[test]
+    fn fuzz_body_consumes_a_valid_ring() {
+        let (mut guest, urb, _) = MockGuest::new(8).unwrap();
+        let pipe = Pipe::new(3, 2, Ep::new(1, true), XferType::Bulk);
+        for id in 0..16 {
+            guest
+                .submit(&UrbRequest::Unlink(Unlink {
+                    id,
+                    pipe,
+                    victim: 99,
+                }))
+                .unwrap();
+        }
+        let mut page = vec![0u8; crate::wire::RING_PAGE_SIZE];
+        urb.sring().shm().read(0, &mut page).unwrap();
+        assert_eq!(fuzz_back_ring(&page, 0, &Limits::stock(8)), 16);
+    }
+}
