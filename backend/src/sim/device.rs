@@ -306,9 +306,14 @@ impl HostDevice for SimDevice {
 
 impl Drop for SimDevice {
     fn drop(&mut self) {
-        self.shared
-            .stop
-            .store(true, std::sync::atomic::Ordering::Release);
+        {
+            // Set under the lock: the worker tests `stop` holding it, so it either sees the
+            // flag or is already waiting and gets the notification.
+            let _core = self.shared.lock();
+            self.shared
+                .stop
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
         self.shared.wake.notify_all();
         if let Some(w) = self.worker.take() {
             let _ = w.join();

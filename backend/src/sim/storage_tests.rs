@@ -248,9 +248,19 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(crate::test_cases(64)))]
     #[test]
     fn random_bot_sequences_keep_data(ops in proptest::collection::vec(op(), 1..25)) {
-        let (_tmp, mut dev, _) = open(disk(BLOCKS * 512));
-        let mut shadow = vec![0u8; (BLOCKS * 512) as usize];
+        // One plugged disk per test thread (tree removal is slow on some filesystems); each
+        // case reopens it, so the data also has to survive every close/open.
+        thread_local! {
+            static DISK: (tempfile::TempDir, String) = {
+                let tmp = tempfile::tempdir().unwrap();
+                let busid = plug(tmp.path(), &disk(BLOCKS * 512)).unwrap();
+                (tmp, busid)
+            };
+        }
+        let mut dev = DISK.with(|(tmp, busid)| SimDevice::open_busid(tmp.path(), busid).unwrap());
         let mut h = Host { dev: &mut dev, tag: 1 };
+        let mut shadow = h.read(0, BLOCKS as u16).data;
+        prop_assert_eq!(shadow.len() as u64, BLOCKS * 512);
         for op in ops {
             match op {
                 Op::Write { lba, blocks, fill } => {
