@@ -1,1 +1,8 @@
-//! Properties of the URB state machines against a reference model of DESIGN.md contract 1-6.
+//! Tests of the URB state machines: explicit cases per rule, then random interleavings
+//! checked against DESIGN.md contract 1-6 and a reference model.
+
+mod backend_cases;
+mod frontend_cases;
+mod props;
+mod sim;
+mod system_cases;
