@@ -364,3 +364,37 @@ pub fn drive(data: &[u8]) {
         panic!("contract violation: {e}");
     }
 }
+
+/// The decoder fuzz target: the first byte sets the chunk size and the shape the reply
+/// decoder assumes; the rest goes through both URB decoders and the OP_* decoders.
+pub fn decoders(data: &[u8]) {
+    let Some((&knob, rest)) = data.split_first() else {
+        return;
+    };
+    let limits = Limits {
+        max_transfer_len: 1 << 16,
+        max_iso_packets: 64,
+    };
+    let chunk = usize::from(knob % 64) + 1;
+    let dir = if knob & 0x40 == 0 {
+        super::pdu::Direction::Out
+    } else {
+        super::pdu::Direction::In
+    };
+    let shape = ReplyShape {
+        dir,
+        length: u32::from(knob) * 97,
+        iso_packets: u32::from(knob >> 6),
+    };
+    let mut cmds = CmdDecoder::new(limits);
+    let mut rets = RetDecoder::new(limits);
+    for piece in rest.chunks(chunk) {
+        cmds.push(piece);
+        while let Ok(Some(_)) = cmds.next_command() {}
+        rets.push(piece);
+        while let Ok(Some(_)) = rets.next_reply(|_| Some(shape)) {}
+    }
+    let _ = super::op::decode_request(rest);
+    let _ = super::op::decode_rep_import(rest);
+    let _ = super::op::decode_rep_devlist(rest);
+}

@@ -273,4 +273,9 @@ proptest! {
     fn fuzz_driver_never_panics(data in prop::collection::vec(any::<u8>(), 0..600)) {
         fuzzing::drive(&data);
     }
+
+    #[test]
+    fn decoder_fuzz_body_never_panics(data in prop::collection::vec(any::<u8>(), 0..600)) {
+        fuzzing::decoders(&data);
+    }
 }
