@@ -32,6 +32,17 @@
 //!   volatile copies and atomic index accesses.
 //! - [`sring`]: ring.h (`FRONT_RING_*`/`BACK_RING_*`) with its barriers, notification
 //!   hold-off and overflow checks, model-checked under `cfg(loom)`.
+//! - [`urb`]: guarantees 1-6 as sans-I/O state machines, generic over the shell's payload
+//!   (mapped grants, a usbfs URB, a client buffer), which each hands back exactly once.
+//!   [`urb::backend::Backend`] answers every request taken exactly once (a duplicate live
+//!   id is a typed protocol error, never answered), submits in ring order, cancels and
+//!   refuses in the same call when a device or the controller goes away, and contains a
+//!   failed endpoint until the frontend's clear mark; [`urb::frontend::Frontend`] keeps
+//!   ring ids within the ring, one endpoint's requests in submission order, splits large
+//!   bulk transfers at max-packet multiples, gives USB/IP exactly one of
+//!   (RET_SUBMIT, RET_UNLINK 0) or (RET_UNLINK -ECONNRESET) per unlink, and sends the clear
+//!   mark only on a transfer submitted after the client saw the failure. Containment
+//!   ([`urb::aca`]) is negotiated with `feature-aca`; stock peers get stock behaviour.
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)

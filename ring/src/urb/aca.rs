@@ -9,13 +9,23 @@
 //!   endpoint becomes *contained*. URBs in flight behind the failed one are cancelled, and
 //!   every later request for the endpoint is answered at once with [`CONTAINED`] without
 //!   reaching the device, until a request carries [`ACA_CLEAR`]; that one reopens the
-//!   endpoint and is submitted.
-//! - **frontend** ([`FrontendAca`]): after the client has *seen* a failure on an endpoint
-//!   (its completion was given back), the first transfer the client submits after that is
+//!   endpoint and is submitted. The backend learns of the failure only when it reaps the
+//!   URB, so on bulk endpoints a usbfs shell closes that window with
+//!   `USBDEVFS_URB_BULK_CONTINUATION` (see `backend::Action::Submit`): the kernel cancels
+//!   the followers from the failed URB's completion handler, before the device runs them.
+//!   usbfs has no such chain for interrupt endpoints; there a follower already queued may
+//!   still run before the failure is reaped (they rarely have more than one URB queued).
+//! - **frontend** ([`FrontendAca`]): once the client has *seen* a failure on an endpoint
+//!   (the failed transfer was given back), the first transfer it submits after that is
 //!   held until every earlier transfer of the endpoint has completed, then sent with
 //!   [`ACA_CLEAR`]. Everything the client queued before it saw the failure goes out without
 //!   the mark and is contained; everything after the mark was submitted after the failure
-//!   was seen. That is DESIGN.md contract 3.
+//!   was seen. Waiting for the endpoint to go idle matters: an earlier transfer still out
+//!   may fail too, and a mark sent before the client saw that would clear it. So each
+//!   failure the client sees starts an epoch, and only a transfer submitted in the current
+//!   epoch may carry the mark; a [`CONTAINED`] answer is collateral of a failure already
+//!   counted and starts none, which is what lets a driver that resubmits as each URB
+//!   completes (usbnet's rx queue) make progress. That is DESIGN.md contract 3.
 //!
 //! Setting the mark when the backend is not contained is harmless (it is a plain request
 //! then), so the frontend marks after *any* error answer on the endpoint, including a
