@@ -17,6 +17,7 @@
 pub mod busid;
 pub mod desc;
 pub mod hotplug;
+pub mod open;
 pub mod urb;
 
 use std::os::fd::BorrowedFd;
@@ -25,6 +26,8 @@ pub use busid::{
     check_busid, list_busids, resolve, HostSpeed, ResolveError, ResolvedDevice, UsbRoots,
 };
 pub use desc::{fixup_superspeed_as_high, Descriptors};
+pub use hotplug::{HotplugEvent, HotplugMonitor};
+pub use open::{OpenError, Platform};
 pub use urb::{
     errno, Completion, CtrlError, DiscardError, HostUrb, IsoPacketResult, Refused, SubmitError,
     UrbBuf, UrbFlags, XferKind,

@@ -52,6 +52,11 @@ pub struct Core {
     pub unplug_requested: bool,
 }
 
+/// wIndex's low byte (interface or endpoint number), without a truncating cast.
+fn low_byte(v: u16) -> u8 {
+    v.to_le_bytes()[0]
+}
+
 fn complete(urb: HostUrb, status: i32, actual: usize) -> Completion {
     Completion {
         tag: urb.tag,
@@ -365,7 +370,7 @@ impl Core {
         if let Some(packets) = iso {
             c.error_count = packets.iter().filter(|p| p.status != 0).count() as u32;
             c.iso_packets = packets;
-            c.start_frame = (q.frame & 0x7fff_ffff) as i32;
+            c.start_frame = i32::try_from(q.frame & 0x7fff_ffff).unwrap_or(0);
         }
         self.done.push_back(c);
         if kind == XferKind::Bulk && status < 0 {
@@ -443,8 +448,11 @@ impl Core {
                 }
             }
             (true, GET_STATUS) => {
-                let halted =
-                    recipient == 2 && self.eps.get(&(setup.index as u8)).is_some_and(|e| e.halted);
+                let halted = recipient == 2
+                    && self
+                        .eps
+                        .get(&(low_byte(setup.index)))
+                        .is_some_and(|e| e.halted);
                 io.push(&[u8::from(halted), 0]);
                 Poll::Ok
             }
@@ -453,7 +461,7 @@ impl Core {
                 Poll::Ok
             }
             (true, GET_INTERFACE) => {
-                io.push(&[self.alt_of(setup.index as u8)]);
+                io.push(&[self.alt_of(low_byte(setup.index))]);
                 Poll::Ok
             }
             (false, SET_ADDRESS | SET_FEATURE) => Poll::Ok,
@@ -461,12 +469,12 @@ impl Core {
                 Ok(()) => Poll::Ok,
                 Err(_) => Poll::Stall,
             },
-            (false, SET_INTERFACE) => match self.set_interface(setup.index as u8, value_lo) {
+            (false, SET_INTERFACE) => match self.set_interface(low_byte(setup.index), value_lo) {
                 Ok(()) => Poll::Ok,
                 Err(_) => Poll::Stall,
             },
             (false, CLEAR_FEATURE) if recipient == 2 && setup.value == 0 => {
-                match self.clear_halt(setup.index as u8) {
+                match self.clear_halt(low_byte(setup.index)) {
                     Ok(()) => Poll::Ok,
                     Err(_) => Poll::Stall,
                 }

@@ -207,6 +207,7 @@ impl UsbfsDevice {
             .iter()
             .map(|d| IsoPacketResult {
                 actual_length: d.actual_length,
+                // The header declares it unsigned; the kernel stores a negative errno.
                 status: d.status as i32,
             })
             .collect();
