@@ -67,7 +67,8 @@ pub trait HostDevice: Send + std::fmt::Debug {
     fn in_flight(&self) -> usize;
 
     /// A descriptor that becomes ready (see [`HostDevice::readiness`]) when `reap` has
-    /// something. Level-triggered pollers: drain `reap` to `None` before waiting again.
+    /// something, and also when the device goes away (usbfs: POLLHUP/POLLERR; treat those as
+    /// readiness too). On readiness: drain `reap` to `None`, then check `is_gone`.
     fn poll_fd(&self) -> BorrowedFd<'_>;
 
     /// Which readiness of `poll_fd` to wait for.

@@ -196,6 +196,8 @@ fn run_worker(shared: &Shared, mut watch: Watch) {
             if !present && !core.is_gone() {
                 tracing::info!(busid = watch.busid, "simulated device gone");
                 core.disconnect();
+                // Wake the engine even with nothing in flight, as usbfs's POLLHUP does.
+                shared.signal();
             }
             if faults.is_some() && faults != watch.faults_text {
                 match faults.as_deref().map(toml::from_str) {

@@ -308,6 +308,28 @@ fn unplug_with_urbs_in_flight_completes_each_exactly_once() {
 }
 
 #[test]
+fn unplug_of_an_idle_device_wakes_the_poll_fd() {
+    let (tmp, mut dev, busid) = open(loopback());
+    unplug(tmp.path(), &busid).unwrap();
+    let fd = dev.poll_fd();
+    let mut fds = [rustix::event::PollFd::new(
+        &fd,
+        rustix::event::PollFlags::IN,
+    )];
+    let n = rustix::event::poll(
+        &mut fds,
+        Some(&rustix::time::Timespec {
+            tv_sec: 2,
+            tv_nsec: 0,
+        }),
+    )
+    .unwrap();
+    assert_eq!(n, 1);
+    assert!(dev.reap().is_none());
+    assert!(dev.is_gone());
+}
+
+#[test]
 fn fault_unplug_after_n_urbs_removes_the_device() {
     let mut spec = loopback();
     spec.faults.unplug_after = Some(2);
