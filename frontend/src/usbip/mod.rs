@@ -1,17 +1,20 @@
 //! USB/IP: the wire codec (URB PDUs and management ops) and the sans-I/O server session
 //! the frontend runs towards vhci_hcd or a remote USB/IP client.
 
+pub mod client;
 pub mod decode;
 pub mod device;
 pub mod op;
 pub mod pdu;
 pub mod server;
 pub mod session;
+pub mod shell;
 pub mod wire;
 
 #[doc(hidden)]
 pub mod fuzzing;
 
+pub use client::{ClientConn, ClientError, ClientEvent};
 pub use decode::{CmdDecoder, DecodeError, Limits, ReplyShape, RetDecoder};
 pub use device::{ExportedDevice, InterfaceClass, Speed};
 pub use op::{OpError, OpRequest, OpStatus};
@@ -20,7 +23,10 @@ pub use pdu::{
 };
 pub use server::{ConnError, ConnEvent, NotAwaiting, ServerConn};
 pub use session::{CompleteError, Completion, Event, Session, SessionConfig, SessionError};
+pub use shell::{read_some, write_some, PumpError, ReadStatus, Wire};
 
+#[cfg(test)]
+mod client_tests;
 #[cfg(test)]
 mod codec_tests;
 #[cfg(test)]
