@@ -181,7 +181,8 @@ struct Live {
 /// Backend half of one vusb controller: requests in, host URBs and responses out.
 ///
 /// Calling contract: for each request copied off the ring, in ring order, call
-/// [`handle_submit`](Self::handle_submit) or [`handle_unlink`](Self::handle_unlink); for
+/// [`handle_submit`](Self::handle_submit), [`handle_unlink`](Self::handle_unlink) or, for
+/// one the shell answers itself, [`handle_local`](Self::handle_local); for
 /// each URB the host gives back call [`handle_host_done`](Self::handle_host_done); call
 /// [`handle_device_attached`](Self::handle_device_attached) /
 /// [`handle_device_gone`](Self::handle_device_gone) as ports gain and lose devices and
@@ -338,6 +339,22 @@ impl<P> Backend<P> {
             Status::Ok
         };
         self.respond(id, UrbResult::status(status), None);
+        Ok(())
+    }
+
+    /// A request the shell answers without the host: one that failed validation
+    /// (`wire::BadRequest::status`), or one it emulates (SET_ADDRESS). The answer is queued
+    /// in order with the others; a duplicate live id is still a protocol error.
+    pub fn handle_local(
+        &mut self,
+        id: u16,
+        result: UrbResult,
+        payload: Option<P>,
+    ) -> Result<(), Rejected<Option<P>>> {
+        if let Err(error) = self.check_id(id) {
+            return Err(Rejected { error, payload });
+        }
+        self.respond(id, result, payload);
         Ok(())
     }
 

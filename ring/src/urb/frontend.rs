@@ -62,6 +62,10 @@ impl FrontendConfig {
     }
 }
 
+/// RET_UNLINK status of [`Action::UnlinkReset`]: -ECONNRESET, as the USB/IP stub reports
+/// an URB it unlinked before it completed.
+pub const ECONNRESET: i32 = -104;
+
 /// The client's name for a transfer or an unlink: unique among its live ones (for USB/IP,
 /// e.g. `port << 32 | seqnum`, as seqnums are per connection).
 pub type Handle = u64;

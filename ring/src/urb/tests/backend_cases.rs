@@ -344,3 +344,27 @@ fn host_done_for_unknown_urb_hands_payload_back() {
         .unwrap_err();
     assert_eq!((err.id, err.payload), (7, 42));
 }
+
+#[test]
+fn locally_answered_request_is_ordered_and_checked() {
+    let mut be = backend(false);
+    be.handle_submit(1, bulk_out(1), false, 1).unwrap();
+    be.handle_local(2, UrbResult::status(Status::Inval), Some(2))
+        .unwrap();
+    let err = be
+        .handle_local(1, UrbResult::status(Status::Ok), None)
+        .unwrap_err();
+    assert_eq!(err.error, ProtocolError::DuplicateId(1));
+    let a = drain(&mut be);
+    assert!(matches!(
+        a.as_slice(),
+        [
+            Action::Submit { id: 1, .. },
+            Action::Respond {
+                id: 2,
+                payload: Some(2),
+                ..
+            }
+        ]
+    ));
+}
