@@ -152,7 +152,13 @@ impl TxBuf {
         }
     }
 
+    /// The end to append to. Drops the written prefix once it is most of the buffer, so
+    /// a socket that never quite drains does not make the buffer grow without bound.
     pub(crate) fn out(&mut self) -> &mut Vec<u8> {
+        if self.start > 0 && self.start >= self.buf.len() / 2 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
         &mut self.buf
     }
 }
