@@ -58,7 +58,9 @@ pub const ACA_CLEAR: u16 = 0x8000;
 /// uses it for "the endpoint or controller was disabled, the URB was not performed", and
 /// drivers do not blindly resubmit on it (they would on -EAGAIN, out of order), while
 /// -ECONNRESET would claim the client unlinked it. The URB that actually failed keeps its
-/// own status (-EPROTO, -EPIPE, ...), so the client can tell the cause from the collateral.
+/// own status (-EPROTO, -EPIPE, ...), so the client can tell the cause from the collateral;
+/// on a contained-capable endpoint the backend reports a host's own -ESHUTDOWN as -ENODEV,
+/// so that this code means collateral only (or a controller shutdown, which ends all).
 pub const CONTAINED: Status = Status::Shutdown;
 
 /// Whether containment applies to a transfer type: bulk and interrupt only. Control

@@ -376,6 +376,10 @@ impl<P> Backend<P> {
         let status = match (live.cancel, result.status) {
             (Some(Cancel::DeviceGone), _) => Status::NoDev,
             (Some(Cancel::Shutdown), _) => Status::Shutdown,
+            // The host's own -ESHUTDOWN (device going away) must not read as the
+            // containment code, which a frontend takes for collateral of a failure it has
+            // already seen; -ENODEV says the same about the device.
+            (_, HostStatus::Done(Status::Shutdown)) if live.contain => Status::NoDev,
             // It ran before the cancel took effect: say what happened.
             (_, HostStatus::Done(status)) => status,
             (Some(Cancel::Contained), HostStatus::Cancelled) => CONTAINED,

@@ -368,3 +368,15 @@ fn locally_answered_request_is_ordered_and_checked() {
         ]
     ));
 }
+
+#[test]
+fn host_shutdown_on_containable_endpoint_reads_as_nodev() {
+    let mut be = backend(true);
+    be.handle_submit(1, bulk_out(1), false, 1).unwrap();
+    drain(&mut be);
+    be.handle_host_done(1, HostResult::done(Status::Shutdown, 0), 1)
+        .unwrap();
+    let (_, _, responds) = summary(&drain(&mut be));
+    assert_eq!(responds, vec![(1, Status::NoDev)]);
+    assert!(be.is_contained(bulk_out(1)));
+}

@@ -45,6 +45,7 @@ fn outcome() -> impl Strategy<Value = Outcome> {
         1 => Just(Outcome::Fail(Status::IoError)),
         1 => Just(Outcome::Fail(Status::Stall)),
         1 => Just(Outcome::Fail(Status::Babble)),
+        1 => Just(Outcome::Fail(Status::Shutdown)),
     ]
 }
 
@@ -170,6 +171,7 @@ fn be_op() -> impl Strategy<Value = BeOp> {
             4 => Just(Some(Status::Ok)),
             2 => Just(Some(Status::IoError)),
             1 => Just(Some(Status::Stall)),
+            1 => Just(Some(Status::Shutdown)),
             2 => Just(None),
         ]).prop_map(|(pick, how)| BeOp::Done { pick, how }),
         1 => (1u8..=2).prop_map(BeOp::Gone),
@@ -354,6 +356,7 @@ fn be_step(be: &mut Backend<u16>, m: &mut Model, op: BeOp) {
             let status = match (u.why, how) {
                 (Some(Why::Gone), _) => Status::NoDev,
                 (Some(Why::Shutdown), _) => Status::Shutdown,
+                (_, Some(Status::Shutdown)) if containable => Status::NoDev,
                 (_, Some(s)) => s,
                 (Some(Why::Contained), None) => CONTAINED,
                 (Some(Why::Unlinked), None) => Status::IoError,

@@ -732,7 +732,11 @@ impl Sim {
             // The status is the truth: the device's own answer for one of its pieces, or a
             // reason the client can explain (its unlink, containment, unplug, disconnect,
             // a transfer usbif cannot carry).
-            let own = runs.iter().any(|r| r.status == result.status);
+            let containable = self.aca && x.ep % EPS != 0;
+            let own = runs.iter().any(|r| match r.status {
+                Status::Shutdown if containable => result.status == Status::NoDev,
+                s => s == result.status,
+            });
             let explained = match result.status {
                 Status::Ok => true,
                 Status::IoError => x.unlinked,
