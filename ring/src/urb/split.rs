@@ -498,6 +498,48 @@ mod tests {
         assert!(Split::new(XferType::Isoc, iso, Limits::STOCK).is_err());
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256)
+        ))]
+
+        /// Pieces tile the transfer in order, each fits one request exactly as counted,
+        /// all but the last end on a packet boundary, and `segments` agrees with the count.
+        #[test]
+        fn pieces_tile_the_transfer(
+            len in 0u32..600_000,
+            page_offset in 0u16..4096,
+            max_packet in proptest::sample::select(vec![8u16, 64, 512, 1024, 1023]),
+            max_segments in 1u32..=16,
+        ) {
+            let shape = Shape { len, page_offset, max_packet, extra_segs: 0 };
+            let limits = Limits { max_segments, max_len: 65535 };
+            let Ok(mut s) = Split::new(XferType::Bulk, shape, limits) else {
+                // Only when not even one packet fits the worst-placed piece.
+                proptest::prop_assert!(u32::from(max_packet) > max_segments * 4096 - 4095);
+                return Ok(());
+            };
+            let p = pieces(&mut s);
+            proptest::prop_assert!(!p.is_empty());
+            let mut next = 0;
+            for (i, piece) in p.iter().enumerate() {
+                let last = i + 1 == p.len();
+                proptest::prop_assert_eq!(piece.offset, next);
+                proptest::prop_assert_eq!(piece.last, last);
+                proptest::prop_assert!(piece.len <= 65535 && piece.segs <= max_segments);
+                proptest::prop_assert_eq!(piece.segs, seg_count(piece.page_offset, piece.len));
+                let spans: Vec<_> = segments(piece.page_offset, piece.len).collect();
+                proptest::prop_assert_eq!(spans.len(), piece.segs as usize);
+                proptest::prop_assert_eq!(spans.iter().map(|x| u32::from(x.len)).sum::<u32>(), piece.len);
+                if !last {
+                    proptest::prop_assert!(piece.len > 0 && piece.len % u32::from(max_packet) == 0);
+                }
+                next += piece.len;
+            }
+            proptest::prop_assert_eq!(next, len);
+        }
+    }
+
     #[test]
     fn bulk_needs_a_packet_size_to_split() {
         let shape = Shape {
