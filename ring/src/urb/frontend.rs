@@ -319,19 +319,16 @@ impl<P> Frontend<P> {
     ) -> Result<(), Rejected<P>> {
         let pipe = pipe.without_unlink();
         let key = EpKey::of(pipe);
-        let reason = if self.disconnected {
-            Some(Refused::Disconnected)
-        } else if !self.port_present(key.port) {
-            Some(Refused::NoDevice(key.port))
-        } else {
-            None
-        };
-        let ep = match (reason, key.index(self.cfg.num_ports)) {
-            (None, Some(ep)) => ep,
-            (reason, _) => {
-                let reason = reason.unwrap_or(Refused::NoDevice(key.port));
-                return Err(Rejected { reason, payload });
-            }
+        if self.disconnected {
+            let reason = Refused::Disconnected;
+            return Err(Rejected { reason, payload });
+        }
+        let present = key
+            .index(self.cfg.num_ports)
+            .filter(|_| self.port_present(key.port));
+        let Some(ep) = present else {
+            let reason = Refused::NoDevice(key.port);
+            return Err(Rejected { reason, payload });
         };
         let split = match Split::new(pipe.xfer_type(), shape, self.cfg.limits) {
             Ok(split) => split,
@@ -424,7 +421,8 @@ impl<P> Frontend<P> {
         Ok(())
     }
 
-    /// The backend answered request `id`.
+    /// The backend answered request `id`. An id not in flight is the backend's protocol
+    /// error ([`UnknownId`]): the shell should disconnect. Ignored after a disconnect.
     pub fn handle_response(&mut self, id: u16, result: UrbResult) -> Result<(), UnknownId> {
         if self.disconnected {
             // The ring is gone and every transfer was already answered.
@@ -472,14 +470,13 @@ impl<P> Frontend<P> {
         if let Some(p) = self.present.get_mut(usize::from(port.get() - 1)) {
             *p = false;
         }
-        let slots: Vec<usize> = self.slots_where(|t| t.port == port.get());
-        for slot in slots {
+        for slot in 0..self.transfers.len() {
             let sent = match self.transfer_mut(slot) {
-                Some(t) => {
+                Some(t) if t.port == port.get() => {
                     t.split.abort(Status::NoDev);
                     t.sent
                 }
-                None => continue,
+                _ => continue,
             };
             self.pending.retain(|&s| s != slot);
             if sent {
@@ -534,15 +531,6 @@ impl<P> Frontend<P> {
 
     fn transfer_mut(&mut self, slot: usize) -> Option<&mut Transfer<P>> {
         self.transfers.get_mut(slot).and_then(Option::as_mut)
-    }
-
-    fn slots_where(&self, which: impl Fn(&Transfer<P>) -> bool) -> Vec<usize> {
-        self.transfers
-            .iter()
-            .enumerate()
-            .filter(|(_, t)| t.as_ref().is_some_and(&which))
-            .map(|(slot, _)| slot)
-            .collect()
     }
 
     /// Removes a transfer, keeping its endpoint's bookkeeping right.
