@@ -2,6 +2,7 @@
 //! checked against DESIGN.md contract 1-6 and a reference model.
 
 mod backend_cases;
+mod checks;
 mod frontend_cases;
 mod props;
 mod sim;
