@@ -7,6 +7,9 @@
 use std::fmt;
 use std::os::fd::BorrowedFd;
 use std::ptr::NonNull;
+use std::sync::Arc;
+
+use pvusb_ring::shm::{Access as ShmAccess, Shm};
 
 use rustix::io::Errno;
 use rustix::mm::{MapFlags, MprotectFlags, ProtFlags};
@@ -202,6 +205,22 @@ impl fmt::Debug for Region {
     }
 }
 
+impl Region {
+    /// A `pvusb_ring` view of the region, keeping `owner` (whose drop unmaps it) alive.
+    fn shm(&self, writable: bool, owner: Arc<dyn Send + Sync>) -> Shm {
+        let access = if writable {
+            ShmAccess::ReadWrite
+        } else {
+            ShmAccess::ReadOnly
+        };
+        // SAFETY: `owner` owns this Region, so the mapping stays in place (and writable iff
+        // `writable`, which callers derive from how it was mapped) for as long as any view
+        // holds the owner; no Rust reference into it exists (this module only makes volatile
+        // copies).
+        unsafe { Shm::from_raw_parts(self.ptr, self.len, access) }.with_owner(owner)
+    }
+}
+
 /// What must happen after a mapping's memory is unmapped (gntdev UNMAP_GRANT_REF, or telling
 /// the broker).
 pub(crate) trait Unmap: Send + Sync + fmt::Debug {
@@ -276,6 +295,13 @@ impl GrantMapping {
     /// Copies bytes into the mapping; refused for a read-only mapping.
     pub fn write_at(&self, off: usize, data: &[u8]) -> Result<(), MemError> {
         self.region.write_at(off, data)
+    }
+    /// The mapping as a `pvusb_ring` shared-memory view (read-only for a read-only mapping).
+    /// Every view holds the `Arc`, so the grants are unmapped when the last of them and the
+    /// `Arc` are dropped.
+    pub fn shm(self: &Arc<Self>) -> Shm {
+        self.region
+            .shm(self.region.access == Access::Writable, self.clone())
     }
     /// Tries to make a read-only mapping writable with `mprotect`; the kernel must refuse
     /// (`EACCES`) for a read-only grant. Exists so tests can prove it without a segfault.
@@ -363,6 +389,11 @@ impl GrantedPages {
     /// Copies bytes into the pages.
     pub fn write_at(&self, off: usize, data: &[u8]) -> Result<(), MemError> {
         self.region.write_at(off, data)
+    }
+    /// The pages as a `pvusb_ring` shared-memory view (always writable by this domain).
+    /// Views hold the `Arc`; [`Arc::try_unwrap`] it after they are gone to end access.
+    pub fn shm(self: &Arc<Self>) -> Shm {
+        self.region.shm(true, self.clone())
     }
     /// Ends the peer's access to every page, like `gnttab_end_foreign_access_ref`: refused
     /// with [`EndAccessError::StillMapped`] (which hands the pages back) while the peer maps

@@ -375,3 +375,35 @@ fn last_connection_closing_kills_the_domain() {
     sim.wait_counters(idle(0));
     assert!(pvusb_xen::sim::SimPlatform::connect(sim.dir.path(), DomId(1)).is_err());
 }
+
+#[test]
+fn mappings_convert_into_ring_shm_views() {
+    use std::sync::Arc;
+    let sim = Sim::new();
+    let dom0 = sim.dom0();
+    let dom1 = sim.domain(1);
+    let pages = Arc::new(dom1.alloc(DomId(0), 1, Access::ReadOnly).unwrap());
+    let fe = pages.shm();
+    fe.write(8, b"through shm").unwrap();
+    let map = Arc::new(dom0.map(DomId(1), pages.grefs(), Access::ReadOnly).unwrap());
+    let be = map.shm();
+    assert_eq!(be.len(), PAGE_SIZE);
+    let mut buf = [0u8; 11];
+    be.read(8, &mut buf).unwrap();
+    assert_eq!(&buf, b"through shm");
+    assert!(
+        be.write(0, b"x").is_err(),
+        "a read-only mapping gives a read-only view"
+    );
+    drop(map);
+    assert_eq!(
+        sim.broker.counters().mappings,
+        1,
+        "the view keeps the mapping"
+    );
+    drop(be);
+    assert_eq!(sim.broker.counters().mappings, 0);
+    drop(fe);
+    Arc::try_unwrap(pages).unwrap().end_access().unwrap();
+    assert_eq!(sim.broker.counters().grants, 0);
+}

@@ -365,7 +365,8 @@ fn serve(shared: &Shared, inner: &mut Inner, conn: ConnId) -> (Vec<DomId>, Optio
         return (Vec::new(), None);
     };
     let mut buf = [0u8; MAX_MESSAGE];
-    let got = match fdpass::recv(fd.as_fd(), &mut buf, 0, RecvFlags::DONTWAIT) {
+    // Room for one fd, so that a client passing fds is detected (and the fds closed).
+    let got = match fdpass::recv(fd.as_fd(), &mut buf, 1, RecvFlags::DONTWAIT) {
         Ok(got) => got,
         Err(Errno::AGAIN) | Err(Errno::INTR) => return (Vec::new(), None),
         Err(_) => return close(inner),
@@ -377,7 +378,7 @@ fn serve(shared: &Shared, inner: &mut Inner, conn: ConnId) -> (Vec<DomId>, Optio
     let Ok((header, body)) = Request::parse_header(bytes) else {
         return close(inner);
     };
-    let parsed = if got.truncated || got.fds_truncated {
+    let parsed = if got.truncated || got.fds_truncated || !got.fds.is_empty() {
         Err(Status::BadRequest)
     } else {
         Request::parse_body(header.op, body).map_err(|_| Status::BadRequest)

@@ -1,0 +1,228 @@
+//! The broker treats every client as hostile: garbage gets an error reply or a closed
+//! connection, and the broker keeps serving everyone else.
+
+mod common;
+
+use std::os::fd::{AsFd, OwnedFd};
+
+use common::{idle, Sim};
+use proptest::prelude::*;
+use pvusb_xen::sim::fdpass;
+use pvusb_xen::sim::wire::{RawHeader, Reply, Request, Status};
+use pvusb_xen::sim::{socket_path, SimPlatform};
+use pvusb_xen::DomId;
+use rustix::net::{RecvFlags, SendFlags};
+use zerocopy::IntoBytes;
+
+fn raw(sim: &Sim, domid: DomId) -> OwnedFd {
+    fdpass::connect(&socket_path(sim.dir.path(), domid)).unwrap()
+}
+
+fn send(fd: &OwnedFd, bytes: &[u8]) {
+    fdpass::send(fd.as_fd(), bytes, &[], SendFlags::empty()).unwrap();
+}
+
+/// The reply, or `None` when the broker closed the connection.
+fn answer(fd: &OwnedFd) -> Option<(u32, Reply)> {
+    let mut buf = [0u8; 4096];
+    let got = fdpass::recv(fd.as_fd(), &mut buf, 4, RecvFlags::empty()).ok()?;
+    (got.len > 0).then(|| Reply::parse(&buf[..got.len]).unwrap())
+}
+
+fn still_serving(sim: &Sim) {
+    let dom0 = SimPlatform::connect(sim.dir.path(), DomId::DOM0).unwrap();
+    assert_eq!(
+        dom0.counters().unwrap().domains,
+        sim.broker.counters().domains
+    );
+}
+
+#[test]
+fn short_garbage_closes_the_connection() {
+    let sim = Sim::new();
+    let fd = raw(&sim, DomId::DOM0);
+    send(&fd, &[1, 2, 3]);
+    assert!(answer(&fd).is_none());
+    still_serving(&sim);
+}
+
+#[test]
+fn zero_length_datagram_closes_the_connection() {
+    let sim = Sim::new();
+    let fd = raw(&sim, DomId::DOM0);
+    send(&fd, &[]);
+    assert!(answer(&fd).is_none());
+    sim.wait_counters(idle(0));
+}
+
+#[test]
+fn unknown_op_gets_bad_request_with_its_seq() {
+    let sim = Sim::new();
+    let fd = raw(&sim, DomId::DOM0);
+    send(&fd, RawHeader { op: 4242, seq: 77 }.as_bytes());
+    assert_eq!(
+        answer(&fd),
+        Some((
+            77,
+            Reply::Error {
+                op: 4242,
+                status: Status::BadRequest
+            }
+        ))
+    );
+    // The connection stays usable.
+    send(&fd, &Request::Counters.emit(78));
+    assert!(matches!(answer(&fd), Some((78, Reply::Counters(_)))));
+}
+
+#[test]
+fn oversized_datagram_gets_bad_request() {
+    let sim = Sim::new();
+    let fd = raw(&sim, DomId::DOM0);
+    let mut big = Request::Counters.emit(5);
+    big.resize(10_000, 0xff);
+    send(&fd, &big);
+    assert_eq!(
+        answer(&fd),
+        Some((
+            5,
+            Reply::Error {
+                op: 10,
+                status: Status::BadRequest
+            }
+        ))
+    );
+}
+
+#[test]
+fn fds_sent_to_the_broker_are_refused_and_closed() {
+    let sim = Sim::new();
+    let fd = raw(&sim, DomId::DOM0);
+    let (reader, writer) = rustix::pipe::pipe().unwrap();
+    fdpass::send(
+        fd.as_fd(),
+        &Request::Counters.emit(9),
+        &[writer.as_fd()],
+        SendFlags::empty(),
+    )
+    .unwrap();
+    drop(writer);
+    assert_eq!(
+        answer(&fd),
+        Some((
+            9,
+            Reply::Error {
+                op: 10,
+                status: Status::BadRequest
+            }
+        ))
+    );
+    // The broker kept no copy of the write end: the pipe reports EOF.
+    let mut buf = [0u8; 1];
+    assert_eq!(rustix::io::read(&reader, &mut buf), Ok(0));
+}
+
+#[test]
+fn a_client_that_never_reads_is_disconnected() {
+    let sim = Sim::new();
+    let fd = raw(&sim, DomId::DOM0);
+    let req = Request::Counters.emit(1);
+    let mut sent = 0;
+    // Flood until our sends fail (the broker closed us) or many more replies than any
+    // socket buffer holds are queued.
+    while sent < 200_000 {
+        match fdpass::send(fd.as_fd(), &req, &[], SendFlags::DONTWAIT) {
+            Ok(()) => sent += 1,
+            Err(rustix::io::Errno::AGAIN) => {
+                std::thread::sleep(std::time::Duration::from_millis(1))
+            }
+            Err(_) => break,
+        }
+    }
+    assert!(
+        sent < 200_000,
+        "the broker should have closed the flooding connection"
+    );
+    sim.wait_counters(idle(0));
+    still_serving(&sim);
+}
+
+#[test]
+fn dom_u_cannot_reach_control_operations_or_other_domains_objects() {
+    let sim = Sim::new();
+    sim.broker.create_domain(DomId(3)).unwrap();
+    let fd = raw(&sim, DomId(3));
+    for (seq, req) in [
+        Request::DomainCreate { domid: DomId(4) },
+        Request::DomainDestroy { domid: DomId(0) },
+        Request::Counters,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let seq = seq as u32;
+        send(&fd, &req.emit(seq));
+        assert_eq!(
+            answer(&fd),
+            Some((
+                seq,
+                Reply::Error {
+                    op: req.op(),
+                    status: Status::NotPermitted
+                }
+            ))
+        );
+    }
+    for (seq, req) in [
+        Request::Unmap { map_id: 1 },
+        Request::GrantEnd {
+            handle: 1,
+            mode: pvusb_xen::sim::wire::EndMode::Refuse,
+        },
+        Request::EvtchnUnbind {
+            port: pvusb_xen::EvtchnPort(1),
+        },
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let seq = seq as u32 + 10;
+        send(&fd, &req.emit(seq));
+        assert_eq!(
+            answer(&fd),
+            Some((
+                seq,
+                Reply::Error {
+                    op: req.op(),
+                    status: Status::NoSuchObject
+                }
+            ))
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(
+        std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse::<u32>().ok()).unwrap_or(64).min(256)
+    ))]
+
+    /// Any datagram gets a well-formed reply or a close; the broker never stops serving.
+    #[test]
+    fn random_datagrams_never_hurt_the_broker(
+        datagrams in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 1..8)
+    ) {
+        let sim = Sim::new();
+        sim.broker.create_domain(DomId(1)).unwrap();
+        let fd = raw(&sim, DomId(1));
+        for d in &datagrams {
+            if fdpass::send(fd.as_fd(), d, &[], SendFlags::empty()).is_err() {
+                break;
+            }
+            if answer(&fd).is_none() {
+                break;
+            }
+        }
+        drop(fd);
+        still_serving(&sim);
+    }
+}
