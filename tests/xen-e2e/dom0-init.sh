@@ -20,7 +20,14 @@ RESULTS=/e2e/results
 mkdir -p "$RESULTS"
 echo "dom0-init: userspace at uptime $(cut -d' ' -f1 /proc/uptime)"
 # dom0's console (hvc0) ends up in the serial log; keep a copy on the payload disk too.
-( bash /e2e/scenario-dom0.sh; echo "dom0-init: scenario exited rc=$?" ) 2>&1 | tee "$RESULTS/dom0-scenario.log"
+. /e2e/run.env
+# End the scenario ourselves well before run.sh's global timeout kills QEMU, so that the
+# results disk is unmounted cleanly and the partial summary survives.
+budget=$(awk -v a="$HOST_QEMU_START" -v b="$(date +%s.%N)" -v t="$SCENARIO_DEADLINE" 'BEGIN { v = t - (b - a); if (v < 30) v = 30; printf "%d", v }')
+echo "dom0-init: scenario budget ${budget}s"
+( timeout -k 10 "$budget" bash /e2e/scenario-dom0.sh; rc=$?
+  [ "$rc" = 124 ] && printf 'dom0/scenario-budget\tFAIL\tscenario killed after %ss (dom0 budget)\n' "$budget" >>"$RESULTS/summary.tsv"
+  echo "dom0-init: scenario exited rc=$rc" ) 2>&1 | tee "$RESULTS/dom0-scenario.log"
 
 cp /var/log/xen/console/*.log "$RESULTS/" 2>/dev/null
 cp /var/log/xen/*.log "$RESULTS/" 2>/dev/null

@@ -10,7 +10,7 @@
 #   --backend PATH | --frontend PATH | --xl-usb PATH   override one binary
 #   --build-pvusb       build the three static binaries first (cargo, nice'd)
 #   --require-pvusb     a missing pvusb binary fails the run (default: boot smoke only)
-#   --timeout SECS      global QEMU timeout (default 1200)
+#   --timeout SECS      global QEMU timeout (default 1500)
 #   --build-only        build/cache everything, do not boot
 #   --selftest-agent    check the guest agent's disk commands without Xen: plain QEMU boots the
 #                       guest kernel + initramfs with the stick on its own EHCI and runs
@@ -33,7 +33,7 @@ log() { printf '[xen-e2e %4ss] %s\n' "$(($(date +%s) - T_START))" "$*" >&2; }
 die() { log "FATAL: $*"; exit 1; }
 
 PVUSB_DIR="$ROOT/target/x86_64-unknown-linux-gnu/release"
-BACKEND="" FRONTEND="" XLUSB="" BUILD_PVUSB=0 REQUIRE_PVUSB=0 TIMEOUT=1200 BUILD_ONLY=0 KEEP=0 SELFTEST=0
+BACKEND="" FRONTEND="" XLUSB="" BUILD_PVUSB=0 REQUIRE_PVUSB=0 TIMEOUT=1500 BUILD_ONLY=0 KEEP=0 SELFTEST=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --pvusb-dir) PVUSB_DIR=$2; shift ;;
@@ -95,6 +95,7 @@ if [ "$SELFTEST" = 1 ]; then
     log "selftest: FAIL (QEMU rc=$rc, $got of $want answers, $bad failed)"; exit 1
 fi
 build_xen
+build_vmlinux
 build_loader
 build_rootfs
 T_BUILT=$(date +%s)
@@ -107,6 +108,7 @@ P="$RUNDIR/payload"
 mkdir -p "$P"/{bin,guest,results}
 cp "$HERE/dom0-init.sh" "$HERE/scenario-dom0.sh" "$P/"
 cp "$HERE/domu.cfg" "$P/guest/domu.cfg"
+cp "$VMLINUX" "$P/guest/vmlinux"
 [ -n "$BACKEND" ] && cp "$BACKEND" "$P/bin/pvusb-backend"
 [ -n "$XLUSB" ] && cp "$XLUSB" "$P/bin/xl-usb"
 build_guest_initrd "$P/guest/initrd.cpio" "$FRONTEND"
@@ -120,17 +122,17 @@ QEMU_START=$(date +%s.%N)
 {
     printf 'HOST_QEMU_START=%s\nREQUIRE_PVUSB=%s\nHAVE_FRONTEND=%s\n' "$QEMU_START" "$REQUIRE_PVUSB" \
         "$([ -n "$FRONTEND" ] && echo 1 || echo 0)"
-    printf 'IO_MB=%s\nBACKEND_ARGS="%s"\nRUST_LOG="%s"\n' "${E2E_IO_MB:-16}" \
-        "${E2E_BACKEND_ARGS:---platform xen}" "${RUST_LOG:-info}"
+    printf 'IO_MB=%s\nBACKEND_ARGS="%s"\nRUST_LOG="%s"\nSCENARIO_DEADLINE=%s\n' "${E2E_IO_MB:-16}" \
+        "${E2E_BACKEND_ARGS:---platform xen}" "${RUST_LOG:-info}" "$((TIMEOUT - 90))"
 } >"$P/run.env"
-mkfs.ext4 -q -F -L e2e -d "$P" "$PAYLOAD_IMG" 256M >/dev/null || die "mkfs.ext4 payload failed"
+mkfs.ext4 -q -F -L e2e -d "$P" "$PAYLOAD_IMG" 384M >/dev/null || die "mkfs.ext4 payload failed"
 log "booting Xen + dom0 under QEMU (TCG), timeout ${TIMEOUT}s; serial: $SERIAL"
 QEMU_RC=0
 nice -n 10 timeout -k 10 "$TIMEOUT" "$QEMU" \
     -accel tcg -cpu max -m 3072 -smp 2 -nographic -no-reboot -nic none \
     -kernel "$XEN_ELF" \
     -append "console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M smap=0" \
-    -initrd "$VMLINUZ console=hvc0 earlyprintk=xen,$LOADER" \
+    -initrd "$VMLINUX console=hvc0 earlyprintk=xen,$LOADER" \
     -drive "file=$ROOT_IMG,if=virtio,format=raw,snapshot=on" \
     -drive "file=$PAYLOAD_IMG,if=virtio,format=raw" \
     -device usb-ehci,id=usbc \

@@ -41,6 +41,7 @@ say() { echo "=== $(up) $*"; }
 
 record() {
     printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$SUM"
+    sync "$SUM"
     say "[$1] $2 $3"
 }
 
@@ -154,12 +155,13 @@ s_native_read() {
 
 guest_ready() { [ -n "$(xenstore-read "$GDATA/ready" 2>/dev/null)" ]; }
 s_guest_create() {
-    timeout 120 xl create "$E2E/guest/domu.cfg" || { DETAIL="xl create failed"; return 1; }
+    local t0; t0=$(up)
+    timeout 300 xl create "$E2E/guest/domu.cfg" || { DETAIL="xl create failed or timed out after $(elapsed "$t0")s"; return 1; }
+    local tc; tc=$(elapsed "$t0")
     GDOMID=$(xl domid "$GUEST") || return 1
     GDATA=/local/domain/$GDOMID/data/e2e
-    local t0; t0=$(up)
-    wait_for 180 guest_ready || { DETAIL="domid $GDOMID: guest agent not ready after 180s"; return 1; }
-    DETAIL="domid $GDOMID, agent ready $(elapsed "$t0")s after xl create, $(since_qemu)s after QEMU start ($(xenstore-read "$GDATA/ready"))"
+    wait_for 240 guest_ready || { DETAIL="domid $GDOMID: guest agent not ready 240s after xl create returned"; return 1; }
+    DETAIL="domid $GDOMID, xl create ${tc}s, agent ready $(elapsed "$t0")s after xl create, $(since_qemu)s after QEMU start ($(xenstore-read "$GDATA/ready"))"
 }
 
 s_guest_drivers() {
@@ -186,15 +188,15 @@ s_xl_attach_waits() {
     be=$(xenstore-list "/local/domain/0/backend/vusb/$GDOMID" 2>/dev/null | head -1)
     st=$(xenstore-read "/local/domain/0/backend/vusb/$GDOMID/$be/state" 2>/dev/null || echo none)
     xenstore-ls -fp "/local/domain/0/backend/vusb" >"$RES/xenstore-vusb-nobackend.txt" 2>&1
-    timeout 60 xl usbctrl-detach "$GUEST" "${be:-0}" || true
-    # Leave no half controller behind for the pvusb rounds.
+    # Leave no half controller behind for the pvusb rounds. (xl usbctrl-detach would also
+    # remove these, after waiting for the absent backend: ~50 s of TCG time.)
     local left=""
     if [ -n "$be" ]; then
         for p in "/local/domain/0/backend/vusb/$GDOMID/$be" "/local/domain/$GDOMID/device/vusb/$be" "/libxl/$GDOMID/device/vusb/$be"; do
             xenstore-exists "$p" 2>/dev/null && { left="$left $p"; xenstore-rm "$p"; }
         done
     fi
-    DETAIL="xl usbctrl-attach rc=$rc after ${dt}s; backend/vusb/$GDOMID/${be:-?}/state=$st (waited for a backend); usbctrl-detach left:${left:- nothing}"
+    DETAIL="xl usbctrl-attach rc=$rc after ${dt}s; backend/vusb/$GDOMID/${be:-?}/state=$st (waited for a backend); removed:${left:- nothing}"
     [ "$rc" -ne 0 ] && [ "$st" = 1 ]
 }
 
