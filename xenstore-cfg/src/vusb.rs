@@ -324,6 +324,29 @@ pub fn set_port(xs: &mut Xs, id: &VusbId, port: u8, busid: Option<&str>) -> Resu
     })
 }
 
+/// Finds the controller a frontend directory belongs to, from its `backend-id` (what a
+/// frontend does on discovering `device/vusb/<devid>`).
+pub fn read_frontend(xs: &mut impl XsOps, fe: DomId, devid: u32) -> Result<VusbId, XsError> {
+    let dir = VusbId { fe, be: 0, devid }.frontend_dir();
+    let path = format!("{dir}/{}", keys::BACKEND_ID);
+    let v = xs.read_string(&path)?;
+    let be = v.trim().parse().map_err(|_| XsError::BadValue {
+        path,
+        value: v.clone(),
+    })?;
+    Ok(VusbId { fe, be, devid })
+}
+
+/// Device ids under `/local/domain/<fe>/device/vusb` (empty if there is none).
+pub fn list_frontends(xs: &mut impl XsOps, fe: DomId) -> Result<Vec<u32>, XsError> {
+    let dir = format!("/local/domain/{fe}/device/{DEVICE_TYPE}");
+    match xs.directory(&dir) {
+        Ok(children) => Ok(children.iter().filter_map(|c| c.parse().ok()).collect()),
+        Err(XsError::Xs(XsErrno::ENOENT)) => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
 /// The controller settings a backend reads from its directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackendView {

@@ -120,17 +120,21 @@ pub fn wait_state(
     let path = format!("{dir}/{}", keys::STATE);
     let token = unique_token("wait-state");
     xs.watch(&path, &token)?;
-    let result = loop {
+    let mut wait = || loop {
         let state = read_state(xs, dir)?;
         if pred(state) {
-            break Ok(state);
+            return Ok(state);
         }
         if xs.wait_event_for(&token, Some(deadline))?.is_none() {
-            break Err(WaitStateError::Timeout(state));
+            return Err(WaitStateError::Timeout(state));
         }
     };
-    xs.unwatch(&path, &token)?;
-    result
+    let result = wait();
+    // Always drop the watch, even after an error, so waits never leak watch quota.
+    let unwatched = xs.unwatch(&path, &token);
+    let state = result?;
+    unwatched?;
+    Ok(state)
 }
 
 /// The frontend's ring details: `urb-ring-ref`, `conn-ring-ref`, `event-channel`.

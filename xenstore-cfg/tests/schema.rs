@@ -42,6 +42,13 @@ fn controller_and_device_attach_tree() {
     lines.sort();
     insta::assert_snapshot!(lines.join("\n"));
 
+    let mut guest = sim.domain(1);
+    assert_eq!(vusb::list_frontends(&mut guest, 1).unwrap(), vec![0]);
+    assert_eq!(vusb::read_frontend(&mut guest, 1, 0).unwrap(), id);
+    assert_eq!(
+        vusb::list_frontends(&mut guest, 2).unwrap_or_default(),
+        Vec::<u32>::new()
+    );
     let view = vusb::read_backend(&mut xs, &id).unwrap();
     assert_eq!(view.num_ports, 4);
     assert_eq!(view.usb_ver, UsbVer::Usb20);

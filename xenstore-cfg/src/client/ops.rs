@@ -109,6 +109,10 @@ fn directory_parts<O: XsOps + ?Sized>(ops: &mut O, path: &str) -> Result<Vec<Str
             if *first_gen.get_or_insert(generation) != generation {
                 continue 'restart;
             }
+            if part.is_empty() && !complete {
+                // A server that makes no progress would loop us forever.
+                return Err(XsError::Xs(XsErrno::EIO));
+            }
             for c in part {
                 let len = u32::try_from(c.len() + 1).map_err(|_| XsError::Xs(XsErrno::E2BIG))?;
                 offset = offset.saturating_add(len);
