@@ -186,6 +186,8 @@ impl Xenstored {
                 }
             };
             c.inbuf.drain(..HEADER_LEN + payload.len());
+            let span = tracing::debug_span!("xs", domid = c.domid, conn = conn.0);
+            let _enter = span.enter();
             self.dispatch(conn, header.ty, header.req_id, header.tx_id, &payload);
         }
     }
