@@ -114,6 +114,7 @@ impl BackendAca {
         *self = BackendAca::Open;
     }
 
+    /// Whether requests are being answered with [`CONTAINED`].
     pub fn is_contained(self) -> bool {
         self == BackendAca::Contained
     }

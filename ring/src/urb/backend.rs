@@ -55,14 +55,19 @@ pub enum ProtocolError {
     DuplicateId(u16),
     /// More requests live than the ring can hold.
     #[error("more than {limit} requests in flight")]
-    TooManyInFlight { limit: u16 },
+    TooManyInFlight {
+        /// The ring size.
+        limit: u16,
+    },
 }
 
 /// A submit request refused as a protocol error, with its payload handed back.
 #[derive(Debug, thiserror::Error)]
 #[error("{error}")]
 pub struct Rejected<P> {
+    /// What was wrong.
     pub error: ProtocolError,
+    /// The request's payload, for the shell to release.
     pub payload: P,
 }
 
@@ -81,9 +86,13 @@ pub enum HostStatus {
 /// A URB the host gave back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HostResult {
+    /// How it ended.
     pub status: HostStatus,
+    /// Bytes transferred.
     pub actual_length: u32,
+    /// Isochronous: the frame it started in.
     pub start_frame: u16,
+    /// Isochronous: packets that failed.
     pub error_count: u32,
 }
 
@@ -113,7 +122,9 @@ impl HostResult {
 #[derive(Debug, thiserror::Error)]
 #[error("host gave back urb {id}, which is not in flight")]
 pub struct UnknownUrb<P> {
+    /// The id the host named.
     pub id: u16,
+    /// The payload it gave back, for the shell to release.
     pub payload: P,
 }
 
@@ -130,17 +141,27 @@ pub enum Action<P> {
     /// URB; the backend's own [`Action::Cancel`]s follow when the failure is reaped. If the
     /// shell splits a request into several usbfs URBs, all but the first carry the flag.
     Submit {
+        /// Request id; name the URB by it in [`Backend::handle_host_done`].
         id: u16,
+        /// The request's pipe (unlink bit clear).
         pipe: Pipe,
+        /// Chain it to the previous bulk URB of its endpoint (see above).
         continuation: bool,
+        /// What the host needs to run it; comes back with `handle_host_done`.
         payload: P,
     },
     /// Cancel the URB on the host (usbfs `DISCARDURB`); it is still given back later.
-    Cancel { id: u16 },
+    Cancel {
+        /// The URB's request id.
+        id: u16,
+    },
     /// Unmap `payload` (if any), then push this response on the ring.
     Respond {
+        /// Request id the response echoes.
         id: u16,
+        /// The response's fields.
         result: UrbResult,
+        /// The request's payload (none for an unlink request).
         payload: Option<P>,
     },
 }

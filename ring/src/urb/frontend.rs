@@ -85,7 +85,9 @@ pub enum Refused {
 #[derive(Debug, thiserror::Error)]
 #[error("{reason}")]
 pub struct Rejected<P> {
+    /// Why.
     pub reason: Refused,
+    /// The transfer's payload, handed back.
     pub payload: P,
 }
 
@@ -101,6 +103,7 @@ pub struct Request {
     pub id: u16,
     /// The pipe (with `USBIF_PIPE_UNLINK` for an unlink).
     pub pipe: Pipe,
+    /// Submit or unlink.
     pub kind: RequestKind,
 }
 
@@ -110,14 +113,20 @@ pub enum RequestKind {
     /// Data: bytes `piece.offset .. piece.offset + piece.len` of the transfer `handle`,
     /// in `piece.segs` segments starting at `piece.page_offset`.
     Submit {
+        /// The client transfer it belongs to.
         handle: Handle,
+        /// Which part of the transfer.
         piece: Piece,
+        /// Set `USBIF_SHORT_NOT_OK` in `transfer_flags`.
         short_not_ok: bool,
         /// Set [`ACA_CLEAR`] in `transfer_flags`.
         aca_clear: bool,
     },
     /// Cancel the request `victim`.
-    Unlink { victim: u16 },
+    Unlink {
+        /// Request id to cancel (`u.unlink.unlink_id`).
+        victim: u16,
+    },
 }
 
 impl RequestKind {
@@ -151,16 +160,25 @@ pub enum Action<P> {
     Push(Request),
     /// The transfer finished (RET_SUBMIT); its payload comes back.
     Complete {
+        /// The transfer.
         handle: Handle,
+        /// Its status and summed length.
         result: UrbResult,
+        /// Its payload, handed back.
         payload: P,
     },
     /// RET_UNLINK status 0: the victim's `Complete` came first, or it was unknown.
-    UnlinkOk { handle: Handle },
-    /// RET_UNLINK -ECONNRESET: the victim never reached the ring and never completes.
-    UnlinkReset {
+    UnlinkOk {
+        /// The unlink command.
         handle: Handle,
+    },
+    /// RET_UNLINK [`ECONNRESET`]: the victim never reached the ring and never completes.
+    UnlinkReset {
+        /// The unlink command.
+        handle: Handle,
+        /// The transfer it cancelled.
         victim: Handle,
+        /// The victim's payload, handed back.
         payload: P,
     },
 }

@@ -7,6 +7,7 @@
 //! [`split`] cuts large bulk transfers into requests and puts their results together;
 //! [`aca`] is the per-endpoint error containment both halves agree on.
 
+#![warn(missing_docs)]
 pub mod aca;
 pub mod backend;
 pub mod frontend;

@@ -125,13 +125,23 @@ pub struct Piece {
 pub enum SplitError {
     /// Larger than one request, and only bulk transfers may be split.
     #[error("a {xfer:?} transfer of {len} bytes does not fit one request")]
-    NotSplittable { xfer: XferType, len: u32 },
+    NotSplittable {
+        /// Its type.
+        xfer: XferType,
+        /// Its length.
+        len: u32,
+    },
     /// A bulk transfer to split, but the endpoint's `wMaxPacketSize` is 0.
     #[error("wMaxPacketSize is 0")]
     ZeroMaxPacket,
     /// Not even one packet fits a request.
     #[error("wMaxPacketSize {max_packet} does not fit one request of {room} bytes")]
-    PacketTooLarge { max_packet: u16, room: u32 },
+    PacketTooLarge {
+        /// The endpoint's packet size.
+        max_packet: u16,
+        /// Bytes the worst-placed request can hold.
+        room: u32,
+    },
 }
 
 impl SplitError {
@@ -156,7 +166,10 @@ pub enum Verdict {
     Continue,
     /// The piece was short or failed and is now the first such piece: cancel every piece
     /// starting after `after` that is still in flight, and issue no more.
-    Ended { after: u32 },
+    Ended {
+        /// Offset of the piece that ended the transfer.
+        after: u32,
+    },
 }
 
 /// One client transfer: its pieces, issued in order, and its result.
