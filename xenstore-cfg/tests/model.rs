@@ -5,7 +5,8 @@
 //! - a commit never fails if nothing was committed since the transaction started, and a
 //!   successful commit is serializable: replaying the transaction's operations on the
 //!   model at commit time gives exactly the results the client saw;
-//! - dom0 watchers receive exactly the events the model predicts, no more, no fewer.
+//! - watchers (dom0 and the guest) receive exactly the events the model predicts, only for
+//!   nodes they may read (or whose parent they may read), no more, no fewer.
 
 mod common;
 
@@ -46,12 +47,16 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (c.clone(), p.clone()).prop_map(|(c, p)| Op::Rm(c, p)),
         1 => (c.clone(), p.clone()).prop_map(|(c, p)| Op::Dir(c, p)),
         2 => (p.clone(), 0..PERMS.len()).prop_map(|(p, k)| Op::Chmod(p, k)),
-        1 => (0..2usize, 0..8usize, 0..2u8).prop_map(|(c, p, t)| Op::Watch(c, p, t)),
-        1 => (0..2usize, 0..8usize, 0..2u8).prop_map(|(c, p, t)| Op::Unwatch(c, p, t)),
+        1 => (0..3usize, 0..8usize, 0..2u8).prop_map(|(c, p, t)| Op::Watch(c, p, t)),
+        1 => (0..3usize, 0..8usize, 0..2u8).prop_map(|(c, p, t)| Op::Unwatch(c, p, t)),
         2 => c.clone().prop_map(Op::TxStart),
         2 => (c, any::<bool>()).prop_map(|(c, commit)| Op::TxEnd(c, commit)),
     ]
 }
+
+/// A change watchers hear about: path, exact (a descendant removed with its ancestor), and
+/// the node's permissions at the change.
+type Change = (String, bool, Perms);
 
 /// What an operation returned, comparably.
 type Outcome = Result<Reply, XsErrno>;
@@ -177,7 +182,7 @@ impl Model {
 
     /// Applies `op` by a connection of `domid` to the committed tree; returns the outcome
     /// and the changes (path, exact) watchers hear about.
-    fn apply(&mut self, domid: u16, op: &Op) -> (Outcome, Vec<(String, bool)>) {
+    fn apply(&mut self, domid: u16, op: &Op) -> (Outcome, Vec<Change>) {
         let mut changes = Vec::new();
         let out = match *op {
             Op::Read(_, p) => self
@@ -198,13 +203,14 @@ impl Model {
                 let path = PATHS[p];
                 match self.get(domid, path, true) {
                     Ok(_) => {
-                        self.nodes.get_mut(path).unwrap().value = vec![b'0' + v];
-                        changes.push((path.to_owned(), false));
+                        let n = self.nodes.get_mut(path).unwrap();
+                        n.value = vec![b'0' + v];
+                        changes.push((path.to_owned(), false, n.perms.clone()));
                         Ok(Reply::Ok)
                     }
                     Err(XsErrno::ENOENT) => {
                         self.create(domid, path, vec![b'0' + v]);
-                        changes.push((path.to_owned(), false));
+                        changes.push((path.to_owned(), false, self.nodes[path].perms.clone()));
                         Ok(Reply::Ok)
                     }
                     Err(e) => Err(e),
@@ -216,7 +222,7 @@ impl Model {
                     Ok(_) => Ok(Reply::Ok),
                     Err(XsErrno::ENOENT) => {
                         self.create(domid, path, vec![]);
-                        changes.push((path.to_owned(), false));
+                        changes.push((path.to_owned(), false, self.nodes[path].perms.clone()));
                         Ok(Reply::Ok)
                     }
                     Err(e) => Err(e),
@@ -233,12 +239,9 @@ impl Model {
                             .cloned()
                             .collect();
                         for d in doomed {
-                            self.nodes.remove(&d);
-                            if d != path {
-                                changes.push((d, true));
-                            }
+                            let gone = self.nodes.remove(&d).unwrap();
+                            changes.push((d.clone(), d != path, gone.perms));
                         }
-                        changes.push((path.to_owned(), false));
                         Ok(Reply::Ok)
                     }
                     Err(XsErrno::ENOENT) if self.nodes.contains_key(parent(path)) => Ok(Reply::Ok),
@@ -250,7 +253,7 @@ impl Model {
                 match self.nodes.get_mut(path) {
                     Some(n) => {
                         n.perms = perms(PERMS[k]);
-                        changes.push((path.to_owned(), false));
+                        changes.push((path.to_owned(), false, n.perms.clone()));
                         Ok(Reply::Ok)
                     }
                     None => Err(XsErrno::ENOENT),
@@ -264,12 +267,20 @@ impl Model {
         (out, changes)
     }
 
-    fn events(&self, changes: &[(String, bool)]) -> Vec<(usize, String, String)> {
+    /// Events for `changes`, judged against the tree as it is now: a watcher hears a
+    /// change if it could read the node (as it was) or can read its parent.
+    fn events(&self, changes: &[Change]) -> Vec<(usize, String, String)> {
         let mut v = Vec::new();
-        for (path, exact) in changes {
+        for (path, exact, node_perms) in changes {
             for (c, w, t) in &self.watches {
                 let fires = if *exact { w == path } else { is_child(path, w) };
-                if fires {
+                let domid = DOMS[*c];
+                let permitted = access(domid, node_perms).0
+                    || self
+                        .nodes
+                        .get(parent(path))
+                        .is_some_and(|p| access(domid, &p.perms).0);
+                if fires && permitted {
                     v.push((*c, path.clone(), t.clone()));
                 }
             }
@@ -353,11 +364,14 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         prop_assert_ne!(model.version, tx.start_version, "spurious conflict");
                     } else {
                         prop_assert_eq!(r, Ok(Reply::Ok));
+                        let mut all = Vec::new();
                         for (op, seen) in &tx.log {
                             let (want, changes) = model.apply(DOMS[c], op);
                             prop_assert_eq!(&want, seen, "not serializable: {:?}", op);
-                            expected.extend(model.events(&changes));
+                            all.extend(changes);
                         }
+                        // xenstored fires a transaction's watches after the whole commit.
+                        expected.extend(model.events(&all));
                     }
                 }
             }
@@ -427,7 +441,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         }
         // Round-trip on each watcher so every event sent so far has arrived.
         let mut got_events = Vec::new();
-        for (c, conn) in conns.iter_mut().enumerate().take(2) {
+        for (c, conn) in conns.iter_mut().enumerate() {
             conn.request(0, &Request::GetDomainPath { domid: 0 })
                 .unwrap();
             while let Some(e) = conn.poll_event() {
