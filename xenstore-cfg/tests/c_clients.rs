@@ -222,3 +222,20 @@ fn libxl_style_controller_matches_the_real_dump() {
         .status
         .success());
 }
+
+/// A child list longer than one reply: libxenstore gets E2BIG and pages with
+/// XS_DIRECTORY_PART; so does our client.
+#[test]
+fn long_directories_page_through_directory_part() {
+    let sim = Sim::start();
+    let mut xs = sim.dom0();
+    let names: Vec<String> = (0..200)
+        .map(|i| format!("child-with-a-rather-long-name-{i:03}"))
+        .collect();
+    for n in &names {
+        xs.write(&format!("/big/{n}"), b"x").unwrap();
+    }
+    let listed = stdout(&xs_tool(&sim.socket(), "xenstore-list", &["/big"]));
+    assert_eq!(listed.lines().collect::<Vec<_>>(), names);
+    assert_eq!(xs.directory("/big").unwrap(), names);
+}

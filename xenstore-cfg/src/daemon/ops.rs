@@ -150,37 +150,37 @@ impl<'v, 'a> Ops<'v, 'a> {
         Ok(children)
     }
 
-    /// XS_DIRECTORY_PART: (generation, children from byte `offset`, list complete).
+    /// XS_DIRECTORY_PART: (generation, children from byte `offset` of the NUL-separated
+    /// child list, list complete), cut to fit one reply exactly as xenstored does (an
+    /// offset inside a name yields the rest of that name).
     pub fn directory_part(
         &mut self,
         path: &str,
         offset: u32,
     ) -> Result<(u64, Vec<String>, bool), XsErrno> {
         let node = self.get_node(path, Need::Read)?;
+        let mut list = Vec::new();
+        for c in &node.children {
+            list.extend_from_slice(c.as_bytes());
+            list.push(0);
+        }
         let gen_len = node.generation.to_string().len() + 1;
         let max = PAYLOAD_MAX - gen_len - 1;
-        let offset = usize::try_from(offset).map_err(|_| XsErrno::EINVAL)?;
-        let mut pos = 0;
+        let off = usize::try_from(offset).unwrap_or(usize::MAX);
+        let Some(rest) = list.get(off..).filter(|r| !r.is_empty()) else {
+            return Ok((node.generation, Vec::new(), true));
+        };
         let mut len = 0;
         let mut part = Vec::new();
-        let mut complete = true;
-        for c in &node.children {
-            let l = c.len() + 1;
-            if pos >= offset {
-                if len + l > max {
-                    complete = false;
-                    break;
-                }
-                len += l;
-                part.push(c.clone());
-            } else if pos + l > offset {
-                // An offset inside a name: xenstored would return a partial name; a client
-                // only ever sends offsets it computed from whole names.
-                return Err(XsErrno::EINVAL);
+        for name in rest.split_inclusive(|&b| b == 0) {
+            if len + name.len() > max {
+                break;
             }
-            pos += l;
+            len += name.len();
+            let text = name.strip_suffix(&[0]).unwrap_or(name);
+            part.push(String::from_utf8_lossy(text).into_owned());
         }
-        Ok((node.generation, part, complete))
+        Ok((node.generation, part, len == rest.len()))
     }
 
     /// XS_GET_PERMS.
