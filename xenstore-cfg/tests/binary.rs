@@ -66,3 +66,20 @@ fn serves_and_shuts_down_on_sigterm() {
     assert!(!sock.exists());
     assert!(!dom2.exists());
 }
+
+#[test]
+fn library_daemon_removes_its_sockets_even_if_never_run() {
+    use xenstore_cfg::daemon::{Config, Daemon};
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::bind(Config::new(dir.path())).unwrap();
+    assert!(dir.path().join("socket").exists());
+    drop(d);
+    assert!(!dir.path().join("socket").exists());
+    // A stale socket left by a crashed daemon does not prevent a restart.
+    let stale = std::os::unix::net::UnixListener::bind(dir.path().join("socket")).unwrap();
+    drop(stale);
+    let h = xenstore_cfg::daemon::spawn(dir.path()).unwrap();
+    Xs::connect(h.socket()).unwrap().write("/ok", b"1").unwrap();
+    h.stop().unwrap();
+    assert!(!dir.path().join("socket").exists());
+}

@@ -219,14 +219,6 @@ impl Daemon {
     pub fn run(mut self) -> Result<(), DaemonError> {
         tracing::info!(dir = %self.dir.display(), "xenstored serving");
         let result = self.serve();
-        for domid in self.by_domain.keys().copied().collect::<Vec<_>>() {
-            self.unlisten(domid);
-        }
-        if let Some((_, ids)) = self.signals.take() {
-            for id in ids {
-                signal_hook::low_level::unregister(id);
-            }
-        }
         tracing::info!("xenstored stopped");
         result
     }
@@ -405,6 +397,20 @@ impl Daemon {
             }
         }
         Ok(())
+    }
+}
+
+impl Drop for Daemon {
+    /// Removes every socket this daemon created, whether or not it ever ran.
+    fn drop(&mut self) {
+        for domid in self.by_domain.keys().copied().collect::<Vec<_>>() {
+            self.unlisten(domid);
+        }
+        if let Some((_, ids)) = self.signals.take() {
+            for id in ids {
+                signal_hook::low_level::unregister(id);
+            }
+        }
     }
 }
 
