@@ -37,18 +37,18 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 
 log "cargo clippy"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets -- -D warnings
 
 log "cargo test"
-PROPTEST_CASES="${PROPTEST_CASES:-1000}" cargo test --workspace --locked
+PROPTEST_CASES="${PROPTEST_CASES:-1000}" cargo test --workspace
 
 log "loom: ring protocol interleavings"
 RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-3}" \
-    cargo test -p pvusb-ring --release --locked --target-dir target/loom -- loom
+    cargo test -p pvusb-ring --release --target-dir target/loom -- loom
 
 if [ "${PVUSB_FUZZ_SECONDS:-0}" -gt 0 ]; then
     log "cargo-fuzz smoke (${PVUSB_FUZZ_SECONDS}s per target)"
-    command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --version 0.13.2 --locked
+    command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --version 0.13.2
     for dir in */fuzz tools/*/fuzz; do
         [ -f "$dir/Cargo.toml" ] || continue
         for t in $(cd "$dir/.." && cargo +nightly fuzz list); do
