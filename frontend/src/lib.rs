@@ -17,5 +17,11 @@
 //!   its victim's answer.
 //! - Only SHORT_NOT_OK, ISO_ASAP, ZERO_PACKET and DIR_IN survive from `transfer_flags`.
 
+pub mod bridge;
+pub mod daemon;
+pub mod engine;
+pub mod logging;
+pub mod pool;
 pub mod usbip;
 pub mod vhci;
+pub mod xenbus;

@@ -1,0 +1,330 @@
+//! Controller lifecycle: the xenbus handshake per `device/vusb/<devid>`, connecting,
+//! tearing down when the backend goes away, and reconnecting when it comes back.
+
+use std::collections::BTreeMap;
+use std::os::fd::AsRawFd;
+
+use mio::unix::SourceFd;
+use mio::{Interest, Token};
+use pvusb_xen::{DomId, PlatformKind};
+use xenstore_cfg::xenbus::{read_state, XenbusState};
+use xenstore_cfg::XsOps;
+
+use super::port::PortEntry;
+use super::{Daemon, Src};
+use crate::engine::Engine;
+use crate::xenbus::{self, Paths};
+
+/// One `device/vusb/<devid>` of this domain.
+#[derive(Debug)]
+pub(super) struct Controller {
+    pub(super) paths: Paths,
+    pub(super) span: tracing::Span,
+    pub(super) conn: Option<Connected>,
+}
+
+/// A controller whose rings are granted and published.
+#[derive(Debug)]
+pub(super) struct Connected {
+    pub(super) engine: Engine,
+    pub(super) token: Token,
+    pub(super) ports: BTreeMap<u8, PortEntry>,
+    /// The backend reached Connected: it has mapped the rings.
+    pub(super) be_connected: bool,
+    pub(super) next_gen: u16,
+    pub(super) next_internal: u32,
+}
+
+fn watch_token(devid: u32) -> String {
+    format!("be-{devid}")
+}
+
+impl Daemon {
+    /// `device/vusb` changed: start new controllers, forget removed ones.
+    pub(super) fn scan_controllers(&mut self) {
+        let dir = self.vusb_dir.clone();
+        let present: Vec<u32> = match self.xs.directory(&dir) {
+            Ok(v) => v.iter().filter_map(|d| d.parse().ok()).collect(),
+            Err(e) if xenstore_cfg::xenbus::is_gone(&e) => Vec::new(),
+            Err(e) => {
+                tracing::warn!(error = %e, "listing {dir}");
+                return;
+            }
+        };
+        let gone: Vec<u32> = self
+            .ctrls
+            .keys()
+            .filter(|d| !present.contains(d))
+            .copied()
+            .collect();
+        for devid in gone {
+            self.teardown(devid, "device removed");
+            if let Some(c) = self.ctrls.remove(&devid) {
+                let path = format!("{}/state", c.paths.be_dir);
+                if let Err(e) = self.xs.unwatch(&path, &watch_token(devid)) {
+                    tracing::debug!(error = %e, "unwatching {path}");
+                }
+                tracing::info!(parent: &c.span, "controller removed");
+            }
+        }
+        for devid in present {
+            if self.ctrls.contains_key(&devid) {
+                continue;
+            }
+            let fe_dir = format!("{dir}/{devid}");
+            let paths = match xenbus::read_paths(&mut self.xs, &fe_dir) {
+                Ok(p) => p,
+                Err(e) => {
+                    // The toolstack writes the directory in one transaction, so this is
+                    // a malformed entry, not a half-written one.
+                    tracing::warn!(devid, error = %e, "ignoring malformed vusb device");
+                    continue;
+                }
+            };
+            let span = tracing::info_span!("vusb", domid = self.domid, devid, be = paths.be_domid);
+            let path = format!("{}/state", paths.be_dir);
+            if let Err(e) = self.xs.watch(&path, &watch_token(devid)) {
+                tracing::warn!(parent: &span, error = %e, "watching {path}");
+                continue;
+            }
+            tracing::info!(parent: &span, be_dir = %paths.be_dir, "controller found");
+            self.ctrls.insert(
+                devid,
+                Controller {
+                    paths,
+                    span,
+                    conn: None,
+                },
+            );
+        }
+    }
+
+    /// The backend's state changed (or we should re-check it).
+    pub(super) fn backend_changed(&mut self, devid: u32) {
+        let Some(c) = self.ctrls.get(&devid) else {
+            return;
+        };
+        let (be_dir, fe_dir, span) = (
+            c.paths.be_dir.clone(),
+            c.paths.fe_dir.clone(),
+            c.span.clone(),
+        );
+        let connected = c.conn.is_some();
+        let be = match read_state(&mut self.xs, &be_dir) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(parent: &span, error = %e, "reading backend state");
+                return;
+            }
+        };
+        tracing::debug!(parent: &span, ?be, connected, "backend state");
+        use XenbusState as S;
+        match (be, connected) {
+            (S::InitWait | S::Initialised, true) => {
+                // The backend restarted and lost our rings: start over with fresh ones.
+                self.teardown(devid, "backend restarted");
+                self.connect(devid);
+            }
+            (S::Connected, true) => {
+                if let Some(conn) = self.ctrls.get_mut(&devid).and_then(|c| c.conn.as_mut()) {
+                    if !conn.be_connected {
+                        tracing::info!(parent: &span, "backend connected");
+                    }
+                    conn.be_connected = true;
+                }
+                // Events the backend queued while binding.
+                self.service_ctrl(devid);
+            }
+            (S::InitWait | S::Initialised | S::Connected, false) => self.connect(devid),
+            (S::Closing, _) => {
+                self.teardown(devid, "backend closing");
+                self.set_fe_state(&fe_dir, S::Closed, &span);
+            }
+            (S::Closed | S::Unknown | S::Initialising, _) => {
+                self.teardown(devid, "backend closed");
+                // Ask for a reconnect, as the Linux backends expect ("fe Initialising
+                // while be Closed → be InitWait").
+                self.set_fe_state(&fe_dir, S::Initialising, &span);
+            }
+            (S::Reconfiguring | S::Reconfigured, _) => {}
+        }
+    }
+
+    fn set_fe_state(&mut self, fe_dir: &str, state: XenbusState, span: &tracing::Span) {
+        if let Err(e) = xenbus::set_state(&mut self.xs, fe_dir, state) {
+            tracing::debug!(parent: span, error = %e, ?state, "setting frontend state");
+        }
+    }
+
+    fn connect(&mut self, devid: u32) {
+        let Some(c) = self.ctrls.get(&devid) else {
+            return;
+        };
+        let (paths, span) = (c.paths.clone(), c.span.clone());
+        let offer = match xenbus::read_offer(&mut self.xs, &paths.be_dir) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(parent: &span, error = %e, "backend offers nothing usable");
+                return;
+            }
+        };
+        let be = DomId(paths.be_domid);
+        let (engine, info) = match Engine::new(&self.platform, be, offer.num_ports, offer.aca) {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(parent: &span, error = %e, "setting up the rings");
+                return;
+            }
+        };
+        let token = self.token(Src::Evtchn(devid));
+        let fd = engine.evtchn().as_fd_raw();
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut SourceFd(&fd), token, Interest::READABLE)
+        {
+            tracing::error!(parent: &span, error = %e, "polling the event channel");
+            self.retired.absorb(engine.disconnect(&mut Vec::new()));
+            return;
+        }
+        if let Err(e) = xenbus::publish(&mut self.xs, &paths.fe_dir, &info, true) {
+            tracing::warn!(parent: &span, error = %e, "publishing the rings");
+            let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+            self.tokens.remove(&token);
+            self.retired.absorb(engine.disconnect(&mut Vec::new()));
+            return;
+        }
+        tracing::info!(
+            parent: &span,
+            num_ports = offer.num_ports,
+            usb_ver = offer.usb_ver,
+            aca = offer.aca,
+            urb_ring_ref = info.urb_ring_ref,
+            conn_ring_ref = info.conn_ring_ref,
+            evtchn = info.event_channel,
+            "rings published, frontend connected"
+        );
+        if let Some(c) = self.ctrls.get_mut(&devid) {
+            c.conn = Some(Connected {
+                engine,
+                token,
+                ports: BTreeMap::new(),
+                be_connected: false,
+                next_gen: 1,
+                next_internal: 0,
+            });
+        }
+    }
+
+    /// Ends the controller connection: every pending transfer completes with an error,
+    /// every port's client sees the device gone, grants end once the backend unmapped.
+    pub(super) fn teardown(&mut self, devid: u32, why: &str) {
+        let Some(c) = self.ctrls.get_mut(&devid) else {
+            return;
+        };
+        let Some(conn) = c.conn.take() else {
+            return;
+        };
+        let span = c.span.clone();
+        tracing::info!(parent: &span, why, pending = conn.engine.pending(), "disconnecting");
+        let fd = conn.engine.evtchn().as_fd_raw();
+        let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        self.tokens.remove(&conn.token);
+        let Connected { engine, ports, .. } = conn;
+        let mut out = Vec::new();
+        let retired = engine.disconnect(&mut out);
+        // Answer what the clients are owed, then close their connections.
+        self.deliver_orphans(devid, &ports, out);
+        for (_, entry) in ports {
+            self.close_port(entry, -108);
+        }
+        self.retired.absorb(retired);
+        self.retired.retry();
+    }
+
+    /// The backend domain may have died.
+    pub(super) fn check_backends_alive(&mut self) {
+        let devids: Vec<(u32, u16)> = self
+            .ctrls
+            .iter()
+            .filter(|(_, c)| c.conn.is_some())
+            .map(|(&d, c)| (d, c.paths.be_domid))
+            .collect();
+        for (devid, be) in devids {
+            match self.xs.is_domain_introduced(be) {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.teardown(devid, "backend domain died");
+                    if let Some(c) = self.ctrls.get(&devid) {
+                        let (fe_dir, span) = (c.paths.fe_dir.clone(), c.span.clone());
+                        self.set_fe_state(&fe_dir, XenbusState::Initialising, &span);
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "is_domain_introduced"),
+            }
+        }
+    }
+
+    /// Detects a backend that died without its domain or its state saying so (sim only;
+    /// see [`crate::engine::Engine::backend_alive`]).
+    pub(super) fn probe_backend(&mut self, devid: u32) {
+        if self.kind != PlatformKind::Sim {
+            return;
+        }
+        let Some(conn) = self.ctrls.get_mut(&devid).and_then(|c| c.conn.as_mut()) else {
+            return;
+        };
+        if !conn.be_connected {
+            return;
+        }
+        match conn.engine.backend_alive() {
+            Ok(true) => {}
+            Ok(false) => {
+                self.teardown(devid, "backend unmapped the rings (process gone)");
+                // A restarted backend will find us Initialising and offer InitWait.
+                if let Some(c) = self.ctrls.get(&devid) {
+                    let (fe_dir, span) = (c.paths.fe_dir.clone(), c.span.clone());
+                    self.set_fe_state(&fe_dir, XenbusState::Initialising, &span);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "probing the backend");
+                self.teardown(devid, "ring probe failed");
+            }
+        }
+    }
+
+    /// Handles the controller's event channel.
+    pub(super) fn service_ctrl(&mut self, devid: u32) {
+        let mut out = Vec::new();
+        let r = match self.ctrls.get_mut(&devid).and_then(|c| c.conn.as_mut()) {
+            Some(conn) => conn.engine.service(&mut out),
+            None => return,
+        };
+        self.process_outputs(devid, out);
+        if let Err(e) = r {
+            let span = self
+                .ctrls
+                .get(&devid)
+                .map_or_else(tracing::Span::none, |c| c.span.clone());
+            tracing::error!(parent: &span, error = %e, "backend broke the protocol");
+            self.teardown(devid, "protocol error");
+            if let Some(c) = self.ctrls.get(&devid) {
+                let (fe_dir, span) = (c.paths.fe_dir.clone(), c.span.clone());
+                self.set_fe_state(&fe_dir, XenbusState::Closing, &span);
+            }
+        }
+        self.flush_links();
+    }
+}
+
+/// The raw fd of an event channel, for registering with mio.
+trait RawFdOf {
+    fn as_fd_raw(&self) -> std::os::fd::RawFd;
+}
+
+impl RawFdOf for dyn pvusb_xen::EventChannel + '_ {
+    fn as_fd_raw(&self) -> std::os::fd::RawFd {
+        self.as_fd().as_raw_fd()
+    }
+}

@@ -1,0 +1,230 @@
+//! The `pvusb-frontend` daemon: one mio loop over xenstore, each controller's event channel,
+//! vhci sockets and USB/IP TCP connections. Protocol decisions live in the sans-I/O parts
+//! ([`crate::engine`], [`crate::bridge`], [`crate::usbip`]); this module moves events
+//! between them.
+
+mod ctrl;
+mod link;
+mod port;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use mio::net::TcpListener;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use pvusb_xen::{DomId, Platform, PlatformKind};
+use xenstore_cfg::{Xs, XsOps};
+
+use crate::pool::Retired;
+use crate::vhci::Vhci;
+use ctrl::Controller;
+use link::Link;
+
+/// Where vhci_hcd is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VhciChoice {
+    /// Find `/sys/devices/*/vhci_hcd.0`; required unless `--usbip-listen` is given.
+    Auto,
+    /// This directory.
+    Dir(PathBuf),
+    /// Do not use vhci.
+    Off,
+}
+
+/// What the daemon was asked to do.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Real Xen or the simulated platform.
+    pub platform: PlatformKind,
+    /// The simulation directory (sim only).
+    pub sim_dir: Option<PathBuf>,
+    /// Our domain id (sim: required; xen: read from xenstore `domid` if absent).
+    pub domid: Option<u16>,
+    /// vhci_hcd to attach devices to.
+    pub vhci: VhciChoice,
+    /// Serve devices as a USB/IP server on this address.
+    pub usbip_listen: Option<SocketAddr>,
+}
+
+const XS: Token = Token(0);
+const LISTENER: Token = Token(1);
+const TICK: Duration = Duration::from_millis(250);
+
+/// What a dynamic token stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Src {
+    Evtchn(u32),
+    Link(usize),
+}
+
+/// The running daemon.
+pub struct Daemon {
+    poll: Poll,
+    xs: Xs,
+    platform: Platform,
+    kind: PlatformKind,
+    domid: u16,
+    ctrls: BTreeMap<u32, Controller>,
+    links: HashMap<usize, Link>,
+    listener: Option<TcpListener>,
+    vhci: Option<Vhci>,
+    retired: Retired,
+    tokens: HashMap<Token, Src>,
+    next_token: usize,
+    vusb_dir: String,
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon")
+            .field("domid", &self.domid)
+            .field("controllers", &self.ctrls.len())
+            .field("links", &self.links.len())
+            .finish()
+    }
+}
+
+fn open_xenstore(cfg: &Config) -> anyhow::Result<Xs> {
+    match (cfg.platform, &cfg.sim_dir, cfg.domid) {
+        (PlatformKind::Sim, Some(dir), Some(domid)) => {
+            let sock = xenstore_cfg::daemon::domain_socket(dir, domid);
+            Xs::connect(&sock).with_context(|| format!("connecting to {}", sock.display()))
+        }
+        (PlatformKind::Sim, _, _) => anyhow::bail!("--platform sim needs --sim-dir and --domid"),
+        (PlatformKind::Xen, _, _) => Xs::open().context("opening xenstore"),
+    }
+}
+
+fn find_vhci(cfg: &Config) -> anyhow::Result<Option<Vhci>> {
+    Ok(match (&cfg.vhci, cfg.usbip_listen) {
+        (VhciChoice::Off, _) | (VhciChoice::Auto, Some(_)) => None,
+        (VhciChoice::Dir(d), _) => {
+            Some(Vhci::at(d).with_context(|| format!("using vhci at {}", d.display()))?)
+        }
+        (VhciChoice::Auto, None) => Some(
+            Vhci::find().context("looking for vhci_hcd (load vhci-hcd or use --usbip-listen)")?,
+        ),
+    })
+}
+
+impl Daemon {
+    /// Connects to xenstore and the platform, opens the listener, finds vhci.
+    pub fn new(cfg: &Config) -> anyhow::Result<Daemon> {
+        let mut xs = open_xenstore(cfg)?;
+        let domid = match cfg.domid {
+            Some(d) => d,
+            None => {
+                let v = xs.read_string("domid").context("reading our domid")?;
+                v.trim()
+                    .parse()
+                    .with_context(|| format!("xenstore domid {v:?}"))?
+            }
+        };
+        let platform = Platform::open(cfg.platform, cfg.sim_dir.as_deref(), DomId(domid))
+            .context("opening the hypervisor interface")?;
+        let vhci = find_vhci(cfg)?;
+        let poll = Poll::new().context("creating the poller")?;
+        let listener = match cfg.usbip_listen {
+            Some(addr) => {
+                let mut l = TcpListener::bind(addr)
+                    .with_context(|| format!("listening for USB/IP on {addr}"))?;
+                poll.registry()
+                    .register(&mut l, LISTENER, Interest::READABLE)?;
+                tracing::info!(%addr, "USB/IP server listening");
+                Some(l)
+            }
+            None => None,
+        };
+        poll.registry()
+            .register(&mut SourceFd(&xs.as_raw_fd()), XS, Interest::READABLE)?;
+        let vusb_dir = format!("/local/domain/{domid}/device/vusb");
+        xs.watch(&vusb_dir, "vusb")
+            .context("watching our vusb devices")?;
+        xs.watch("@releaseDomain", "release")
+            .context("watching @releaseDomain")?;
+        Ok(Daemon {
+            poll,
+            xs,
+            platform,
+            kind: cfg.platform,
+            domid,
+            ctrls: BTreeMap::new(),
+            links: HashMap::new(),
+            listener,
+            vhci,
+            retired: Retired::default(),
+            tokens: HashMap::new(),
+            next_token: 2,
+            vusb_dir,
+        })
+    }
+
+    fn token(&mut self, src: Src) -> Token {
+        let t = Token(self.next_token);
+        self.next_token += 1;
+        self.tokens.insert(t, src);
+        t
+    }
+
+    /// Serves until xenstore goes away.
+    pub fn run(mut self) -> anyhow::Result<()> {
+        let mut events = Events::with_capacity(256);
+        let mut next_tick = Instant::now() + TICK;
+        loop {
+            self.handle_watches()?;
+            let timeout = next_tick.saturating_duration_since(Instant::now());
+            match self.poll.poll(&mut events, Some(timeout)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e).context("polling"),
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    XS => {
+                        self.xs.pump().context("reading xenstore")?;
+                    }
+                    LISTENER => self.accept(),
+                    t => match self.tokens.get(&t).copied() {
+                        Some(Src::Evtchn(devid)) => self.service_ctrl(devid),
+                        Some(Src::Link(id)) => self.link_ready(id),
+                        None => {}
+                    },
+                }
+            }
+            if Instant::now() >= next_tick {
+                next_tick = Instant::now() + TICK;
+                self.tick();
+            }
+        }
+    }
+
+    fn handle_watches(&mut self) -> anyhow::Result<()> {
+        while let Some(ev) = self.xs.poll_event() {
+            match ev.token.as_str() {
+                "vusb" => self.scan_controllers(),
+                "release" => self.check_backends_alive(),
+                t => {
+                    if let Some(devid) = t.strip_prefix("be-").and_then(|d| d.parse().ok()) {
+                        self.backend_changed(devid);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Periodic work: grants waiting for the backend to unmap, stuck handshakes.
+    fn tick(&mut self) {
+        self.retired.retry();
+        let devids: Vec<u32> = self.ctrls.keys().copied().collect();
+        for devid in devids {
+            self.probe_backend(devid);
+        }
+    }
+}
