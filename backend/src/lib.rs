@@ -9,9 +9,15 @@
 //! is never freed or reused while the host may touch it; nothing read from sysfs, a spec file
 //! or a device panics the process.
 
+pub mod config;
+pub mod daemon;
+pub mod engine;
 pub mod host;
+pub mod logging;
+pub mod poller;
 pub mod sim;
 pub mod usbfs;
+pub mod xenbus;
 
 /// Proptest case count: `PROPTEST_CASES` if set, else `default`.
 #[cfg(test)]

@@ -101,4 +101,10 @@ pub trait HostDevice: Send + std::fmt::Debug {
     /// Releases every claimed interface and reattaches host drivers. Idempotent; `Drop`
     /// calls it too.
     fn release(&mut self);
+
+    /// Largest bulk URB the host takes in one piece; the engine splits larger transfers
+    /// (BULK_CONTINUATION, as libusb does). Unlimited unless the host says otherwise.
+    fn max_bulk_urb(&self) -> usize {
+        usize::MAX
+    }
 }

@@ -421,6 +421,10 @@ impl HostDevice for UsbfsDevice {
         }
         self.claimed.clear();
     }
+
+    fn max_bulk_urb(&self) -> usize {
+        self.caps.max_bulk_urb()
+    }
 }
 
 impl Drop for UsbfsDevice {

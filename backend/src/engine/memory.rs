@@ -1,0 +1,96 @@
+//! Guest memory as the engine sees it: grant mappings behind a small trait, so the same
+//! engine runs over Xen's gntdev, the simulated broker, or (fuzzing) an in-process fake.
+
+use std::fmt;
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use pvusb_ring::shm::{Access as ShmAccess, Shm};
+use pvusb_xen::{Access, DomId, GrantMapper, GrantMapping, GrantRef, MapError};
+
+/// Pages of the guest mapped into this process, as one contiguous range. Dropping it
+/// unmaps them. Only copies go in and out: the guest may write the pages at any time.
+pub trait Mapped: Send + Sync + fmt::Debug {
+    /// Start of the range (valid for [`Mapped::len`] bytes while `self` lives).
+    fn as_ptr(&self) -> *mut u8;
+    /// Length in bytes (pages × 4096).
+    fn len(&self) -> usize;
+    /// Never true for a real mapping (at least one page).
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Copies bytes out; false if the range is outside the mapping.
+    fn read_at(&self, off: usize, buf: &mut [u8]) -> bool;
+    /// Copies bytes in; false if outside the mapping or mapped read-only.
+    fn write_at(&self, off: usize, data: &[u8]) -> bool;
+}
+
+/// Maps one frontend domain's grants.
+pub trait GuestMemory: Send + fmt::Debug {
+    /// Maps `refs` as one contiguous range, writable or read-only.
+    fn map(&self, refs: &[u32], writable: bool) -> Result<Box<dyn Mapped>, MapError>;
+}
+
+impl Mapped for GrantMapping {
+    fn as_ptr(&self) -> *mut u8 {
+        GrantMapping::as_ptr(self)
+    }
+    fn len(&self) -> usize {
+        GrantMapping::len(self)
+    }
+    fn read_at(&self, off: usize, buf: &mut [u8]) -> bool {
+        GrantMapping::read_at(self, off, buf).is_ok()
+    }
+    fn write_at(&self, off: usize, data: &[u8]) -> bool {
+        GrantMapping::write_at(self, off, data).is_ok()
+    }
+}
+
+/// A frontend domain's grants through a real or simulated [`GrantMapper`].
+#[derive(Debug, Clone)]
+pub struct Grants {
+    /// The hypervisor interface.
+    pub mapper: Arc<dyn GrantMapper>,
+    /// The granting (frontend) domain.
+    pub domid: DomId,
+}
+
+impl GuestMemory for Grants {
+    fn map(&self, refs: &[u32], writable: bool) -> Result<Box<dyn Mapped>, MapError> {
+        let refs: Vec<GrantRef> = refs.iter().copied().map(GrantRef).collect();
+        let access = if writable {
+            Access::Writable
+        } else {
+            Access::ReadOnly
+        };
+        Ok(Box::new(self.mapper.map(self.domid, &refs, access)?))
+    }
+}
+
+/// Turns a writable one-page mapping into the [`Shm`] a ring works on; the `Shm` (and every
+/// clone of it) keeps the mapping alive.
+pub fn ring_shm(page: Box<dyn Mapped>) -> Option<Shm> {
+    let base = NonNull::new(page.as_ptr())?;
+    let len = page.len();
+    let owner: Arc<dyn Send + Sync> = Arc::new(page);
+    // SAFETY: `base..base+len` is the mapping `page`, writable (rings are mapped writable),
+    // and stays mapped for as long as `owner` lives; `with_owner` makes every view of the
+    // Shm hold `owner`. Nothing in this crate makes a Rust reference into the page: the
+    // ring only touches it through Shm's volatile copies and atomics.
+    let shm = unsafe { Shm::from_raw_parts(base, len, ShmAccess::ReadWrite) };
+    Some(shm.with_owner(owner))
+}
+
+/// What the engine needs of an event channel: a way to kick the frontend.
+pub trait Notify: Send + fmt::Debug {
+    /// Sends an event to the frontend.
+    fn notify(&self);
+}
+
+impl Notify for Arc<dyn pvusb_xen::EventChannel> {
+    fn notify(&self) {
+        if let Err(e) = pvusb_xen::EventChannel::notify(self.as_ref()) {
+            tracing::debug!(error = %e, "event channel notify failed");
+        }
+    }
+}

@@ -1,0 +1,586 @@
+//! The request engine of one vusb controller: ring in, host URBs out, answers back.
+//!
+//! Protocol decisions live in `pvusb_ring::urb::backend::Backend` (exactly one answer, ring
+//! order, containment, disconnect); this module feeds it and performs its actions:
+//! copy each request off the ring, parse it with the controller's [`Limits`], answer the
+//! requests the backend emulates ([`request`]), map grants and build host URBs
+//! ([`payload`]), reap completions, and push responses after the grants are unmapped.
+//! No file descriptor or xenstore here: the daemon's loop calls in when something is
+//! ready. Everything read from the rings is untrusted: a malformed request gets a usbif
+//! error status, a protocol violation (ring index overflow, a duplicate live id) makes
+//! [`Engine::on_ring_event`] return a [`Fatal`] and the caller closes that controller.
+
+pub mod memory;
+pub mod payload;
+pub mod port;
+pub mod request;
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::BorrowedFd;
+
+use pvusb_ring::sring::{ConnBackRing, ConsumeError, ProduceError, UrbBackRing};
+use pvusb_ring::urb::aca::ACA_CLEAR;
+use pvusb_ring::urb::backend::{Action, Backend, BackendConfig, ProtocolError};
+use pvusb_ring::urb::UrbResult;
+use pvusb_ring::wire::{
+    ConnEvent, Limits, Port, Speed, UrbRequest, UrbResponse, UsbVer, URB_RING_SIZE,
+};
+use tracing::{debug, info, warn, Span};
+
+use crate::guest_warn;
+use crate::host::{HostDevice, Readiness};
+use crate::logging::RateLimit;
+use memory::{GuestMemory, Notify};
+use payload::{refused_errno, synthetic, Payload, Piece};
+use port::{announce_speed, PortSlot, SpeedError};
+use request::{prepare, Prepared};
+
+/// Why a controller must be closed.
+#[derive(Debug, thiserror::Error)]
+pub enum Fatal {
+    /// The frontend published an impossible ring index.
+    #[error("ring: {0}")]
+    Ring(#[from] ConsumeError),
+    /// The frontend broke the request protocol (e.g. a duplicate live id).
+    #[error("protocol: {0}")]
+    Protocol(#[from] ProtocolError),
+    /// We could not answer (cannot happen while each request is answered once).
+    #[error("answering: {0}")]
+    Produce(#[from] ProduceError),
+}
+
+/// Controller settings fixed at creation.
+#[derive(Clone, Copy, Debug)]
+pub struct EngineConfig {
+    /// `num-ports`.
+    pub num_ports: u8,
+    /// `usb-ver`.
+    pub usb_ver: UsbVer,
+    /// Largest bulk URB the daemon's configuration allows.
+    pub max_bulk_urb: usize,
+}
+
+/// A connected frontend: the mapped rings, the event channel and the URB state.
+#[derive(Debug)]
+pub struct Link {
+    urb: UrbBackRing,
+    conn: ConnBackRing,
+    notify: Box<dyn Notify>,
+    mem: Box<dyn GuestMemory>,
+    backend: Backend<Payload>,
+    limits: Limits,
+    /// Requests on the host: their pieces and payload, by request id.
+    running: HashMap<u16, Running>,
+    /// Host tag → request id.
+    tags: HashMap<u64, u16>,
+    /// Hotplug events waiting for a conn ring slot.
+    conn_queue: VecDeque<(Port, Speed)>,
+    /// Responses pushed but not yet published.
+    unpublished: bool,
+}
+
+#[derive(Debug)]
+struct Running {
+    port: Port,
+    payload: Payload,
+    pieces: Vec<Piece>,
+}
+
+impl Link {
+    /// A link over freshly mapped rings. `aca`: containment was negotiated.
+    pub fn new(
+        urb: UrbBackRing,
+        conn: ConnBackRing,
+        notify: Box<dyn Notify>,
+        mem: Box<dyn GuestMemory>,
+        num_ports: u8,
+        aca: bool,
+    ) -> Self {
+        let ring_size = u16::try_from(urb.size()).unwrap_or(u16::MAX);
+        Link {
+            urb,
+            conn,
+            notify,
+            mem,
+            backend: Backend::new(BackendConfig {
+                num_ports,
+                ring_size,
+                aca,
+            }),
+            limits: Limits {
+                num_ports,
+                ext_flags: if aca { ACA_CLEAR } else { 0 },
+            },
+            running: HashMap::new(),
+            tags: HashMap::new(),
+            conn_queue: VecDeque::new(),
+            unpublished: false,
+        }
+    }
+}
+
+/// One controller's ports and, while connected, its link.
+#[derive(Debug)]
+pub struct Engine {
+    cfg: EngineConfig,
+    ports: Vec<PortSlot>,
+    link: Option<Link>,
+    next_tag: u64,
+    warn: RateLimit,
+    span: Span,
+}
+
+/// What [`Engine::on_device_ready`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DeviceState {
+    /// Still there.
+    Present,
+    /// Gone (unplugged): call [`Engine::detach`].
+    Gone,
+}
+
+impl Engine {
+    /// A controller with every port empty and no frontend.
+    pub fn new(cfg: EngineConfig, span: Span) -> Self {
+        let n = usize::from(cfg.num_ports.clamp(1, 31));
+        Engine {
+            cfg,
+            ports: (0..n).map(|_| PortSlot::empty()).collect(),
+            link: None,
+            next_tag: 0,
+            warn: RateLimit::default(),
+            span,
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> EngineConfig {
+        self.cfg
+    }
+
+    /// Whether a frontend is connected.
+    pub fn is_connected(&self) -> bool {
+        self.link.is_some()
+    }
+
+    fn slot(&self, port: Port) -> Option<&PortSlot> {
+        self.ports.get(usize::from(port.get() - 1))
+    }
+
+    /// The bus id on `port`, if a device is attached.
+    pub fn busid(&self, port: Port) -> Option<&str> {
+        self.slot(port)
+            .filter(|s| s.device.is_some())
+            .and_then(|s| s.busid.as_deref())
+    }
+
+    /// The pollable fd of the device on `port`.
+    pub fn device_fd(&self, port: Port) -> Option<(BorrowedFd<'_>, Readiness)> {
+        let dev = self.slot(port)?.device.as_ref()?;
+        Some((dev.poll_fd(), dev.readiness()))
+    }
+
+    /// Puts an opened host device on `port` and announces it if connected. Refused (the
+    /// device handed back) when it is too fast for the controller or the port is taken.
+    pub fn attach(
+        &mut self,
+        port: Port,
+        busid: &str,
+        dev: Box<dyn HostDevice>,
+    ) -> Result<Speed, (SpeedError, Box<dyn HostDevice>)> {
+        let (speed, fix_ep0) = match announce_speed(dev.speed(), self.cfg.usb_ver) {
+            Ok(s) => s,
+            Err(e) => return Err((e, dev)),
+        };
+        let span = tracing::info_span!(parent: &self.span, "port", port = port.get(), busid);
+        let Some(slot) = self.ports.get_mut(usize::from(port.get() - 1)) else {
+            return Ok(Speed::None);
+        };
+        *slot = PortSlot {
+            device: Some(dev),
+            busid: Some(busid.to_owned()),
+            speed,
+            fix_ep0,
+            addr: None,
+            span,
+        };
+        info!(parent: &slot.span, ?speed, "device attached");
+        if let Some(link) = &mut self.link {
+            link.backend.handle_device_attached(port);
+            link.conn_queue.push_back((port, speed));
+            self.flush();
+        }
+        Ok(speed)
+    }
+
+    /// Takes the device off `port`: everything it has in flight is answered (-ENODEV), the
+    /// guest is told the port is empty, and the device is handed back to be released.
+    pub fn detach(&mut self, port: Port) -> Option<Box<dyn HostDevice>> {
+        let idx = usize::from(port.get() - 1);
+        if let Some(link) = &mut self.link {
+            link.backend.handle_device_gone(port);
+        }
+        self.perform();
+        let mut dev = self.ports.get_mut(idx)?.device.take()?;
+        for c in dev.drain() {
+            self.complete(port, c);
+        }
+        self.perform();
+        let slot = self.ports.get_mut(idx)?;
+        info!(parent: &slot.span, "device detached");
+        *slot = PortSlot::empty();
+        if let Some(link) = &mut self.link {
+            link.conn_queue.push_back((port, Speed::None));
+        }
+        self.flush();
+        Some(dev)
+    }
+
+    /// A frontend connected: serve its rings and announce every attached port.
+    pub fn connect(&mut self, mut link: Link) {
+        for (i, slot) in self.ports.iter_mut().enumerate() {
+            slot.addr = None;
+            let Some(port) = u8::try_from(i + 1).ok().and_then(Port::new) else {
+                continue;
+            };
+            if slot.device.is_some() {
+                link.backend.handle_device_attached(port);
+                link.conn_queue.push_back((port, slot.speed));
+            }
+        }
+        self.link = Some(link);
+        self.flush();
+    }
+
+    /// The frontend went away (or broke the protocol): every URB on the host is cancelled
+    /// and answered, then the rings are unmapped. Devices stay attached.
+    pub fn disconnect(&mut self) {
+        let Some(link) = &mut self.link else { return };
+        link.backend.handle_disconnect();
+        self.perform();
+        for i in 0..self.ports.len() {
+            let Some(port) = u8::try_from(i + 1).ok().and_then(Port::new) else {
+                continue;
+            };
+            let drained = match self.ports.get_mut(i).and_then(|s| s.device.as_mut()) {
+                Some(dev) => dev.drain(),
+                None => continue,
+            };
+            for c in drained {
+                self.complete(port, c);
+            }
+        }
+        self.perform();
+        self.publish();
+        if let Some(link) = self.link.take() {
+            debug!(parent: &self.span, in_flight = link.backend.in_flight(), "rings released");
+        }
+    }
+
+    /// The event channel fired: serve every request on the ring.
+    pub fn on_ring_event(&mut self) -> Result<(), Fatal> {
+        loop {
+            loop {
+                let Some(link) = &mut self.link else {
+                    return Ok(());
+                };
+                let Some(raw) = link.urb.pop_request()? else {
+                    break;
+                };
+                self.handle_raw(raw)?;
+                self.perform();
+            }
+            let Some(link) = &mut self.link else {
+                return Ok(());
+            };
+            if !link.urb.final_check_for_requests()? {
+                break;
+            }
+        }
+        self.flush();
+        self.publish();
+        Ok(())
+    }
+
+    /// The device on `port` has completions (or went away): reap them.
+    pub fn on_device_ready(&mut self, port: Port) -> DeviceState {
+        let idx = usize::from(port.get() - 1);
+        loop {
+            let c = match self.ports.get_mut(idx).and_then(|s| s.device.as_mut()) {
+                Some(dev) => dev.reap(),
+                None => return DeviceState::Gone,
+            };
+            let Some(c) = c else { break };
+            self.complete(port, c);
+            self.perform();
+        }
+        self.publish();
+        let gone = self
+            .ports
+            .get(idx)
+            .and_then(|s| s.device.as_ref())
+            .is_none_or(|d| d.is_gone());
+        if gone {
+            DeviceState::Gone
+        } else {
+            DeviceState::Present
+        }
+    }
+
+    fn handle_raw(&mut self, raw: pvusb_ring::wire::RawUrbRequest) -> Result<(), Fatal> {
+        let span = self.span.clone();
+        let Some(link) = &mut self.link else {
+            return Ok(());
+        };
+        let req = match UrbRequest::parse(&raw, &link.limits) {
+            Ok(r) => r,
+            Err(bad) => {
+                let id = raw.id.get();
+                guest_warn!(self.warn, parent: &span, id, error = %bad, "malformed request");
+                return local(link, id, UrbResult::status(bad.status()));
+            }
+        };
+        match req {
+            UrbRequest::Unlink(u) => {
+                debug!(parent: &span, id = u.id, victim = u.victim, "unlink");
+                link.backend.handle_unlink(u.id, u.victim)?;
+                Ok(())
+            }
+            UrbRequest::Submit(sub) => {
+                let Some(port) = Port::new(sub.pipe.port()) else {
+                    return local(
+                        link,
+                        sub.id,
+                        UrbResult::status(pvusb_ring::wire::Status::NoDev),
+                    );
+                };
+                let Some(slot) = self.ports.get_mut(usize::from(port.get() - 1)) else {
+                    return local(
+                        link,
+                        sub.id,
+                        UrbResult::status(pvusb_ring::wire::Status::NoDev),
+                    );
+                };
+                debug!(parent: &slot.span, id = sub.id, pipe = ?sub.pipe, len = sub.buffer_length, "submit");
+                match prepare(slot, &sub, link.mem.as_ref()) {
+                    Prepared::Local(result, why) => {
+                        if !result.status.is_ok() {
+                            debug!(parent: &slot.span, id = sub.id, status = ?result.status, why, "answered locally");
+                        }
+                        local(link, sub.id, result)
+                    }
+                    Prepared::Host(payload) => {
+                        let clear = sub.ext_flags & ACA_CLEAR != 0;
+                        match link.backend.handle_submit(sub.id, sub.pipe, clear, payload) {
+                            Ok(_) => Ok(()),
+                            Err(rej) => Err(rej.error.into()),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Performs the state machine's actions until there are none.
+    fn perform(&mut self) {
+        let span = self.span.clone();
+        loop {
+            let Some(link) = &mut self.link else { return };
+            let Some(action) = link.backend.poll_action() else {
+                return;
+            };
+            match action {
+                Action::Submit {
+                    id,
+                    pipe,
+                    continuation,
+                    payload,
+                } => self.submit(id, pipe, continuation, payload),
+                Action::Cancel { id } => {
+                    let Some(run) = link.running.get(&id) else {
+                        continue;
+                    };
+                    let tags: Vec<u64> = run
+                        .pieces
+                        .iter()
+                        .filter(|p| p.done.is_none())
+                        .map(|p| p.tag)
+                        .collect();
+                    let port = run.port;
+                    if let Some(dev) = self
+                        .ports
+                        .get_mut(usize::from(port.get() - 1))
+                        .and_then(|s| s.device.as_mut())
+                    {
+                        for tag in tags {
+                            // Not in flight any more: its completion is already reapable.
+                            let _ = dev.discard(tag);
+                        }
+                    }
+                }
+                Action::Respond {
+                    id,
+                    result,
+                    payload,
+                } => {
+                    // Unmap the grants *before* pushing the response: xen-hcd revokes them
+                    // on completion and treats a live mapping as fatal.
+                    drop(payload);
+                    let rsp = UrbResponse {
+                        id,
+                        start_frame: result.start_frame,
+                        status: result.status.to_wire(),
+                        actual_length: result.actual_length.min(i32::MAX as u32),
+                        error_count: result.error_count.min(i32::MAX as u32),
+                    };
+                    debug!(parent: &span, id, status = ?result.status, len = result.actual_length, "giveback");
+                    if let Err(e) = link.urb.push_response(&rsp.to_raw()) {
+                        warn!(parent: &span, id, error = %e, "response dropped");
+                    }
+                    link.unpublished = true;
+                }
+            }
+        }
+    }
+
+    fn submit(
+        &mut self,
+        id: u16,
+        pipe: pvusb_ring::wire::Pipe,
+        continuation: bool,
+        mut payload: Payload,
+    ) {
+        let Some(port) = Port::new(pipe.port()) else {
+            return;
+        };
+        let Some(link) = &mut self.link else { return };
+        let idx = usize::from(port.get() - 1);
+        let Some(dev) = self.ports.get_mut(idx).and_then(|s| s.device.as_mut()) else {
+            let r = payload::host_result(-(crate::host::errno::ENODEV), 0);
+            let _ = link.backend.handle_host_done(id, r, payload);
+            return;
+        };
+        let max_bulk = self.cfg.max_bulk_urb.min(dev.max_bulk_urb());
+        let (urbs, mut pieces) = payload.host_urbs(&mut self.next_tag, continuation, max_bulk);
+        let mut outstanding = 0;
+        let mut stop: Option<i32> = None;
+        for (i, urb) in urbs.into_iter().enumerate() {
+            let tag = urb.tag;
+            if let Some(status) = stop {
+                if let Some(p) = pieces.get_mut(i) {
+                    p.done = Some(synthetic(tag, status, urb.buf));
+                }
+                continue;
+            }
+            match dev.submit(urb) {
+                Ok(()) => {
+                    outstanding += 1;
+                    link.tags.insert(tag, id);
+                }
+                Err(refused) => {
+                    let status = refused_errno(refused.error);
+                    if let Some(p) = pieces.get_mut(i) {
+                        p.done = Some(synthetic(tag, status, refused.urb.buf));
+                    }
+                    // The rest of the transfer must not run after a refused piece.
+                    stop = Some(-(crate::host::errno::ENOENT));
+                }
+            }
+        }
+        let mut run = Running {
+            port,
+            payload,
+            pieces,
+        };
+        if outstanding == 0 {
+            let r = run.payload.finish(&mut run.pieces);
+            let _ = link.backend.handle_host_done(id, r, run.payload);
+        } else {
+            link.running.insert(id, run);
+        }
+    }
+
+    /// A host completion for a URB of `port`.
+    fn complete(&mut self, port: Port, c: crate::host::Completion) {
+        let Some(link) = &mut self.link else { return };
+        let Some(id) = link.tags.remove(&c.tag) else {
+            debug!(parent: &self.span, port = port.get(), tag = c.tag, "completion of an unknown URB");
+            return;
+        };
+        let Some(run) = link.running.get_mut(&id) else {
+            return;
+        };
+        if let Some(p) = run.pieces.iter_mut().find(|p| p.tag == c.tag) {
+            p.done = Some(c);
+        }
+        if run.pieces.iter().all(|p| p.done.is_some()) {
+            if let Some(mut run) = link.running.remove(&id) {
+                let r = run.payload.finish(&mut run.pieces);
+                if let Err(e) = link.backend.handle_host_done(id, r, run.payload) {
+                    warn!(parent: &self.span, id = e.id, "host completion the state machine did not expect");
+                }
+            }
+        }
+    }
+
+    /// Sends queued hotplug events while the conn ring has free slots.
+    fn flush(&mut self) {
+        let span = self.span.clone();
+        let Some(link) = &mut self.link else { return };
+        let mut pushed = false;
+        loop {
+            while let Some(&(port, speed)) = link.conn_queue.front() {
+                match link.conn.pop_request() {
+                    Ok(Some(slot)) => {
+                        let ev = ConnEvent {
+                            id: slot.id.get(),
+                            port,
+                            speed,
+                        };
+                        if link.conn.push_response(&ev.to_raw()).is_err() {
+                            break;
+                        }
+                        link.conn_queue.pop_front();
+                        pushed = true;
+                        debug!(parent: &span, port = port.get(), ?speed, "conn event");
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        guest_warn!(self.warn, parent: &span, error = %e, "conn ring broken");
+                        link.conn_queue.clear();
+                        break;
+                    }
+                }
+            }
+            if link.conn_queue.is_empty() || !link.conn.final_check_for_requests().unwrap_or(false)
+            {
+                break;
+            }
+        }
+        if pushed && link.conn.push_responses_and_check_notify() {
+            link.notify.notify();
+        }
+    }
+
+    /// Publishes pushed responses and kicks the frontend if it asked.
+    fn publish(&mut self) {
+        let Some(link) = &mut self.link else { return };
+        if link.unpublished {
+            link.unpublished = false;
+            if link.urb.push_responses_and_check_notify() {
+                link.notify.notify();
+            }
+        }
+    }
+}
+
+/// Answers a request the host never sees.
+fn local(link: &mut Link, id: u16, result: UrbResult) -> Result<(), Fatal> {
+    match link.backend.handle_local(id, result, None) {
+        Ok(()) => Ok(()),
+        Err(rej) => Err(rej.error.into()),
+    }
+}
+
+/// Ring size of a stock controller (what `Link::new` gets from a one-page ring).
+pub const STOCK_RING_SIZE: u32 = URB_RING_SIZE;

@@ -1,0 +1,389 @@
+//! A request's buffers between the ring and the host: where its bytes live in the guest's
+//! mapped pages, the host URBs it becomes (split like libusb when too large), and how the
+//! pieces' results fold back into one answer.
+//!
+//! Data is bounced through buffers owned by the host URBs: OUT bytes are copied out of the
+//! read-only mapping before submission (the mapping is dropped at once), IN bytes are copied
+//! into the writable mapping when the transfer ends, before the response is pushed.
+
+use pvusb_ring::urb::backend::HostResult;
+use pvusb_ring::wire::{IsoPacket, Setup, Status};
+
+use super::memory::Mapped;
+use crate::host::{errno, Completion, HostUrb, IsoPacketResult, UrbBuf, UrbFlags, XferKind};
+
+/// Where a request's byte stream lies in a mapping: `(offset in mapping, length)` pieces in
+/// stream order, truncated to the transfer length.
+#[derive(Debug)]
+pub struct GuestBuf {
+    map: Box<dyn Mapped>,
+    spans: Vec<(usize, usize)>,
+    len: usize,
+}
+
+impl GuestBuf {
+    /// `segs` are `(page offset, length)` of the mapped pages in order; the stream is
+    /// their concatenation, cut at `len`.
+    pub fn new(map: Box<dyn Mapped>, segs: impl Iterator<Item = (u16, u16)>, len: usize) -> Self {
+        let mut spans = Vec::new();
+        let mut left = len;
+        for (page, (off, seg_len)) in segs.enumerate() {
+            if left == 0 {
+                break;
+            }
+            let take = usize::from(seg_len).min(left);
+            spans.push((page * pvusb_ring::wire::PAGE_SIZE + usize::from(off), take));
+            left -= take;
+        }
+        GuestBuf {
+            map,
+            spans,
+            len: len - left,
+        }
+    }
+
+    /// Bytes in the stream.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True for an empty stream.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Walks the spans covering stream bytes `off..off+n`, calling `f(map_off, buf_off, len)`.
+    fn walk(&self, off: usize, n: usize, mut f: impl FnMut(usize, usize, usize) -> bool) -> bool {
+        let Some(end) = off.checked_add(n).filter(|&e| e <= self.len) else {
+            return false;
+        };
+        let mut pos = 0;
+        for &(map_off, len) in &self.spans {
+            let (s, e) = (pos, pos + len);
+            pos = e;
+            let lo = s.max(off);
+            let hi = e.min(end);
+            if lo < hi && !f(map_off + (lo - s), lo - off, hi - lo) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Copies stream bytes `off..off+out.len()` out of the guest pages.
+    pub fn gather(&self, off: usize, out: &mut [u8]) -> bool {
+        let map = &self.map;
+        self.walk(off, out.len(), |m, b, n| {
+            out.get_mut(b..b + n).is_some_and(|dst| map.read_at(m, dst))
+        })
+    }
+
+    /// Copies `data` into stream bytes `off..off+data.len()` of the guest pages.
+    pub fn scatter(&self, off: usize, data: &[u8]) -> bool {
+        let map = &self.map;
+        self.walk(off, data.len(), |m, b, n| {
+            data.get(b..b + n).is_some_and(|src| map.write_at(m, src))
+        })
+    }
+}
+
+/// What a request becomes on the host.
+#[derive(Debug)]
+pub enum Plan {
+    /// A control transfer: setup packet + data stage (OUT bytes already copied).
+    Ctrl {
+        setup: Setup,
+        out: Vec<u8>,
+        /// Patch bMaxPacketSize0 of a returned device descriptor (SuperSpeed as HIGH).
+        fix_ep0: bool,
+    },
+    /// Bulk or interrupt: `len` bytes, OUT bytes already copied.
+    Data {
+        kind: XferKind,
+        endpoint: u8,
+        len: usize,
+        out: Vec<u8>,
+        short_not_ok: bool,
+    },
+    /// Isochronous: packets as the guest described them (offsets into its buffer), OUT
+    /// bytes packed back to back as usbfs wants them.
+    Iso {
+        endpoint: u8,
+        packets: Vec<IsoPacket>,
+        out: Vec<u8>,
+        start_frame: u16,
+    },
+}
+
+/// Everything a submitted request owns until it is answered: the plan, the guest's IN
+/// buffer (mapped writable) and, for isochronous requests, the frame descriptors.
+#[derive(Debug)]
+pub struct Payload {
+    /// What to submit.
+    pub plan: Plan,
+    /// IN data pages, written when the transfer ends.
+    pub data_in: Option<GuestBuf>,
+    /// Isochronous frame descriptors (mapped writable).
+    pub desc: Option<GuestBuf>,
+}
+
+/// One host URB of a request.
+#[derive(Debug)]
+pub struct Piece {
+    /// Host tag.
+    pub tag: u64,
+    /// Offset of its bytes in the guest's stream.
+    pub offset: usize,
+    /// Bytes asked for.
+    pub len: usize,
+    /// We set SHORT_NOT_OK on it ourselves (split IN): a short read is not an error.
+    pub added_short_not_ok: bool,
+    /// Its completion, once reaped (or refused).
+    pub done: Option<Completion>,
+}
+
+/// Largest bulk piece for a limit: a multiple of 1024, which every bulk wMaxPacketSize
+/// (8..=1024, a power of two) divides, so a split never lands inside a packet (contract 6).
+pub fn piece_size(max_bulk: usize) -> usize {
+    (max_bulk / 1024).max(1) * 1024
+}
+
+impl Payload {
+    /// Builds the host URBs (tags from `next_tag`). `continuation`: the first piece
+    /// continues an earlier URB of the endpoint (containment); later pieces always do.
+    pub fn host_urbs(
+        &mut self,
+        next_tag: &mut u64,
+        continuation: bool,
+        max_bulk: usize,
+    ) -> (Vec<HostUrb>, Vec<Piece>) {
+        let mut tag = || {
+            *next_tag = next_tag.wrapping_add(1);
+            *next_tag
+        };
+        let mut urbs = Vec::new();
+        let mut pieces = Vec::new();
+        let piece = |t: u64, offset: usize, len: usize, added: bool| Piece {
+            tag: t,
+            offset,
+            len,
+            added_short_not_ok: added,
+            done: None,
+        };
+        match &mut self.plan {
+            Plan::Ctrl { setup, out, .. } => {
+                let wlen = usize::from(setup.length());
+                let mut buf = vec![0u8; 8 + wlen];
+                if let Some(head) = buf.get_mut(..8) {
+                    head.copy_from_slice(&setup.0);
+                }
+                if !setup.is_in() {
+                    if let Some(body) = buf.get_mut(8..8 + out.len().min(wlen)) {
+                        body.copy_from_slice(out.get(..body.len()).unwrap_or_default());
+                    }
+                }
+                let t = tag();
+                urbs.push(HostUrb::new(
+                    t,
+                    XferKind::Control,
+                    0,
+                    UrbFlags::empty(),
+                    UrbBuf::from_vec(buf),
+                ));
+                pieces.push(piece(t, 0, wlen, false));
+            }
+            Plan::Data {
+                kind,
+                endpoint,
+                len,
+                out,
+                short_not_ok,
+            } => {
+                let is_in = *endpoint & 0x80 != 0;
+                let size = if *kind == XferKind::Bulk {
+                    piece_size(max_bulk)
+                } else {
+                    usize::MAX
+                };
+                let mut offset = 0;
+                let total = *len;
+                loop {
+                    let n = (total - offset).min(size);
+                    let last = offset + n >= total;
+                    let first = offset == 0;
+                    let mut flags = UrbFlags::empty();
+                    if (!first || continuation) && *kind == XferKind::Bulk {
+                        flags |= UrbFlags::BULK_CONTINUATION;
+                    }
+                    let added = is_in && !last;
+                    if added || (*short_not_ok && is_in) {
+                        flags |= UrbFlags::SHORT_NOT_OK;
+                    }
+                    let buf = if is_in {
+                        UrbBuf::zeroed(n)
+                    } else {
+                        UrbBuf::from_vec(out.get(offset..offset + n).unwrap_or_default().to_vec())
+                    };
+                    let t = tag();
+                    urbs.push(HostUrb::new(t, *kind, *endpoint, flags, buf));
+                    pieces.push(piece(t, offset, n, added));
+                    offset += n;
+                    if last {
+                        break;
+                    }
+                }
+                out.clear();
+            }
+            Plan::Iso {
+                endpoint,
+                packets,
+                out,
+                start_frame,
+            } => {
+                let total: usize = packets.iter().map(|p| p.length as usize).sum();
+                let buf = if *endpoint & 0x80 != 0 {
+                    UrbBuf::zeroed(total)
+                } else {
+                    UrbBuf::from_vec(std::mem::take(out))
+                };
+                let t = tag();
+                let mut urb = HostUrb::new(t, XferKind::Iso, *endpoint, UrbFlags::ISO_ASAP, buf);
+                urb.iso_packets = packets.iter().map(|p| p.length).collect();
+                urb.start_frame = i32::from(*start_frame);
+                urbs.push(urb);
+                pieces.push(piece(t, 0, total, false));
+            }
+        }
+        (urbs, pieces)
+    }
+
+    /// Folds the pieces' completions into one result and writes IN data (and iso frame
+    /// descriptors) into the guest's pages. Call once every piece is done.
+    pub fn finish(&mut self, pieces: &mut [Piece]) -> HostResult {
+        match &self.plan {
+            Plan::Ctrl { setup, fix_ep0, .. } => {
+                let Some(c) = pieces.first_mut().and_then(|p| p.done.as_mut()) else {
+                    return HostResult::cancelled();
+                };
+                let mut actual = c.actual_length as usize;
+                if setup.is_in() && actual > 0 {
+                    let mut data = vec![0u8; actual];
+                    if !c.buf.read_at(8, &mut data) {
+                        data.clear();
+                    }
+                    if *fix_ep0 && is_get_device_descriptor(*setup) {
+                        crate::host::fixup_superspeed_as_high(&mut data);
+                    }
+                    let fits = self.data_in.as_ref().map_or(0, GuestBuf::len);
+                    data.truncate(fits);
+                    actual = data.len();
+                    if let Some(g) = &self.data_in {
+                        if !g.scatter(0, &data) {
+                            actual = 0;
+                        }
+                    }
+                }
+                host_result(c.status, actual)
+            }
+            Plan::Data { .. } => {
+                let mut actual = 0usize;
+                let mut status = 0i32;
+                for p in pieces.iter() {
+                    let Some(c) = &p.done else { break };
+                    let got = (c.actual_length as usize).min(p.len);
+                    if let Some(g) = &self.data_in {
+                        let mut data = vec![0u8; got];
+                        if c.buf.read_at(0, &mut data) && g.scatter(p.offset, &data) {
+                            actual += got;
+                        }
+                    } else {
+                        actual += got;
+                    }
+                    let short_ok = c.status == -errno::EREMOTEIO && p.added_short_not_ok;
+                    if c.status != 0 && !short_ok {
+                        status = c.status;
+                        break;
+                    }
+                    if got < p.len {
+                        break;
+                    }
+                }
+                host_result(status, actual)
+            }
+            Plan::Iso { packets, .. } => {
+                let Some(c) = pieces.first().and_then(|p| p.done.as_ref()) else {
+                    return HostResult::cancelled();
+                };
+                let mut packed = 0usize;
+                let mut actual = 0u32;
+                for (i, pkt) in packets.iter().enumerate() {
+                    let r = c.iso_packets.get(i).copied().unwrap_or(IsoPacketResult {
+                        actual_length: 0,
+                        status: c.status,
+                    });
+                    let got = r.actual_length.min(pkt.length);
+                    if let Some(g) = &self.data_in {
+                        let mut data = vec![0u8; got as usize];
+                        if c.buf.read_at(packed, &mut data) {
+                            g.scatter(pkt.offset as usize, &data);
+                        }
+                    }
+                    packed += pkt.length as usize;
+                    actual = actual.saturating_add(got);
+                    if let Some(d) = &self.desc {
+                        let mut res = [0u8; 8];
+                        res[..4].copy_from_slice(&got.to_le_bytes());
+                        res[4..].copy_from_slice(&r.status.to_le_bytes());
+                        d.scatter(i * 16 + 8, &res);
+                    }
+                }
+                let mut r = host_result(c.status, actual as usize);
+                r.error_count = c.error_count;
+                r.start_frame = u16::try_from(c.start_frame & 0xffff).unwrap_or(0);
+                r
+            }
+        }
+    }
+}
+
+fn is_get_device_descriptor(s: Setup) -> bool {
+    s.is_standard()
+        && s.is_in()
+        && s.request() == pvusb_ring::wire::setup::request::GET_DESCRIPTOR
+        && s.value() >> 8 == u16::from(crate::host::desc::dt::DEVICE)
+}
+
+/// A host status (0 or -errno) as the URB state machine wants it.
+pub fn host_result(status: i32, actual: usize) -> HostResult {
+    let actual = u32::try_from(actual).unwrap_or(u32::MAX);
+    match status {
+        s if s == -errno::ECONNRESET || s == -errno::ENOENT => HostResult {
+            actual_length: actual,
+            ..HostResult::cancelled()
+        },
+        s => HostResult::done(Status::from_errno(s), actual),
+    }
+}
+
+/// The status a refused submission stands for in [`Payload::finish`]: a continuation the
+/// host refused because an earlier piece failed reads as cancelled.
+pub fn refused_errno(e: crate::host::SubmitError) -> i32 {
+    match e {
+        crate::host::SubmitError::ContinuationRefused => -errno::ENOENT,
+        crate::host::SubmitError::NoEndpoint(_) => -errno::EINVAL,
+        e => e.to_errno(),
+    }
+}
+
+/// A completion standing for a piece that never reached the host.
+pub fn synthetic(tag: u64, status: i32, buf: UrbBuf) -> Completion {
+    Completion {
+        tag,
+        status,
+        actual_length: 0,
+        iso_packets: Vec::new(),
+        error_count: 0,
+        start_frame: 0,
+        buf,
+    }
+}

@@ -1,0 +1,190 @@
+//! From a checked submit request to what happens to it: answered here (device addressing,
+//! the standard requests the host stack must do itself, bad buffers) or a [`Payload`] for
+//! the host.
+
+use pvusb_ring::urb::UrbResult;
+use pvusb_ring::wire::setup::request;
+use pvusb_ring::wire::{iso_packets, Setup, Status, Submit, Transfer, XferType};
+
+use super::memory::GuestMemory;
+use super::payload::{GuestBuf, Payload, Plan};
+use super::port::PortSlot;
+use crate::host::{CtrlError, XferKind};
+
+/// What to do with a submit request.
+#[derive(Debug)]
+pub enum Prepared {
+    /// Answer it now without the host.
+    Local(UrbResult, &'static str),
+    /// Hand it to the URB state machine.
+    Host(Payload),
+}
+
+fn local(status: Status, why: &'static str) -> Prepared {
+    Prepared::Local(UrbResult::status(status), why)
+}
+
+fn ctrl_status(r: Result<(), CtrlError>) -> UrbResult {
+    match r {
+        Ok(()) => UrbResult::ok(0),
+        Err(e) => UrbResult::status(Status::from_errno(e.to_errno())),
+    }
+}
+
+/// Decides a submit request for the device on `slot`. Never panics; every refusal has a
+/// usbif status.
+pub fn prepare(slot: &mut PortSlot, sub: &Submit, mem: &dyn GuestMemory) -> Prepared {
+    let Some(dev) = slot.device.as_mut() else {
+        return local(Status::NoDev, "no device on the port");
+    };
+    let devnum = sub.pipe.devnum();
+    let setup = sub.setup();
+    let std_req = setup.filter(|s| s.is_standard()).map(|s| s.request());
+    if devnum == 0 {
+        // Before SET_ADDRESS the guest may only read descriptors (and set the address).
+        if !matches!(
+            std_req,
+            Some(request::GET_DESCRIPTOR) | Some(request::SET_ADDRESS)
+        ) {
+            return local(
+                Status::Inval,
+                "only GET_DESCRIPTOR and SET_ADDRESS at address 0",
+            );
+        }
+    } else if slot.addr != Some(devnum) {
+        return local(Status::NoDev, "unknown device address");
+    }
+
+    if let Some(s) = setup.filter(|s| s.is_standard()) {
+        let low = |v: u16| v.to_le_bytes()[0];
+        match (s.request_type(), s.request()) {
+            (0x00, request::SET_ADDRESS) => {
+                let addr = s.value();
+                if addr == 0 || addr > 127 {
+                    return local(Status::Inval, "SET_ADDRESS out of range");
+                }
+                slot.addr = Some(low(addr));
+                return Prepared::Local(UrbResult::ok(0), "SET_ADDRESS emulated");
+            }
+            (0x00, request::SET_CONFIGURATION) => {
+                let r = dev.set_configuration(low(s.value()));
+                return Prepared::Local(ctrl_status(r), "SET_CONFIGURATION");
+            }
+            (0x01, request::SET_INTERFACE) => {
+                let r = dev.set_interface(low(s.index()), low(s.value()));
+                return Prepared::Local(ctrl_status(r), "SET_INTERFACE");
+            }
+            (0x02, request::CLEAR_FEATURE) if s.value() == 0 => {
+                let r = dev.clear_halt(low(s.index()));
+                return Prepared::Local(ctrl_status(r), "CLEAR_FEATURE(ENDPOINT_HALT)");
+            }
+            _ => {}
+        }
+    }
+
+    let len = sub.buffer_length as usize;
+    let is_in = match setup {
+        Some(s) => s.is_in(),
+        None => sub.pipe.is_in(),
+    };
+    if let Some(s) = setup {
+        if usize::from(s.length()) > len {
+            return local(Status::Inval, "wLength exceeds the data buffer");
+        }
+    }
+    let data = if len == 0 {
+        None
+    } else {
+        let refs: Vec<u32> = sub.data_segs().iter().map(|s| s.gref).collect();
+        match mem.map(&refs, is_in) {
+            Ok(map) => Some(GuestBuf::new(
+                map,
+                sub.data_segs().iter().map(|s| (s.offset, s.length)),
+                len,
+            )),
+            Err(_) => return local(Status::Inval, "data grants do not map"),
+        }
+    };
+    // OUT: copy the bytes now and drop the mapping; IN: keep it until the transfer ends.
+    let (out, data_in) = match data {
+        Some(g) if !is_in && sub.pipe.xfer_type() != XferType::Isoc => {
+            let mut out = vec![0u8; g.len()];
+            if !g.gather(0, &mut out) {
+                return local(Status::Inval, "data grants unreadable");
+            }
+            (out, None)
+        }
+        other => (Vec::new(), other),
+    };
+    let endpoint = sub.pipe.endpoint().address();
+    let plan = match sub.xfer {
+        Transfer::Ctrl { setup } => Plan::Ctrl {
+            setup: Setup(setup),
+            out,
+            fix_ep0: slot.fix_ep0,
+        },
+        Transfer::Bulk | Transfer::Int { .. } => Plan::Data {
+            kind: if sub.pipe.is_bulk() {
+                XferKind::Bulk
+            } else {
+                XferKind::Interrupt
+            },
+            endpoint,
+            len,
+            out,
+            short_not_ok: sub.short_not_ok,
+        },
+        Transfer::Isoc(iso) => {
+            let desc_segs = sub.frame_desc_segs();
+            let refs: Vec<u32> = desc_segs.iter().map(|s| s.gref).collect();
+            let desc_len = usize::from(iso.number_of_packets) * 16;
+            let desc = match mem.map(&refs, true) {
+                Ok(map) => GuestBuf::new(
+                    map,
+                    desc_segs.iter().map(|s| (s.offset, s.length)),
+                    desc_len,
+                ),
+                Err(_) => return local(Status::Inval, "frame descriptor grants do not map"),
+            };
+            let mut bytes = vec![0u8; desc_len];
+            if !desc.gather(0, &mut bytes) {
+                return local(Status::Inval, "frame descriptors unreadable");
+            }
+            let mut packets = Vec::with_capacity(usize::from(iso.number_of_packets));
+            for p in iso_packets(&bytes, iso.number_of_packets, sub.buffer_length) {
+                match p {
+                    Ok(p) => packets.push(p),
+                    Err(_) => return local(Status::Inval, "iso packet outside the buffer"),
+                }
+            }
+            let mut packed = Vec::new();
+            if !is_in {
+                let Some(g) = &data_in else {
+                    return local(Status::Inval, "iso OUT without data");
+                };
+                for p in &packets {
+                    let mut b = vec![0u8; p.length as usize];
+                    if !g.gather(p.offset as usize, &mut b) {
+                        return local(Status::Inval, "iso packet unreadable");
+                    }
+                    packed.extend_from_slice(&b);
+                }
+            }
+            return Prepared::Host(Payload {
+                plan: Plan::Iso {
+                    endpoint,
+                    packets,
+                    out: packed,
+                    start_frame: iso.start_frame,
+                },
+                data_in: if is_in { data_in } else { None },
+                desc: Some(desc),
+            });
+        }
+    };
+    Prepared::Host(Payload {
+        plan,
+        data_in,
+        desc: None,
+    })
+}

@@ -1,0 +1,421 @@
+//! One vusb controller's lifecycle: the XenbusState handshake with its frontend, mapping
+//! and releasing the rings, and the ports' host devices (`port/<n>` = bus id).
+//!
+//! [`Controller::sync`] reconciles everything from xenstore, so any watch event (ours, the
+//! toolstack's, the frontend's) can simply call it: it is idempotent. Transitions follow
+//! Linux's xenbus backends (protocol.md §1.10): Initialising → InitWait when created;
+//! frontend Initialised/Connected → map rings, bind the channel, Connected; frontend
+//! Closing/Closed (or a fatal protocol error) → release the rings, Closing, then Closed;
+//! frontend Initialising while Closed → InitWait again (reconnect).
+
+use std::os::fd::AsFd;
+use std::sync::Arc;
+
+use anyhow::Context;
+use pvusb_ring::sring::{ConnBackRing, UrbBackRing};
+use pvusb_ring::urb::aca::FEATURE_ACA;
+use pvusb_ring::wire::{Port, UsbVer};
+use pvusb_xen::{DomId, EventChannel, EventChannels, EvtchnPort, GrantMapper};
+use tracing::{debug, error, info, warn, Span};
+use xenstore_cfg::vusb::{self, keys, VusbId};
+use xenstore_cfg::xenbus::{read_rings, read_state, switch_state, XenbusState};
+use xenstore_cfg::{Xs, XsOps};
+
+use crate::config::FileConfig;
+use crate::engine::memory::{ring_shm, Grants, GuestMemory};
+use crate::engine::{DeviceState, Engine, EngineConfig, Link};
+use crate::host::{self, HostDevice, Readiness};
+use crate::poller::{Poller, Token};
+
+/// What a controller needs from the daemon while it reconciles.
+#[derive(Debug)]
+pub struct Env<'a> {
+    /// The xenstore connection.
+    pub xs: &'a mut Xs,
+    /// Grant mapping and event channels.
+    pub hyp: &'a Arc<pvusb_xen::Platform>,
+    /// Where host devices come from.
+    pub host: &'a host::Platform,
+    /// The wait set.
+    pub poller: &'a Poller,
+    /// The configuration file's settings.
+    pub file: &'a FileConfig,
+}
+
+/// One vusb controller of a frontend.
+#[derive(Debug)]
+pub struct Controller {
+    /// Which controller.
+    pub id: VusbId,
+    serial: u32,
+    fe_dir: String,
+    state: XenbusState,
+    engine: Engine,
+    evtchn: Option<Arc<dyn EventChannel>>,
+    /// `port/<n>` as last read (index n-1).
+    wanted: Vec<Option<String>>,
+    /// Bus ids that failed to open (retried on hotplug or when `port/<n>` changes).
+    failed: Vec<Option<String>>,
+    span: Span,
+}
+
+/// The frontend watch token of a controller.
+pub fn fe_token(id: &VusbId) -> String {
+    format!("fe:{}:{}", id.fe, id.devid)
+}
+
+impl Controller {
+    /// Reads the controller's settings, offers our features and goes to InitWait.
+    pub fn create(id: VusbId, serial: u32, env: &mut Env<'_>) -> anyhow::Result<Self> {
+        let span = tracing::info_span!("vusb", domid = id.fe, devid = id.devid);
+        let be_dir = id.backend_dir();
+        let view = vusb::read_backend(env.xs, &id).context("reading the controller settings")?;
+        let usb_ver = match view.usb_ver {
+            vusb::UsbVer::Usb11 => UsbVer::Usb11,
+            vusb::UsbVer::Usb20 => UsbVer::Usb20,
+        };
+        let fe_dir = env
+            .xs
+            .read_string(&format!("{be_dir}/{}", keys::FRONTEND))
+            .unwrap_or_else(|_| id.frontend_dir());
+        if env.file.feature_aca {
+            env.xs
+                .write(&format!("{be_dir}/{FEATURE_ACA}"), b"1")
+                .context("offering feature-aca")?;
+        }
+        env.xs
+            .watch(&format!("{fe_dir}/{}", keys::STATE), &fe_token(&id))
+            .context("watching the frontend state")?;
+        let n = usize::from(view.num_ports);
+        let engine = Engine::new(
+            EngineConfig {
+                num_ports: view.num_ports,
+                usb_ver,
+                max_bulk_urb: env.file.max_bulk_urb.unwrap_or(usize::MAX),
+            },
+            span.clone(),
+        );
+        info!(parent: &span, num_ports = view.num_ports, ?usb_ver, "controller found");
+        let mut c = Controller {
+            id,
+            serial,
+            fe_dir,
+            state: XenbusState::Initialising,
+            engine,
+            evtchn: None,
+            wanted: vec![None; n],
+            failed: vec![None; n],
+            span,
+        };
+        c.switch(env.xs, XenbusState::InitWait);
+        Ok(c)
+    }
+
+    /// Our serial number (poller tokens).
+    pub fn serial(&self) -> u32 {
+        self.serial
+    }
+
+    fn switch(&mut self, xs: &mut Xs, state: XenbusState) {
+        if let Err(e) = switch_state(xs, &self.id.backend_dir(), state) {
+            debug!(parent: &self.span, ?state, error = %e, "cannot switch state");
+        }
+        if self.state != state {
+            debug!(parent: &self.span, from = ?self.state, to = ?state, "xenbus state");
+        }
+        self.state = state;
+    }
+
+    /// Reconciles ports and the handshake with xenstore. Returns false once the controller
+    /// is gone for good (Closed and offline, or its directory removed).
+    pub fn sync(&mut self, env: &mut Env<'_>) -> bool {
+        let be_dir = self.id.backend_dir();
+        if env
+            .xs
+            .try_read(&format!("{be_dir}/{}", keys::STATE))
+            .ok()
+            .flatten()
+            .is_none()
+        {
+            info!(parent: &self.span, "controller removed");
+            self.teardown(env);
+            return false;
+        }
+        self.sync_ports(env);
+        self.sync_state(env)
+    }
+
+    fn sync_state(&mut self, env: &mut Env<'_>) -> bool {
+        let fe = read_state(env.xs, &self.fe_dir).unwrap_or(XenbusState::Unknown);
+        let online = env
+            .xs
+            .try_read(&format!("{}/{}", self.id.backend_dir(), keys::ONLINE))
+            .ok()
+            .flatten()
+            .is_some_and(|v| v.trim_ascii() == b"1");
+        use XenbusState::*;
+        match (self.state, fe) {
+            (InitWait, Initialised | Connected) => match self.connect(env) {
+                Ok(()) => {
+                    self.switch(env.xs, Connected);
+                    info!(parent: &self.span, "frontend connected");
+                    self.on_evtchn(env);
+                }
+                Err(e) => {
+                    error!(parent: &self.span, "cannot connect the frontend: {e:#}");
+                    self.switch(env.xs, Closing);
+                }
+            },
+            (Connected, Closing | Closed | Unknown) => {
+                self.disconnect(env);
+                self.switch(env.xs, Closing);
+                if fe != Closing {
+                    self.switch(env.xs, Closed);
+                }
+            }
+            (Closing, Closed | Unknown) => self.switch(env.xs, Closed),
+            (Closed, Initialising) if online => self.switch(env.xs, InitWait),
+            _ => {}
+        }
+        if self.state == Closed && !online {
+            info!(parent: &self.span, "controller offline");
+            self.teardown(env);
+            return false;
+        }
+        true
+    }
+
+    fn connect(&mut self, env: &mut Env<'_>) -> anyhow::Result<()> {
+        let rings = read_rings(env.xs, &self.fe_dir).context("reading the ring references")?;
+        let fe_aca = env
+            .xs
+            .try_read(&format!("{}/{FEATURE_ACA}", self.fe_dir))
+            .ok()
+            .flatten()
+            .is_some_and(|v| v.trim_ascii() == b"1");
+        let domid = DomId(self.id.fe);
+        let mapper: Arc<dyn GrantMapper> = env.hyp.clone();
+        let mem = Grants { mapper, domid };
+        let map_ring = |gref: u32, what: &str| -> anyhow::Result<_> {
+            let page = mem
+                .map(&[gref], true)
+                .with_context(|| format!("mapping {what} {gref} of dom{}", domid.0))?;
+            ring_shm(page).with_context(|| format!("{what} {gref}: empty mapping"))
+        };
+        let urb = UrbBackRing::new(map_ring(rings.urb_ring_ref, "urb-ring-ref")?)
+            .context("urb ring geometry")?;
+        let conn = ConnBackRing::new(map_ring(rings.conn_ring_ref, "conn-ring-ref")?)
+            .context("conn ring geometry")?;
+        let ch: Arc<dyn EventChannel> = Arc::from(
+            env.hyp
+                .bind_interdomain(domid, EvtchnPort(rings.event_channel))
+                .with_context(|| format!("binding event channel {}", rings.event_channel))?,
+        );
+        env.poller
+            .add(ch.as_fd(), Readiness::Readable, Token::Evtchn(self.serial))
+            .context("polling the event channel")?;
+        let aca = env.file.feature_aca && fe_aca;
+        let link = Link::new(
+            urb,
+            conn,
+            Box::new(ch.clone()),
+            Box::new(mem),
+            self.engine.config().num_ports,
+            aca,
+        );
+        self.engine.connect(link);
+        self.evtchn = Some(ch);
+        debug!(parent: &self.span, ?rings, aca, "rings mapped");
+        Ok(())
+    }
+
+    fn disconnect(&mut self, env: &mut Env<'_>) {
+        self.engine.disconnect();
+        if let Some(ch) = self.evtchn.take() {
+            env.poller.delete(ch.as_fd());
+        }
+        info!(parent: &self.span, "frontend disconnected");
+    }
+
+    /// The frontend broke the protocol: close this controller only.
+    fn fail(&mut self, env: &mut Env<'_>, why: &dyn std::fmt::Display) {
+        warn!(parent: &self.span, "closing the controller: {why}");
+        self.disconnect(env);
+        self.switch(env.xs, XenbusState::Closing);
+    }
+
+    /// The event channel fired.
+    pub fn on_evtchn(&mut self, env: &mut Env<'_>) {
+        let Some(ch) = self.evtchn.clone() else {
+            return;
+        };
+        if let Err(e) = ch.take_pending() {
+            debug!(parent: &self.span, error = %e, "evtchn take_pending");
+        }
+        let mut r = self.engine.on_ring_event();
+        if r.is_ok() {
+            if let Err(e) = ch.unmask() {
+                debug!(parent: &self.span, error = %e, "evtchn unmask");
+            }
+            // An event that arrived while masked is delivered by unmask; the ring may also
+            // have moved in between: look again.
+            r = self.engine.on_ring_event();
+        }
+        if let Err(e) = r {
+            self.fail(env, &e);
+        }
+    }
+
+    /// The device on `port` is ready (completions or gone).
+    pub fn on_device(&mut self, env: &mut Env<'_>, port: u8) {
+        let Some(p) = Port::new(port) else { return };
+        if self.engine.on_device_ready(p) == DeviceState::Gone {
+            info!(parent: &self.span, port, "device went away");
+            self.release(env, p);
+        }
+    }
+
+    fn release(&mut self, env: &mut Env<'_>, port: Port) {
+        if let Some((fd, _)) = self.engine.device_fd(port) {
+            env.poller.delete(fd);
+        }
+        if let Some(mut dev) = self.engine.detach(port) {
+            dev.release();
+        }
+    }
+
+    fn sync_ports(&mut self, env: &mut Env<'_>) {
+        for i in 0..self.wanted.len() {
+            let Some(port) = u8::try_from(i + 1).ok().and_then(Port::new) else {
+                continue;
+            };
+            let wanted = env
+                .xs
+                .try_read(&self.id.port_path(port.get()))
+                .ok()
+                .flatten()
+                .map(|v| String::from_utf8_lossy(&v).trim().to_owned())
+                .filter(|v| !v.is_empty());
+            let have = self.engine.busid(port).map(str::to_owned);
+            if wanted != have && have.is_some() {
+                info!(parent: &self.span, port = port.get(), busid = have.as_deref(), "unassigned");
+                self.release(env, port);
+            }
+            if self.wanted.get(i) != Some(&wanted) {
+                if let Some(f) = self.failed.get_mut(i) {
+                    *f = None;
+                }
+            }
+            if let Some(w) = self.wanted.get_mut(i) {
+                w.clone_from(&wanted);
+            }
+            if let Some(busid) = wanted {
+                let failed = self
+                    .failed
+                    .get(i)
+                    .is_some_and(|f| f.as_deref() == Some(&busid));
+                if self.engine.busid(port).is_none() && !failed {
+                    self.plug(env, port, &busid);
+                }
+            }
+        }
+    }
+
+    /// A host device appeared: plug it wherever it is wanted and missing.
+    pub fn on_hotplug_add(&mut self, env: &mut Env<'_>, busid: &str) {
+        for i in 0..self.wanted.len() {
+            if self.wanted.get(i).and_then(|w| w.as_deref()) != Some(busid) {
+                continue;
+            }
+            let Some(port) = u8::try_from(i + 1).ok().and_then(Port::new) else {
+                continue;
+            };
+            if self.engine.busid(port).is_none() {
+                if let Some(f) = self.failed.get_mut(i) {
+                    *f = None;
+                }
+                self.plug(env, port, busid);
+            }
+        }
+    }
+
+    fn plug(&mut self, env: &mut Env<'_>, port: Port, busid: &str) {
+        let i = usize::from(port.get() - 1);
+        let fail = |c: &mut Self| {
+            if let Some(f) = c.failed.get_mut(i) {
+                *f = Some(busid.to_owned());
+            }
+        };
+        let resolved = match host::resolve(&env.host.roots(), busid) {
+            Ok(r) => r,
+            Err(host::ResolveError::NotFound { .. }) => {
+                info!(parent: &self.span, port = port.get(), busid, "device not present yet");
+                return;
+            }
+            Err(e) => {
+                error!(parent: &self.span, port = port.get(), busid, "cannot assign: {e}");
+                return fail(self);
+            }
+        };
+        if !env
+            .file
+            .allows(busid, resolved.id_vendor, resolved.id_product)
+        {
+            error!(parent: &self.span, port = port.get(), busid, "device not in the allow-list");
+            return fail(self);
+        }
+        let dev: Box<dyn HostDevice> = match env.host.open(busid) {
+            Ok(d) => d,
+            Err(e) => {
+                error!(parent: &self.span, port = port.get(), busid, "cannot open the device: {e}");
+                return fail(self);
+            }
+        };
+        match self.engine.attach(port, busid, dev) {
+            Ok(_) => {
+                if let Some((fd, readiness)) = self.engine.device_fd(port) {
+                    if let Err(e) =
+                        env.poller
+                            .add(fd, readiness, Token::Device(self.serial, port.get()))
+                    {
+                        error!(parent: &self.span, port = port.get(), busid, "cannot poll the device: {e}");
+                        self.release(env, port);
+                        fail(self);
+                    }
+                }
+            }
+            Err((e, mut dev)) => {
+                error!(parent: &self.span, port = port.get(), busid, "refused: {e}");
+                dev.release();
+                fail(self);
+            }
+        }
+    }
+
+    /// Releases everything: rings, event channel, every device (host drivers reattached).
+    pub fn teardown(&mut self, env: &mut Env<'_>) {
+        if self.engine.is_connected() {
+            self.disconnect(env);
+        }
+        for i in 0..self.wanted.len() {
+            if let Some(port) = u8::try_from(i + 1).ok().and_then(Port::new) {
+                if self.engine.busid(port).is_some() {
+                    self.release(env, port);
+                }
+            }
+        }
+        if let Err(e) = env.xs.unwatch(
+            &format!("{}/{}", self.fe_dir, keys::STATE),
+            &fe_token(&self.id),
+        ) {
+            debug!(parent: &self.span, error = %e, "unwatch");
+        }
+    }
+
+    /// Daemon shutdown: release everything and tell the frontend we are gone.
+    pub fn shutdown(&mut self, env: &mut Env<'_>) {
+        self.teardown(env);
+        self.switch(env.xs, XenbusState::Closing);
+        self.switch(env.xs, XenbusState::Closed);
+    }
+}
