@@ -4,6 +4,7 @@
 pub mod bus;
 pub mod core;
 pub mod device;
+pub mod fuzzing;
 pub mod model;
 pub mod spec;
 
