@@ -96,6 +96,8 @@ pub enum Command {
         #[command(subcommand)]
         action: crate::sim::SimCommand,
     },
+    /// Run the whole stack on a simulated platform and copy a disk through it.
+    Demo(crate::demo::DemoArgs),
 }
 
 impl Args {
@@ -125,5 +127,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Command::UsbAssignableList => crate::usb_assignable_list::run(&ctx),
         Command::Daemon { rules, check } => crate::daemon::run(&ctx, &rules, check),
         Command::Sim { action } => crate::sim::run(&ctx, args.sim.as_deref(), action),
+        Command::Demo(d) => crate::demo::run(&ctx, &d),
     }
 }

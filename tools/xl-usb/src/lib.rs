@@ -15,11 +15,13 @@
 pub mod cli;
 pub mod ctrl;
 pub mod daemon;
+pub mod demo;
 pub mod domain;
 pub mod guest;
 pub mod hostdev;
 pub mod kv;
 pub mod platform;
+pub mod progress;
 pub mod rules;
 pub mod sim;
 pub mod usb_assignable_list;

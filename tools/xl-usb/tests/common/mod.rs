@@ -166,3 +166,59 @@ pub fn bin_dir() -> PathBuf {
         .unwrap()
         .to_path_buf()
 }
+
+/// Builds the platform's other binaries (xenstored, broker, backend, frontend) into the
+/// same target directory as xl-usb, once per test process: cargo builds only this
+/// package's binaries for its tests.
+pub fn ensure_platform_binaries() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let dir = bin_dir();
+        let all = [
+            "pvusb-xenstored",
+            "pvusb-simhyp",
+            "pvusb-backend",
+            "pvusb-frontend",
+        ];
+        if std::env::var_os("XL_USB_TEST_NO_BUILD").is_some()
+            && all.iter().all(|b| dir.join(b).exists())
+        {
+            return;
+        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
+        let target = dir.parent().unwrap().to_path_buf();
+        let profile_release = dir.file_name().is_some_and(|n| n == "release");
+        let mut c = std::process::Command::new(cargo);
+        c.arg("build")
+            .arg("--manifest-path")
+            .arg(manifest)
+            .arg("--target-dir")
+            .arg(target);
+        for p in [
+            "xenstore-cfg",
+            "pvusb-xen",
+            "pvusb-backend",
+            "pvusb-frontend",
+        ] {
+            c.args(["-p", p]);
+        }
+        c.arg("--bins");
+        if profile_release {
+            c.arg("--release");
+        }
+        let out = c.output().expect("running cargo build");
+        assert!(
+            out.status.success(),
+            "building the platform binaries failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for b in all {
+            assert!(
+                dir.join(b).exists(),
+                "{b} was not built into {}",
+                dir.display()
+            );
+        }
+    });
+}
