@@ -3,6 +3,8 @@
 //! bulk transfers split at max-packet multiples, unlinks in flight, and a backend that
 //! breaks the protocol.
 
+#![allow(missing_debug_implementations)]
+
 mod common;
 
 use std::time::Duration;

@@ -2,6 +2,7 @@
 //! the frontend as a child process, and a ring-level fake backend for protocol tests.
 #![allow(dead_code)]
 
+pub mod bot;
 pub mod client;
 pub mod fakebe;
 
@@ -133,4 +134,42 @@ pub fn workspace_bin(name: &str) -> Option<PathBuf> {
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_pvusb-frontend"));
     let p = exe.parent()?.join(name);
     p.exists().then_some(p)
+}
+
+/// The `pvusb-backend` binary: `target/<profile>/pvusb-backend` next to ours. This
+/// package's tests cannot depend on another package's binary, so if it is missing it is
+/// built once with `cargo build -p pvusb-backend` (same profile and target dir).
+pub fn backend_bin() -> PathBuf {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(|| {
+        if workspace_bin("pvusb-backend").is_some() {
+            return;
+        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "pvusb-backend", "--bin", "pvusb-backend"])
+            .status()
+            .expect("running cargo build -p pvusb-backend");
+        assert!(status.success(), "cargo build -p pvusb-backend failed");
+    });
+    workspace_bin("pvusb-backend")
+        .expect("target/debug/pvusb-backend missing: run `cargo build -p pvusb-backend`")
+}
+
+/// Starts the real backend as `domid` on the simulated platform.
+pub fn spawn_backend(sim: &Sim, domid: u16, log: &str) -> Proc {
+    let child = Command::new(backend_bin())
+        .args(["--platform", "sim", "--sim-dir"])
+        .arg(sim.path())
+        .args(["--domid", &domid.to_string(), "-v"])
+        .stdout(Stdio::null())
+        .stderr(log_file(sim.path(), log))
+        .spawn()
+        .unwrap();
+    Proc(child)
+}
+
+/// The backend's log, for failure messages.
+pub fn backend_log(sim: &Sim, log: &str) -> String {
+    std::fs::read_to_string(sim.path().join(format!("{log}.log"))).unwrap_or_default()
 }
