@@ -79,7 +79,13 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     };
     d.rescan();
     'main: loop {
-        let tokens = d.poller.wait(None).context("waiting for events")?;
+        // Watch events can be read off the socket while we wait for a reply to some other
+        // request: handle those queued in the client before sleeping on the socket.
+        d.on_xenstore_events();
+        let tokens = d
+            .poller
+            .wait(Some(std::time::Duration::from_secs(1)))
+            .context("waiting for events")?;
         for t in tokens {
             match t {
                 Token::Signal => {
@@ -151,6 +157,11 @@ impl Daemon {
             Ok(_) => {}
             Err(e) => return Err(e).context("xenstore connection lost"),
         }
+        self.on_xenstore_events();
+        Ok(())
+    }
+
+    fn on_xenstore_events(&mut self) {
         while let Some(ev) = self.xs.poll_event() {
             if ev.token == RELEASE_TOKEN {
                 self.on_release();
@@ -163,7 +174,6 @@ impl Daemon {
                 self.sync(id);
             }
         }
-        Ok(())
     }
 
     /// Lists every controller under our backend directory and syncs each.

@@ -361,6 +361,8 @@ pub fn host_result(status: i32, actual: usize) -> HostResult {
             actual_length: actual,
             ..HostResult::cancelled()
         },
+        // The host's -ESHUTDOWN means the device (or its port) is going away.
+        s if s == -errno::ESHUTDOWN => HostResult::done(Status::NoDev, actual),
         s => HostResult::done(Status::from_errno(s), actual),
     }
 }

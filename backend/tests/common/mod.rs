@@ -552,3 +552,76 @@ pub fn cbw(tag: u32, data_len: u32, is_in: bool, cdb: &[u8]) -> Vec<u8> {
     v.extend_from_slice(&c);
     v
 }
+
+/// An isochronous IN transfer of `packets` packets of `pkt_len` bytes: data pages plus one
+/// writable page of `usb_iso_packet_descriptor`s. Returns the response, the data and the
+/// descriptors' (actual_length, status) as the backend wrote them back.
+pub fn iso_in(
+    g: &mut Guest,
+    port: u8,
+    dev: u8,
+    ep: u8,
+    packets: u16,
+    pkt_len: u32,
+) -> (UrbResponse, Vec<u8>, Vec<(u32, i32)>) {
+    let len = usize::from(packets) * pkt_len as usize;
+    let data = g.alloc(len, false);
+    let desc = g.alloc(usize::from(packets) * 16, false);
+    for i in 0..u32::from(packets) {
+        let mut d = [0u8; 16];
+        d[0..4].copy_from_slice(&(i * pkt_len).to_le_bytes());
+        d[4..8].copy_from_slice(&pkt_len.to_le_bytes());
+        d[8..12].copy_from_slice(&0xdead_beefu32.to_le_bytes());
+        desc.pages.write_at(i as usize * 16, &d).unwrap();
+    }
+    let mut segs = data.segs();
+    for (i, gref) in desc.pages.grefs().iter().enumerate() {
+        segs.push(
+            Seg::new(
+                segs.len(),
+                gref.0,
+                0,
+                if i == 0 {
+                    (usize::from(packets) * 16).min(4096) as u16
+                } else {
+                    4096
+                },
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    }
+    let id = g.fresh_id();
+    let req = UrbRequest::Submit(Submit {
+        id,
+        pipe: Pipe::new(port, dev, Ep::from_address(ep), XferType::Isoc),
+        xfer: Transfer::Isoc(Isoc {
+            interval: 1,
+            start_frame: 0,
+            number_of_packets: packets,
+            nr_frame_desc_segs: desc.pages.grefs().len() as u16,
+        }),
+        segs,
+        buffer_length: len as u32,
+        short_not_ok: false,
+        ext_flags: 0,
+    });
+    g.bufs.insert(id, data);
+    g.push(&req);
+    let (r, b) = g.wait(id);
+    let bytes = b.map(|b| b.read(len)).unwrap_or_default();
+    let mut descs = Vec::new();
+    for i in 0..usize::from(packets) {
+        let mut d = [0u8; 16];
+        desc.pages.read_at(i * 16, &mut d).unwrap();
+        descs.push((
+            u32::from_le_bytes(d[8..12].try_into().unwrap()),
+            i32::from_le_bytes(d[12..16].try_into().unwrap()),
+        ));
+    }
+    desc.pages
+        .end_access()
+        .map_err(|_| ())
+        .expect("descriptor grants released");
+    (r, bytes, descs)
+}
