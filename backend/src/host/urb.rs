@@ -339,7 +339,8 @@ pub struct Refused {
 /// Why `discard` did nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DiscardError {
-    /// No URB with that tag is in flight (already completed, or never submitted).
+    /// No URB with that tag is still running: it already completed (its completion may
+    /// still be waiting in `reap`, which the engine must keep calling) or was never submitted.
     #[error("no URB with tag {0} in flight")]
     NotInFlight(u64),
     #[error("device is gone")]

@@ -25,6 +25,9 @@ use crate::host::{check_busid, UsbRoots};
 pub const SPEC_FILE: &str = "sim-spec.toml";
 /// The run-time fault file in a device's sysfs directory.
 pub const FAULTS_FILE: &str = "sim-faults.toml";
+/// A token unique to one plug of a device: an opened device that finds a different token (or
+/// none) knows it was unplugged, even if the same bus id and device number came back.
+pub const INSTANCE_FILE: &str = "sim-instance";
 /// The simulated bus number.
 pub const SIM_BUS: u16 = 1;
 
@@ -231,6 +234,7 @@ fn write_tree(dir: &Path, spec: &DeviceSpec, serial: &str, devnum: u16) -> Resul
         ),
         ("product", id.strings.get(1).cloned().unwrap_or_default()),
         ("serial", serial.to_string()),
+        (INSTANCE_FILE, unique(busid)),
     ];
     for (name, value) in attrs {
         let p = dir.join(name);

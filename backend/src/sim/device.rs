@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use rustix::event::{eventfd, EventfdFlags};
 use rustix::fs::{flock, FlockOperation};
 
-use super::bus::{self, BusError, FAULTS_FILE};
+use super::bus::{self, BusError, FAULTS_FILE, INSTANCE_FILE};
 use super::core::Core;
 use super::model::{identity, instantiate, ModelError};
 use crate::host::{
@@ -80,7 +80,7 @@ struct Watch {
     simdir: PathBuf,
     sysdir: PathBuf,
     busid: String,
-    devnum: u16,
+    instance: Option<String>,
     faults_text: Option<String>,
 }
 
@@ -127,7 +127,7 @@ impl SimDevice {
             simdir,
             sysdir: dev.sysdir.clone(),
             busid: dev.busid.clone(),
-            devnum: dev.devnum,
+            instance: std::fs::read_to_string(dev.sysdir.join(INSTANCE_FILE)).ok(),
         };
         let worker = {
             let shared = Arc::clone(&shared);
@@ -187,10 +187,8 @@ fn run_worker(shared: &Shared, mut watch: Watch) {
         if now >= next_watch {
             next_watch = now + WATCH_PERIOD;
             drop(core);
-            let present = std::fs::read_to_string(watch.sysdir.join("devnum"))
-                .ok()
-                .and_then(|s| s.trim().parse::<u16>().ok())
-                == Some(watch.devnum);
+            let present = watch.instance.is_some()
+                && std::fs::read_to_string(watch.sysdir.join(INSTANCE_FILE)).ok() == watch.instance;
             let faults = std::fs::read_to_string(watch.sysdir.join(FAULTS_FILE)).ok();
             core = shared.lock();
             if !present && !core.is_gone() {

@@ -308,6 +308,26 @@ fn unplug_with_urbs_in_flight_completes_each_exactly_once() {
 }
 
 #[test]
+fn quick_replug_at_the_same_busid_is_still_an_unplug() {
+    let (tmp, mut dev, busid) = open(loopback());
+    dev.submit(bulk(1, 0x81, UrbFlags::empty(), UrbBuf::zeroed(8)))
+        .unwrap();
+    unplug(tmp.path(), &busid).unwrap();
+    let mut spec = loopback();
+    spec.busid = Some(busid.clone());
+    assert_eq!(plug(tmp.path(), &spec).unwrap(), busid);
+    let c = reap_n(&mut dev, 1);
+    assert_eq!(c[0].status, -errno::ESHUTDOWN);
+    assert!(dev.is_gone());
+    drop(dev);
+    let mut again = SimDevice::open_busid(tmp.path(), &busid).unwrap();
+    assert!(!again.is_gone());
+    again
+        .submit(bulk(2, 0x01, UrbFlags::empty(), UrbBuf::zeroed(8)))
+        .unwrap();
+}
+
+#[test]
 fn unplug_of_an_idle_device_wakes_the_poll_fd() {
     let (tmp, mut dev, busid) = open(loopback());
     unplug(tmp.path(), &busid).unwrap();
