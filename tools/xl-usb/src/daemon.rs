@@ -11,10 +11,11 @@ use std::sync::Arc;
 use anyhow::Context;
 use pvusb_backend::host::hotplug::{HotplugMonitor, InotifyMonitor, UeventMonitor};
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
-use xenstore_cfg::vusb::{self, VusbId};
+use xenstore_cfg::vusb::{self, UsbVer, VusbId};
 use xenstore_cfg::{DomId, Xs};
 
 use crate::rules::{self, DomainRef, Rule};
+use crate::usbctrl_attach::{create_with_devid, NewController, DEFAULT_PORTS};
 use crate::usbdev_attach::{self, Slot};
 use crate::{ctrl, domain, hostdev, usbdev_detach, Ctx};
 
@@ -147,6 +148,35 @@ impl RulesDaemon {
             let Some(target) = target.cloned() else {
                 continue; // attached when the domain appears
             };
+            if let Some(devid) = rule.controller {
+                if ctrl::read(xs, target.domid, devid)?.is_none() {
+                    let req = NewController {
+                        fe: target.domid,
+                        be: 0,
+                        usb_ver: UsbVer::Usb20,
+                        num_ports: DEFAULT_PORTS.max(rule.port.unwrap_or(1)),
+                    };
+                    match create_with_devid(xs, &req, devid, self.ctx.timeout) {
+                        Ok(_) => {
+                            self.created.entry(target.domid).or_default().insert(devid);
+                            changes.push(format!(
+                                "created controller {devid} of {} (rule at line {})",
+                                target.label(),
+                                rule.line
+                            ));
+                        }
+                        Err(e) => {
+                            let msg = format!(
+                                "rule at line {}: controller {devid} of {}: {e}",
+                                rule.line,
+                                target.label()
+                            );
+                            self.report(format!("{}|ctrl|{e}", dev.busid), &msg);
+                            continue;
+                        }
+                    }
+                }
+            }
             let slot = Slot {
                 controller: rule.controller,
                 port: rule.port,

@@ -57,6 +57,16 @@ pub enum CreateError {
 /// backend to reach InitWait (libxl waits the same way). Returns the devid.
 pub fn create(xs: &mut Xs, req: &NewController, timeout: Duration) -> Result<u32, CreateError> {
     let devid = ctrl::next_devid(xs, req.fe)?;
+    create_with_devid(xs, req, devid, timeout)
+}
+
+/// As [`create`], with a given devid (which must not be in use).
+pub fn create_with_devid(
+    xs: &mut Xs,
+    req: &NewController,
+    devid: u32,
+    timeout: Duration,
+) -> Result<u32, CreateError> {
     let id = VusbId {
         fe: req.fe,
         be: req.be,
