@@ -625,3 +625,52 @@ pub fn iso_in(
         .expect("descriptor grants released");
     (r, bytes, descs)
 }
+
+impl Guest {
+    /// Closes (as xen-hcd does after the backend closed), then reconnects with new rings
+    /// from Initialising, as a reloaded frontend driver would.
+    pub fn reconnect(mut self, h: &mut Harness) -> Guest {
+        self.set_state(XenbusState::Closed);
+        let be_dir = self.id.backend_dir();
+        let st = xenbus::wait_state(&mut self.xs, &be_dir, T, |s| s == XenbusState::Closed);
+        assert!(
+            st.is_ok(),
+            "backend never closed: {st:?}; log:\n{}",
+            h.log()
+        );
+        self.set_state(XenbusState::Initialising);
+        let st = xenbus::wait_state(&mut self.xs, &be_dir, T, |s| s == XenbusState::InitWait);
+        assert!(
+            st.is_ok(),
+            "backend never went back to InitWait: {st:?}; log:\n{}",
+            h.log()
+        );
+        let Guest {
+            plat,
+            xs,
+            id,
+            num_ports,
+            ..
+        } = self;
+        let mut g = Guest::attach_rings(plat, xs, id, num_ports);
+        g.publish();
+        let st = xenbus::wait_state(&mut g.xs, &be_dir, T, |s| s == XenbusState::Connected);
+        assert!(
+            st.is_ok(),
+            "backend never reconnected: {st:?}; log:\n{}",
+            h.log()
+        );
+        g
+    }
+
+    /// Waits for the backend to reach `want`.
+    pub fn wait_backend(&mut self, h: &Harness, want: XenbusState) {
+        let be_dir = self.id.backend_dir();
+        let st = xenbus::wait_state(&mut self.xs, &be_dir, T, |s| s == want);
+        assert!(
+            st.is_ok(),
+            "backend state {st:?}, wanted {want:?}; log:\n{}",
+            h.log()
+        );
+    }
+}
