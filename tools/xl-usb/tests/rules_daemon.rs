@@ -49,7 +49,7 @@ port = 2
 "#,
     )
     .unwrap();
-    let mut daemon = Command::new(assert_cmd::cargo::cargo_bin("xl-usb"))
+    let daemon = Command::new(assert_cmd::cargo::cargo_bin("xl-usb"))
         .arg("--sim")
         .arg(sim.path())
         .args(["--timeout", "5", "daemon", "--rules"])
