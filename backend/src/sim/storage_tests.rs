@@ -144,6 +144,9 @@ fn bot_commands_and_phase_cases() {
     // Case 5: host wants more than the device has; 8 bytes end with a short packet.
     let r = h.command(&[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], true, 64, &[]);
     assert_eq!((r.csw, r.data.len()), (Some((0, 56)), 8));
+    // Case 5 on a packet boundary: 512 of 1024 bytes, then a bulk-in STALL ends the data.
+    let r = h.command(&[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0], true, 1024, &[]);
+    assert_eq!((r.csw, r.data.len()), (Some((0, 512)), 512));
     // Case 4: Hi > Dn: bulk-in stall, residue = everything.
     let r = h.command(&[0x00, 0, 0, 0, 0, 0], true, 512, &[]);
     assert_eq!(r.csw, Some((0, 512)));

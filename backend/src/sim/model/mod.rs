@@ -356,6 +356,7 @@ pub fn instantiate(
             &state_dir.join("disk.img"),
             *size_bytes,
             identity.strings.get(2).map(String::as_str).unwrap_or(""),
+            identity.speed,
         )?),
         ModelSpec::Keyboard { text } => Box::new(hid::Keyboard::new(text)),
         ModelSpec::Loopback { capacity } => Box::new(loopback::Loopback::new(*capacity)),

@@ -112,8 +112,14 @@ pub struct Storage {
 }
 
 impl Storage {
-    /// Opens (creating or growing as needed) the disk image at `path` of `size` bytes.
-    pub fn open(path: &Path, size: u64, serial: &str) -> Result<Self, ModelError> {
+    /// Opens (creating or growing as needed) the disk image at `path` of `size` bytes, for a
+    /// device running at `speed` (which sets the bulk packet size).
+    pub fn open(
+        path: &Path,
+        size: u64,
+        serial: &str,
+        speed: HostSpeed,
+    ) -> Result<Self, ModelError> {
         let err = |source| ModelError::Disk {
             path: path.to_path_buf(),
             source,
