@@ -11,65 +11,9 @@ use std::time::Duration;
 
 use common::bot::{read10, write10, Bot};
 use common::client::{bulk_in, bulk_out, Client};
-use common::{free_port, spawn_backend, spawn_frontend, wait_for, wait_listening, Proc, Sim};
-use pvusb_backend::sim::{plug, DeviceSpec, ModelSpec};
+use common::stack::stack;
+use pvusb_backend::sim::ModelSpec;
 use pvusb_frontend::usbip::{ClientEvent, CmdSubmit, Direction, IsoPacket};
-use xenstore_cfg::vusb::{set_port, VusbId};
-
-pub struct Stack {
-    pub sim: Sim,
-    pub id: VusbId,
-    pub backend: Proc,
-    pub frontend: Proc,
-    pub port: u16,
-}
-
-/// dom1 with one controller (4 ports) served by a backend in `be`; `model` plugged into
-/// port 1.
-pub fn stack(be: u16, model: ModelSpec) -> Stack {
-    let sim = Sim::new();
-    sim.create_domain(1);
-    if be != 0 {
-        sim.create_domain(be);
-    }
-    let busid = plug(sim.path(), &DeviceSpec::new(model)).unwrap();
-    let id = sim.add_controller(1, be, 0, 4);
-    set_port(&mut sim.xs(), &id, 1, Some(&busid)).unwrap();
-    let backend = spawn_backend(&sim, be, "backend");
-    let port = free_port();
-    let frontend = spawn_frontend(&sim, 1, port, &[]);
-    wait_listening(port);
-    Stack {
-        sim,
-        id,
-        backend,
-        frontend,
-        port,
-    }
-}
-
-impl Stack {
-    pub fn logs(&self) -> String {
-        format!(
-            "--- frontend ---\n{}\n--- backend ---\n{}",
-            common::frontend_log(&self.sim),
-            common::backend_log(&self.sim, "backend")
-        )
-    }
-
-    /// Waits until the device on port 1 is listed, and imports it.
-    pub fn import(&self) -> Client {
-        wait_for(20, "the device to be exported", || {
-            Client::devlist(self.port)
-                .iter()
-                .any(|d| d.busid == "1-1")
-                .then_some(())
-        });
-        Client::import(self.port, "1-1")
-            .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()))
-            .0
-    }
-}
 
 #[test]
 fn storage_write_read_verify_through_the_whole_stack() {

@@ -8,7 +8,7 @@ use mio::unix::SourceFd;
 use mio::{Interest, Token};
 use pvusb_xen::{DomId, PlatformKind};
 use xenstore_cfg::xenbus::{read_state, XenbusState};
-use xenstore_cfg::XsOps;
+use xenstore_cfg::{XsErrno, XsOps};
 
 use super::port::PortEntry;
 use super::{Daemon, Src};
@@ -112,6 +112,10 @@ impl Daemon {
         let connected = c.conn.is_some();
         let be = match read_state(&mut self.xs, &be_dir) {
             Ok(s) => s,
+            // The backend's directory went with its domain (we may no longer read there).
+            Err(e) if matches!(e.errno(), Some(XsErrno::EACCES | XsErrno::ENOENT)) => {
+                XenbusState::Unknown
+            }
             Err(e) => {
                 tracing::warn!(parent: &span, error = %e, "reading backend state");
                 return;
@@ -280,18 +284,36 @@ impl Daemon {
         match conn.engine.backend_alive() {
             Ok(true) => {}
             Ok(false) => {
-                self.teardown(devid, "backend unmapped the rings (process gone)");
-                // A restarted backend will find us Initialising and offer InitWait.
-                if let Some(c) = self.ctrls.get(&devid) {
-                    let (fe_dir, span) = (c.paths.fe_dir.clone(), c.span.clone());
-                    self.set_fe_state(&fe_dir, XenbusState::Initialising, &span);
-                }
+                self.teardown(devid, "backend no longer maps the rings");
+                self.realign(devid);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "probing the backend");
                 self.teardown(devid, "ring probe failed");
             }
         }
+    }
+
+    /// After losing a backend that did not say goodbye: if its state still reads
+    /// Connected (a killed process, or a backend serving stale rings), ask it to close —
+    /// Closing → Closed → our Initialising → its InitWait → a fresh connection; otherwise
+    /// ask for a reconnect at once.
+    fn realign(&mut self, devid: u32) {
+        let Some(c) = self.ctrls.get(&devid) else {
+            return;
+        };
+        let (fe_dir, be_dir, span) = (
+            c.paths.fe_dir.clone(),
+            c.paths.be_dir.clone(),
+            c.span.clone(),
+        );
+        let be = read_state(&mut self.xs, &be_dir).unwrap_or(XenbusState::Unknown);
+        let next = if be == XenbusState::Connected {
+            XenbusState::Closing
+        } else {
+            XenbusState::Initialising
+        };
+        self.set_fe_state(&fe_dir, next, &span);
     }
 
     /// Handles the controller's event channel.
