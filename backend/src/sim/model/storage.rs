@@ -137,7 +137,7 @@ impl Storage {
         }
         Ok(Self::with_lun(
             Lun::new(file, size / BLOCK, serial),
-            HostSpeed::High,
+            speed,
         ))
     }
 
