@@ -103,6 +103,29 @@ fn on_signal(dir: &Path, remove_dir: bool, stop: Arc<AtomicBool>) -> anyhow::Res
     Ok(())
 }
 
+/// How the guest noticed the device going away, in words.
+fn describe_removal(e: &guest::StorageError) -> String {
+    use guest::{ClientError, StorageError};
+    match e {
+        StorageError::Urb { status, .. } => format!(
+            "TEST UNIT READY failed with URB status {status}, {}",
+            guest::storage::errno_name(*status)
+        ),
+        StorageError::Client(ClientError::Closed(_)) => {
+            "the frontend ended the device's USB/IP connection".into()
+        }
+        StorageError::Client(ClientError::Io { source, .. })
+            if matches!(
+                source.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            "the frontend ended the device's USB/IP connection".into()
+        }
+        other => other.to_string(),
+    }
+}
+
 fn indent(text: &str) -> String {
     text.lines().map(|l| format!("      {l}\n")).collect()
 }
@@ -226,7 +249,7 @@ pub fn run(ctx: &Ctx, args: &DemoArgs) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let seen = loop {
         match disk.test_unit_ready() {
-            Err(e) => break e.to_string(),
+            Err(e) => break describe_removal(&e),
             Ok(()) if t0.elapsed() < Duration::from_secs(10) => {
                 std::thread::sleep(Duration::from_millis(20))
             }

@@ -17,6 +17,8 @@ pub mod ctrl;
 pub mod daemon;
 pub mod demo;
 pub mod domain;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod guest;
 pub mod hostdev;
 pub mod kv;
