@@ -19,8 +19,8 @@
 //!
 //! Invariants this crate enforces:
 //! - no reference into shared memory is ever handed out: mapped pages are accessed through
-//!   raw pointers or volatile copies ([`mem::read_at`]-style methods), because the peer may
-//!   change them at any moment;
+//!   raw pointers, volatile copies ([`GrantMapping::read_at`]) or `pvusb_ring::shm::Shm`
+//!   views ([`GrantMapping::shm`]), because the peer may change them at any moment;
 //! - a read-only grant is never mapped writable (the sim hands over a read-only file
 //!   description, so even `mprotect` cannot make it writable);
 //! - every mapping, grant and port has exactly one owner whose drop releases it; nothing the
