@@ -22,7 +22,7 @@ use xenstore_cfg::xenbus::{read_rings, read_state, switch_state, XenbusState};
 use xenstore_cfg::{Xs, XsOps};
 
 use crate::config::FileConfig;
-use crate::engine::memory::{ring_shm, Grants, GuestMemory};
+use crate::engine::memory::{Grants, GuestMemory};
 use crate::engine::{DeviceState, Engine, EngineConfig, Link};
 use crate::host::{self, HostDevice, Readiness};
 use crate::poller::{Poller, Token};
@@ -200,7 +200,8 @@ impl Controller {
             let page = mem
                 .map(&[gref], true)
                 .with_context(|| format!("mapping {what} {gref} of dom{}", domid.0))?;
-            ring_shm(page).with_context(|| format!("{what} {gref}: empty mapping"))
+            page.into_shm()
+                .with_context(|| format!("{what} {gref}: empty mapping"))
         };
         let urb = UrbBackRing::new(map_ring(rings.urb_ring_ref, "urb-ring-ref")?)
             .context("urb ring geometry")?;

@@ -11,8 +11,9 @@ use pvusb_xen::{Access, DomId, GrantMapper, GrantMapping, GrantRef, MapError};
 /// Pages of the guest mapped into this process, as one contiguous range. Dropping it
 /// unmaps them. Only copies go in and out: the guest may write the pages at any time.
 pub trait Mapped: Send + Sync + fmt::Debug {
-    /// Start of the range (valid for [`Mapped::len`] bytes while `self` lives).
-    fn as_ptr(&self) -> *mut u8;
+    /// The mapping as a [`Shm`] a ring can work on (a writable one-page ring mapping);
+    /// every view of the `Shm` keeps the mapping alive.
+    fn into_shm(self: Box<Self>) -> Option<Shm>;
     /// Length in bytes (pages × 4096).
     fn len(&self) -> usize;
     /// Never true for a real mapping (at least one page).
@@ -32,8 +33,21 @@ pub trait GuestMemory: Send + fmt::Debug {
 }
 
 impl Mapped for GrantMapping {
-    fn as_ptr(&self) -> *mut u8 {
-        GrantMapping::as_ptr(self)
+    fn into_shm(self: Box<Self>) -> Option<Shm> {
+        let base = NonNull::new(GrantMapping::as_ptr(&self))?;
+        let len = GrantMapping::len(&self);
+        let access = match self.access() {
+            Access::Writable => ShmAccess::ReadWrite,
+            Access::ReadOnly => ShmAccess::ReadOnly,
+        };
+        let owner: Arc<dyn Send + Sync> = Arc::new(*self);
+        // SAFETY: `base..base+len` is this grant mapping, readable (and writable when
+        // mapped writable), and stays mapped for as long as `owner` lives; `with_owner`
+        // makes every view of the Shm hold `owner`. Nothing in this crate makes a Rust
+        // reference into the pages: rings touch them only through Shm's volatile copies
+        // and atomics.
+        let shm = unsafe { Shm::from_raw_parts(base, len, access) };
+        Some(shm.with_owner(owner))
     }
     fn len(&self) -> usize {
         GrantMapping::len(self)
@@ -65,20 +79,6 @@ impl GuestMemory for Grants {
         };
         Ok(Box::new(self.mapper.map(self.domid, &refs, access)?))
     }
-}
-
-/// Turns a writable one-page mapping into the [`Shm`] a ring works on; the `Shm` (and every
-/// clone of it) keeps the mapping alive.
-pub fn ring_shm(page: Box<dyn Mapped>) -> Option<Shm> {
-    let base = NonNull::new(page.as_ptr())?;
-    let len = page.len();
-    let owner: Arc<dyn Send + Sync> = Arc::new(page);
-    // SAFETY: `base..base+len` is the mapping `page`, writable (rings are mapped writable),
-    // and stays mapped for as long as `owner` lives; `with_owner` makes every view of the
-    // Shm hold `owner`. Nothing in this crate makes a Rust reference into the page: the
-    // ring only touches it through Shm's volatile copies and atomics.
-    let shm = unsafe { Shm::from_raw_parts(base, len, ShmAccess::ReadWrite) };
-    Some(shm.with_owner(owner))
 }
 
 /// What the engine needs of an event channel: a way to kick the frontend.

@@ -14,6 +14,10 @@ pub mod memory;
 pub mod payload;
 pub mod port;
 pub mod request;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod testing;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::BorrowedFd;

@@ -1,0 +1,189 @@
+//! Engine tests over the in-process rig: data paths, address emulation, unlink, splitting,
+//! protocol errors, and the fuzz body under proptest.
+
+use proptest::prelude::*;
+use pvusb_ring::wire::{
+    Ep, Pipe, Seg, Segments, Setup, Status, Submit, Transfer, Unlink, UrbRequest, XferType,
+};
+
+use super::testing::{fuzz_controller, Rig};
+
+fn submit(id: u16, pipe: Pipe, xfer: Transfer, pages: &[u32], len: u32) -> UrbRequest {
+    let mut segs = Segments::new();
+    let mut left = len;
+    for (i, &g) in pages.iter().enumerate() {
+        let n = left.min(4096);
+        if n == 0 {
+            break;
+        }
+        segs.push(Seg::new(i, g, 0, n as u16).unwrap()).unwrap();
+        left -= n;
+    }
+    UrbRequest::Submit(Submit {
+        id,
+        pipe,
+        xfer,
+        segs,
+        buffer_length: len,
+        short_not_ok: false,
+        ext_flags: 0,
+    })
+}
+
+fn ctrl(rig: &mut Rig, id: u16, port: u8, dev: u8, setup: Setup) -> (i32, u32) {
+    let pages: &[u32] = if setup.length() > 0 { &[20] } else { &[] };
+    let req = submit(
+        id,
+        Pipe::new(port, dev, Ep::new(0, setup.is_in()), XferType::Ctrl),
+        Transfer::Ctrl { setup: setup.0 },
+        pages,
+        u32::from(setup.length()),
+    );
+    answer(rig, &req)
+}
+
+fn answer(rig: &mut Rig, req: &UrbRequest) -> (i32, u32) {
+    rig.push(&req.to_raw());
+    rig.collect();
+    let r = rig
+        .responses
+        .iter()
+        .rev()
+        .find(|r| r.id == req.id())
+        .copied()
+        .expect("answered");
+    rig.responses.clear();
+    (r.status, r.actual_length)
+}
+
+fn addressed(max_bulk: usize) -> Rig {
+    let mut rig = Rig::new(max_bulk, false).unwrap();
+    for port in 1..=3 {
+        assert_eq!(ctrl(&mut rig, 1, port, 0, Setup::new(0, 5, 7, 0, 0)).0, 0);
+        assert_eq!(ctrl(&mut rig, 2, port, 7, Setup::new(0, 9, 1, 0, 0)).0, 0);
+    }
+    rig
+}
+
+fn bulk(id: u16, ep: u8, pages: &[u32], len: u32) -> UrbRequest {
+    submit(
+        id,
+        Pipe::new(1, 7, Ep::from_address(ep), XferType::Bulk),
+        Transfer::Bulk,
+        pages,
+        len,
+    )
+}
+
+#[test]
+fn address_zero_and_unknown_addresses() {
+    let mut rig = Rig::new(usize::MAX, false).unwrap();
+    let (st, len) = ctrl(&mut rig, 1, 1, 0, Setup::new(0x80, 6, 0x100, 0, 18));
+    assert_eq!((st, len), (0, 18));
+    let (st, _) = ctrl(&mut rig, 2, 1, 0, Setup::new(0x80, 0, 0, 0, 2));
+    assert_eq!(st, Status::Inval.to_wire(), "GET_STATUS at address 0");
+    let (st, _) = ctrl(&mut rig, 3, 1, 9, Setup::new(0x80, 6, 0x100, 0, 18));
+    assert_eq!(st, Status::NoDev.to_wire(), "address never set");
+    assert_eq!(ctrl(&mut rig, 4, 1, 0, Setup::new(0, 5, 9, 0, 0)).0, 0);
+    let (st, len) = ctrl(&mut rig, 5, 1, 9, Setup::new(0x80, 6, 0x100, 0, 18));
+    assert_eq!((st, len), (0, 18));
+    let (st, _) = ctrl(&mut rig, 6, 4, 0, Setup::new(0x80, 6, 0x100, 0, 18));
+    assert_eq!(st, Status::NoDev.to_wire(), "empty port");
+}
+
+#[test]
+fn loopback_round_trip_unmaps_everything() {
+    let mut rig = addressed(usize::MAX);
+    let data: Vec<u8> = (0..6000u32).map(|i| i as u8).collect();
+    rig.mem.arena().write(4 * 4096, &data).unwrap();
+    assert_eq!(answer(&mut rig, &bulk(3, 0x01, &[4, 5], 6000)), (0, 6000));
+    assert_eq!(answer(&mut rig, &bulk(4, 0x81, &[8, 9], 6000)), (0, 6000));
+    let mut back = vec![0u8; 6000];
+    rig.mem.arena().read(8 * 4096, &mut back).unwrap();
+    assert!(back == data);
+    assert_eq!(rig.mem.live_mappings(), 0);
+}
+
+#[test]
+fn split_transfers_match_whole_ones() {
+    let mut rig = addressed(1024);
+    let data: Vec<u8> = (0..6000u32).map(|i| (i * 3) as u8).collect();
+    rig.mem.arena().write(4 * 4096, &data).unwrap();
+    assert_eq!(answer(&mut rig, &bulk(3, 0x01, &[4, 5], 6000)), (0, 6000));
+    assert_eq!(answer(&mut rig, &bulk(4, 0x81, &[8, 9], 6000)), (0, 6000));
+    let mut back = vec![0u8; 6000];
+    rig.mem.arena().read(8 * 4096, &mut back).unwrap();
+    assert!(back == data);
+}
+
+#[test]
+fn unlink_answers_victim_and_itself() {
+    let mut rig = addressed(usize::MAX);
+    rig.push(&bulk(3, 0x81, &[8], 512).to_raw());
+    rig.collect();
+    assert!(rig.responses.is_empty(), "loopback IN waits for data");
+    let unlink = UrbRequest::Unlink(Unlink {
+        id: 4,
+        pipe: Pipe::new(1, 7, Ep::new(1, true), XferType::Bulk),
+        victim: 3,
+    });
+    rig.push(&unlink.to_raw());
+    rig.collect();
+    let mut got: Vec<(u16, i32)> = rig.responses.iter().map(|r| (r.id, r.status)).collect();
+    got.sort();
+    assert_eq!(got, vec![(3, Status::IoError.to_wire()), (4, 0)]);
+    assert_eq!(rig.mem.live_mappings(), 0);
+}
+
+#[test]
+fn duplicate_live_id_closes_the_controller() {
+    let mut rig = addressed(usize::MAX);
+    rig.push(&bulk(3, 0x81, &[8], 512).to_raw());
+    assert!(!rig.closed);
+    rig.push(&bulk(3, 0x81, &[9], 512).to_raw());
+    assert!(rig.closed, "protocol error");
+    rig.collect();
+    assert_eq!(
+        rig.responses
+            .iter()
+            .map(|r| (r.id, r.status))
+            .collect::<Vec<_>>(),
+        vec![(3, Status::Shutdown.to_wire())],
+        "the live one answered once, the duplicate never"
+    );
+    assert_eq!(rig.mem.live_mappings(), 0);
+    rig.reconnect().unwrap();
+    assert_eq!(
+        ctrl(&mut rig, 1, 1, 0, Setup::new(0x80, 6, 0x100, 0, 18)).0,
+        0
+    );
+}
+
+#[test]
+fn unplug_answers_in_flight_with_nodev() {
+    let mut rig = addressed(usize::MAX);
+    rig.push(&bulk(3, 0x81, &[8], 512).to_raw());
+    let port = pvusb_ring::wire::Port::new(1).unwrap();
+    drop(rig.engine.detach(port));
+    rig.collect();
+    assert_eq!(
+        rig.responses
+            .iter()
+            .map(|r| (r.id, r.status))
+            .collect::<Vec<_>>(),
+        vec![(3, Status::NoDev.to_wire())]
+    );
+    rig.responses.clear();
+    assert_eq!(
+        answer(&mut rig, &bulk(4, 0x81, &[8], 512)).0,
+        Status::NoDev.to_wire()
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(crate::test_cases(64)))]
+    #[test]
+    fn controller_survives_arbitrary_guests(data in proptest::collection::vec(any::<u8>(), 0..2000)) {
+        fuzz_controller(&data);
+    }
+}
