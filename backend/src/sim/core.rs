@@ -14,6 +14,20 @@ use crate::host::{
 /// Max iso packets per URB (usbfs's limit).
 const MAX_ISO_PACKETS: usize = 128;
 
+/// The URB trace file in a device's state directory (`DeviceSpec::trace`). One line per URB
+/// the device executed, in execution order: `ep=<addr hex> kind=<k> len=<n> actual=<n>
+/// status=<i> cont=<0|1> head=<hex of the first 16 data bytes: OUT as sent, IN as returned>`.
+pub const TRACE_FILE: &str = "urb-trace";
+
+/// Where trace lines go (a file opened by the device); a newtype so `Core` stays `Debug`.
+pub struct TraceSink(pub Box<dyn std::io::Write + Send>);
+
+impl std::fmt::Debug for TraceSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TraceSink")
+    }
+}
+
 #[derive(Debug)]
 struct Queued {
     urb: HostUrb,
@@ -50,6 +64,8 @@ pub struct Core {
     shorted: u64,
     /// Set when an `unplug_after` fault fired: the owner removes the device from the tree.
     pub unplug_requested: bool,
+    /// URB trace (tests' device-side ledger), if enabled.
+    pub trace: Option<TraceSink>,
 }
 
 /// wIndex's low byte (interface or endpoint number), without a truncating cast.
@@ -89,6 +105,7 @@ impl Core {
             matched_fail: 0,
             shorted: 0,
             unplug_requested: false,
+            trace: None,
         };
         core.apply_faults(faults);
         core
@@ -365,6 +382,23 @@ impl Core {
             && actual < requested
         {
             status = -errno::EREMOTEIO;
+        }
+        if let Some(TraceSink(w)) = &mut self.trace {
+            let mut head = [0u8; 16];
+            let off = if kind == XferKind::Control { 8 } else { 0 };
+            let n = if is_in { actual } else { requested }.min(16);
+            let head = head.get_mut(..n).unwrap_or_default();
+            q.urb.buf.read_at(off, head);
+            let hex: String = head.iter().map(|b| format!("{b:02x}")).collect();
+            let cont = u8::from(q.urb.flags.contains(UrbFlags::BULK_CONTINUATION));
+            // One write per line: a killed backend leaves only whole lines.
+            let _ = w.write_all(
+                format!(
+                    "ep={addr:02x} kind={kind:?} len={requested} actual={actual} \
+                     status={status} cont={cont} head={hex}\n"
+                )
+                .as_bytes(),
+            );
         }
         let mut c = complete(q.urb, status, actual);
         if let Some(packets) = iso {

@@ -113,7 +113,20 @@ impl SimDevice {
         let model = instantiate(&spec, &ident, &state)?;
         let descriptors = ident.descriptors.clone();
         let speed = ident.speed;
-        let core = Core::new(model, ident, spec.faults.clone(), Instant::now());
+        let mut core = Core::new(model, ident, spec.faults.clone(), Instant::now());
+        if spec.trace {
+            let path = state.join(super::core::TRACE_FILE);
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|source| BusError::Io {
+                    what: "opening",
+                    path,
+                    source,
+                })?;
+            core.trace = Some(super::core::TraceSink(Box::new(file)));
+        }
         let efd = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
             .map_err(|e| SimOpenError::Thread(e.into()))?;
         let shared = Arc::new(Shared {

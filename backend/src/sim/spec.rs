@@ -28,6 +28,10 @@ pub struct DeviceSpec {
     pub busid: Option<String>,
     #[serde(default)]
     pub faults: Faults,
+    /// Append one line per URB the device executes to `<state dir>/urb-trace` (the device
+    /// side of the end-to-end tests' URB ledger; see [`super::core::TRACE_FILE`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub trace: bool,
 }
 
 impl DeviceSpec {
@@ -39,6 +43,7 @@ impl DeviceSpec {
             serial: None,
             busid: None,
             faults: Faults::default(),
+            trace: false,
         }
     }
 
