@@ -10,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use common::bot::{read10, write10, Bot};
-use common::client::{bulk_in, bulk_out, Client};
+use common::client::{bulk_in, bulk_out};
 use common::stack::stack;
 use pvusb_backend::sim::ModelSpec;
 use pvusb_frontend::usbip::{ClientEvent, CmdSubmit, Direction, IsoPacket};

@@ -29,6 +29,9 @@ pub(super) struct PortEntry {
     pub(super) gen: u16,
     pub(super) link: Option<usize>,
     pub(super) vhci_port: Option<u32>,
+    /// The socket end handed to vhci. The kernel keeps its own reference; ours is kept
+    /// while the port is attached so a stand-in vhci (tests) can take it over too.
+    pub(super) vhci_sock: Option<std::os::fd::OwnedFd>,
     pub(super) failed: bool,
 }
 
@@ -190,6 +193,7 @@ impl Daemon {
                 gen: 0,
                 link: None,
                 vhci_port: None,
+                vhci_sock: None,
                 failed: false,
             },
         );
@@ -359,13 +363,14 @@ impl Daemon {
         let Some(vhci) = self.vhci.as_ref() else {
             return;
         };
-        let attached = (|| -> anyhow::Result<(u32, std::os::fd::OwnedFd)> {
+        type Attached = (u32, std::os::fd::OwnedFd, std::os::fd::OwnedFd);
+        let attached = (|| -> anyhow::Result<Attached> {
             let (ours, theirs) = crate::vhci::socketpair()?;
             let vport = vhci.free_port(dev.speed)?;
             vhci.attach(vport, theirs.as_fd(), dev.devid(), dev.speed)?;
-            Ok((vport, ours))
+            Ok((vport, ours, theirs))
         })();
-        let (vport, ours) = match attached {
+        let (vport, ours, theirs) = match attached {
             Ok(x) => x,
             Err(e) => {
                 tracing::error!(parent: &span, error = %e, "vhci attach failed");
@@ -393,6 +398,7 @@ impl Daemon {
         }
         if let Some(entry) = self.port_mut(devid, port) {
             entry.vhci_port = Some(vport);
+            entry.vhci_sock = Some(theirs);
         }
         tracing::info!(parent: &span, vport, devid = dev.devid(), "attached to vhci");
     }

@@ -8,8 +8,12 @@ use pvusb_frontend::usbip::{
     ClientConn, ClientEvent, CmdSubmit, Direction, ExportedDevice, Limits, RetSubmit,
 };
 
+/// A byte stream the client can run over.
+pub trait Rw: Read + Write {}
+impl<T: Read + Write> Rw for T {}
+
 pub struct Client {
-    sock: TcpStream,
+    sock: Box<dyn Rw>,
     pub conn: ClientConn,
     buf: Vec<u8>,
 }
@@ -19,6 +23,11 @@ impl Client {
         let sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(50)))
             .unwrap();
+        Client::over(Box::new(sock), conn)
+    }
+
+    /// A client over any stream whose reads time out after a short while.
+    pub fn over(sock: Box<dyn Rw>, conn: ClientConn) -> Client {
         Client {
             sock,
             conn,
