@@ -41,6 +41,10 @@ pub struct DemoArgs {
     /// Daemons log at debug level.
     #[arg(long)]
     pub debug_daemons: bool,
+    /// Baseline instead: the same simulated stick exported directly over USB/IP by this
+    /// process (no xenstore, rings, backend or frontend), driven by the same guest client.
+    #[arg(long)]
+    pub direct: bool,
 }
 
 /// Everything the demo measured.
@@ -130,9 +134,47 @@ fn indent(text: &str) -> String {
     text.lines().map(|l| format!("      {l}\n")).collect()
 }
 
+fn summary(r: &DiskReport) -> String {
+    format!(
+        "{} MiB written and read back, verified; write {:.1} MB/s, read+verify {:.1} MB/s; {} URBs, latency p50 {} µs, p99 {} µs; errors {}",
+        r.bytes >> 20, r.write_mb_s, r.read_mb_s, r.urbs, r.p50_us, r.p99_us, r.errors
+    )
+}
+
+/// `--direct`: the baseline without the Xen stack.
+fn run_direct(ctx: &Ctx, args: &DemoArgs, size: u64) -> anyhow::Result<()> {
+    let dir = tempfile::Builder::new().prefix("pvusb-direct-").tempdir()?;
+    let mut spec = DeviceSpec::new(ModelSpec::Storage { size_bytes: size });
+    spec.serial = Some("PVUSBDIRECT".into());
+    let busid = simbus::plug(dir.path(), &spec).context("plugging the simulated stick")?;
+    let server = crate::usbip_direct::DirectServer::start(dir.path(), &busid)?;
+    println!(
+        "baseline: simulated {} MiB stick {busid} exported directly over USB/IP on {}",
+        size >> 20,
+        server.addr()
+    );
+    let test = DiskTest {
+        chunk_blocks: args.chunk_blocks,
+        window: args.window,
+        ..DiskTest::default()
+    };
+    let mut bar = Progress::new("      write+verify");
+    let result = guest::disk_test(server.addr(), &busid, &test, &mut |d, t| bar.update(d, t));
+    bar.finish();
+    let (_, report) = result.context("disk test")?;
+    if ctx.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    println!("Summary (direct): {}", summary(&report));
+    Ok(())
+}
+
 /// Runs the demo. Succeeds only if every byte verified and the unplug was seen.
 pub fn run(ctx: &Ctx, args: &DemoArgs) -> anyhow::Result<()> {
     let size = parse_size(&args.size).with_context(|| format!("bad --size {:?}", args.size))?;
+    if args.direct {
+        return run_direct(ctx, args, size);
+    }
     let (dir, remove_dir) = match &args.dir {
         Some(d) => (d.clone(), false),
         None => {
@@ -306,9 +348,6 @@ pub fn run(ctx: &Ctx, args: &DemoArgs) -> anyhow::Result<()> {
     if ctx.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
     }
-    println!(
-        "Summary: {} MiB written and read back, verified; write {:.1} MB/s, read+verify {:.1} MB/s; {} URBs, latency p50 {} µs, p99 {} µs; errors {}",
-        out.disk.bytes >> 20, out.disk.write_mb_s, out.disk.read_mb_s, out.disk.urbs, out.disk.p50_us, out.disk.p99_us, out.disk.errors
-    );
+    println!("Summary: {}", summary(&out.disk));
     Ok(())
 }

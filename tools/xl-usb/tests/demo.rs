@@ -152,3 +152,18 @@ fn missing_binaries_are_named() {
     );
     assert!(err.contains("cargo build -p xenstore-cfg"), "{err}");
 }
+
+#[test]
+fn direct_baseline_runs_without_the_stack() {
+    let o = xl()
+        .args(["demo", "--direct", "--size", "1M", "--window", "2"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("Summary (direct): 1 MiB written and read back, verified;"),
+        "{out}"
+    );
+    assert!(out.contains("errors 0"), "{out}");
+}
