@@ -226,3 +226,74 @@ proptest! {
         still_serving(&sim);
     }
 }
+
+#[test]
+fn a_read_only_grant_fd_refuses_writable_mmap_even_for_a_raw_client() {
+    use pvusb_xen::{Access, GrantAllocator};
+    use rustix::mm::{MapFlags, ProtFlags};
+    let sim = Sim::new();
+    let dom1 = sim.domain(1);
+    let pages = dom1.alloc(DomId(0), 1, Access::ReadOnly).unwrap();
+    // A hostile dom0 client asks for a read-only mapping and tries to map the fd writable.
+    let fd = raw(&sim, DomId::DOM0);
+    let req = Request::Map {
+        domid: DomId(1),
+        access: Access::ReadOnly,
+        refs: pages.grefs().to_vec(),
+    };
+    send(&fd, &req.emit(1));
+    let mut buf = [0u8; 4096];
+    let got = fdpass::recv(fd.as_fd(), &mut buf, 4, RecvFlags::empty()).unwrap();
+    assert!(matches!(
+        Reply::parse(&buf[..got.len]),
+        Ok((1, Reply::Mapped { nfds: 1, .. }))
+    ));
+    let memfd = &got.fds[0];
+    // SAFETY: a fresh kernel-chosen mapping (no MAP_FIXED) that nothing references; it is
+    // unmapped below if the kernel wrongly grants it.
+    let r = unsafe {
+        rustix::mm::mmap(
+            std::ptr::null_mut(),
+            4096,
+            ProtFlags::READ | ProtFlags::WRITE,
+            MapFlags::SHARED,
+            memfd,
+            0,
+        )
+    };
+    if let Ok(p) = r {
+        // SAFETY: `p` is the 4096-byte mapping just made and not used otherwise.
+        unsafe { rustix::mm::munmap(p, 4096).unwrap() };
+        panic!("a read-only grant was mapped writable");
+    }
+    assert_eq!(r.unwrap_err(), rustix::io::Errno::ACCESS);
+    assert_eq!(rustix::io::write(memfd, b"x"), Err(rustix::io::Errno::BADF));
+}
+
+#[test]
+fn a_grantee_cannot_resize_granted_memory() {
+    use pvusb_xen::{Access, GrantAllocator};
+    let sim = Sim::new();
+    let dom1 = sim.domain(1);
+    let pages = dom1.alloc(DomId(0), 1, Access::Writable).unwrap();
+    let fd = raw(&sim, DomId::DOM0);
+    let req = Request::Map {
+        domid: DomId(1),
+        access: Access::Writable,
+        refs: pages.grefs().to_vec(),
+    };
+    send(&fd, &req.emit(1));
+    let mut buf = [0u8; 4096];
+    let got = fdpass::recv(fd.as_fd(), &mut buf, 4, RecvFlags::empty()).unwrap();
+    let memfd = &got.fds[0];
+    assert_eq!(
+        rustix::fs::ftruncate(memfd, 0),
+        Err(rustix::io::Errno::PERM)
+    );
+    assert_eq!(
+        rustix::fs::ftruncate(memfd, 1 << 20),
+        Err(rustix::io::Errno::PERM)
+    );
+    // The granter's pages are still all there.
+    pages.write_at(4095, b"z").unwrap();
+}

@@ -11,6 +11,11 @@
 //!   `write`, with no broker hop. Differences from Xen: ports are per-connection objects with
 //!   their own fd (as if each channel had its own /dev/xen/evtchn open); a notify sent before
 //!   the peer binds is dropped when it binds (Xen drops it at send time).
+//! - Limits of the model: the simulation is not a security boundary between processes of one
+//!   host. A mapper is handed the memfd itself; the broker's accounting assumes it closes the
+//!   fd after mapping (our client does), since a process that kept it could still reach the
+//!   pages after access ended. Memfds are sealed against resizing, so a peer cannot make the
+//!   other side's mapping fault.
 //! - A domain dies when the last connection of its processes closes (or dom0 destroys it):
 //!   its grants are revoked once peers unmap, its ports are closed, and the release hook
 //!   runs (the `pvusb-simhyp` binary sends XS_RELEASE to the embedded xenstored).

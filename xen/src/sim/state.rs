@@ -10,7 +10,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
 
 use rustix::event::EventfdFlags;
-use rustix::fs::{MemfdFlags, Mode, OFlags};
+use rustix::fs::{MemfdFlags, Mode, OFlags, SealFlags};
 
 use super::wire::{Counters, EndMode, PageLoc, Reply, Request, Status};
 use crate::{Access, DomId, EvtchnPort, GrantRef, PAGE_SIZE};
@@ -340,11 +340,16 @@ impl State {
         if dom.granted_pages.saturating_add(pages) > MAX_GRANTED_PAGES {
             return Err(Status::Resource);
         }
-        let memfd = rustix::fs::memfd_create("pvusb-grant", MemfdFlags::CLOEXEC).map_err(os)?;
+        let flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING;
+        let memfd = rustix::fs::memfd_create("pvusb-grant", flags).map_err(os)?;
         let bytes = u64::from(count)
             .checked_mul(PAGE_SIZE as u64)
             .ok_or(Status::BadRequest)?;
         rustix::fs::ftruncate(&memfd, bytes).map_err(os)?;
+        // A hostile peer holding the fd must not shrink it: the other side's mapping would
+        // fault (SIGBUS) on the missing pages.
+        let seals = SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL;
+        rustix::fs::fcntl_add_seals(&memfd, seals).map_err(os)?;
         let mut grefs = Vec::with_capacity(pages);
         for _ in 0..pages {
             let g = dom.next_gref;
