@@ -5,6 +5,7 @@
 pub mod bot;
 pub mod client;
 pub mod fakebe;
+pub mod pypi;
 pub mod stack;
 
 use std::net::{TcpListener, TcpStream};
