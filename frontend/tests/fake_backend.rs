@@ -118,3 +118,46 @@ fn response_for_unknown_id_disconnects_the_controller() {
 fn impossible_rsp_prod_disconnects_the_controller() {
     broken_backend_closes_only_that_controller(Mode::RspProdOverflow);
 }
+
+#[test]
+fn malformed_client_is_dropped_and_the_device_stays_usable() {
+    use std::io::{Read, Write};
+    let (sim, _fe, _be, port) = setup(Mode::Good);
+    wait_device(&sim, port);
+    let (c, _) = Client::import(port, "1-1").unwrap();
+    drop(c);
+    // A raw client imports, then sends a CMD_SUBMIT with direction 7.
+    let mut raw = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut req = vec![0x01, 0x11, 0x80, 0x03, 0, 0, 0, 0];
+    let mut busid = [0u8; 32];
+    busid[..3].copy_from_slice(b"1-1");
+    req.extend_from_slice(&busid);
+    wait_for(10, "the first client's port to be free", || {
+        Client::devlist(port)
+            .iter()
+            .any(|d| d.busid == "1-1")
+            .then_some(())
+    });
+    raw.write_all(&req).unwrap();
+    let mut rep = vec![0u8; 8 + 312];
+    raw.read_exact(&mut rep).unwrap();
+    assert_eq!(&rep[4..8], &[0, 0, 0, 0], "import accepted");
+    let mut bad = vec![0u8; 48];
+    bad[3] = 1; // CMD_SUBMIT
+    bad[7] = 1; // seqnum
+    bad[8..12].copy_from_slice(&rep[8 + 256 + 32..8 + 256 + 40][..4]);
+    bad[15] = 7; // direction
+    raw.write_all(&bad).unwrap();
+    let mut buf = [0u8; 64];
+    assert_eq!(
+        raw.read(&mut buf).unwrap_or(0),
+        0,
+        "the connection is closed"
+    );
+    // Nothing else is disturbed: the device can be imported and used again.
+    let (mut c, _) = wait_for(10, "the device to be importable again", || {
+        Client::import(port, "1-1").ok()
+    });
+    assert_eq!(c.control_in(get_descriptor(1, 18)).status, 0);
+}
