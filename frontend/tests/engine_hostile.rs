@@ -92,10 +92,11 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     };
     // Port 1 has a high-speed device.
     let req = be.conn.pop_request().unwrap().unwrap();
-    let mut ev = RawConnResponse::default();
-    ev.id = req.id;
-    ev.portnum = 1;
-    ev.speed = 3;
+    let ev = RawConnResponse {
+        id: req.id,
+        portnum: 1,
+        speed: 3,
+    };
     be.conn.push_response(&ev).unwrap();
     be.conn.push_responses();
     ch.notify().unwrap();
@@ -152,10 +153,12 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
                 if !be.taken.is_empty() {
                     let id = be.taken.remove(0) ^ id_xor;
-                    let mut raw = RawUrbResponse::default();
-                    raw.id = id.into();
-                    raw.status = status.into();
-                    raw.actual_length = actual.into();
+                    let raw = RawUrbResponse {
+                        id: id.into(),
+                        status: status.into(),
+                        actual_length: actual.into(),
+                        ..RawUrbResponse::default()
+                    };
                     let _ = be.urb.push_response(&raw);
                     be.urb.push_responses();
                 }
@@ -180,10 +183,11 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::Conn { port, speed } => {
                 if let Ok(Some(req)) = be.conn.pop_request() {
-                    let mut ev = RawConnResponse::default();
-                    ev.id = req.id;
-                    ev.portnum = port;
-                    ev.speed = speed;
+                    let ev = RawConnResponse {
+                        id: req.id,
+                        portnum: port,
+                        speed,
+                    };
                     let _ = be.conn.push_response(&ev);
                     be.conn.push_responses();
                 }
