@@ -55,7 +55,7 @@ pub enum Command {
         /// Controller devid.
         devid: String,
     },
-    /// Assign a host device: <dom> hostbus=<n> hostaddr=<n> [controller=<devid> [port=<n>]]
+    /// Assign a host device: <dom> hostbus=<n> hostaddr=<n> | busid=<id> [controller=<devid> [port=<n>]]
     #[command(name = "usbdev-attach")]
     UsbdevAttach {
         /// Guest domain (id or name).

@@ -84,7 +84,7 @@ pub fn render(entries: &[ControllerEntry]) -> String {
                     let _ = writeln!(s, "  Port {}: Bus {b:03} Device {d:03}", p.port);
                 }
                 (Some(busid), _, _) => {
-                    let _ = writeln!(s, "  Port {}: {busid} (not present on the host)", p.port);
+                    let _ = writeln!(s, "  Port {}: {busid} (not in this domain's sysfs)", p.port);
                 }
                 _ => {
                     let _ = writeln!(s, "  Port {}:", p.port);

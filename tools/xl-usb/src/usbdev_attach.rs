@@ -79,47 +79,39 @@ pub enum AttachError {
     Vusb(#[from] VusbError),
 }
 
-fn choose(
-    xs: &mut Xs,
-    fe: DomId,
-    slot: Slot,
-    timeout: Duration,
-) -> Result<(u32, u8, bool), AttachError> {
+/// Where the device will go: an existing controller's port, or a new controller.
+enum Target {
+    Existing(ctrl::Controller, u8),
+    New,
+}
+
+fn pick(xs: &mut Xs, fe: DomId, slot: Slot) -> Result<Target, AttachError> {
     if let Some(devid) = slot.controller {
         let c = ctrl::read(xs, fe, devid)?.ok_or(AttachError::NoController(fe, devid))?;
-        return match slot.port {
+        let port = match slot.port {
             Some(p) if p == 0 || p > c.num_ports => {
-                Err(AttachError::NoSuchPort(fe, devid, p, c.num_ports))
+                return Err(AttachError::NoSuchPort(fe, devid, p, c.num_ports))
             }
             Some(p) => match c.port(p) {
-                Some(b) => Err(AttachError::PortBusy(fe, devid, p, b.to_owned())),
-                None => Ok((devid, p, false)),
+                Some(b) => return Err(AttachError::PortBusy(fe, devid, p, b.to_owned())),
+                None => p,
             },
-            None => c
-                .free_port()
-                .map(|p| (devid, p, false))
-                .ok_or(AttachError::NoFreePort(fe, devid)),
+            None => c.free_port().ok_or(AttachError::NoFreePort(fe, devid))?,
         };
+        return Ok(Target::Existing(c, port));
     }
-    if let Some((devid, p)) = ctrl::list(xs, fe)?
-        .iter()
+    Ok(ctrl::list(xs, fe)?
+        .into_iter()
         .filter(|c| c.ctrl_type == "pv")
-        .find_map(|c| c.free_port().map(|p| (c.devid, p)))
-    {
-        return Ok((devid, p, false));
-    }
-    let req = NewController {
-        fe,
-        be: 0,
-        usb_ver: UsbVer::Usb20,
-        num_ports: DEFAULT_PORTS,
-    };
-    let devid = usbctrl_attach::create(xs, &req, timeout)?;
-    Ok((devid, 1, true))
+        .find_map(|c| c.free_port().map(|p| (c, p)))
+        .map_or(Target::New, |(c, p)| Target::Existing(c, p)))
 }
 
 /// Attaches the host device `busid` to domain `fe`: the code path of `usbdev-attach`,
-/// shared with the rules daemon and the demo.
+/// shared with the rules daemon and the demo. The device is checked in this domain's
+/// sysfs (present, not a hub) and its host drivers recorded when this domain (dom0) is
+/// the controller's backend; a driver domain's devices are not visible here, so for a
+/// controller served by another domain only the assignment checks apply.
 pub fn attach_busid(
     xs: &mut Xs,
     platform: &Platform,
@@ -128,39 +120,57 @@ pub fn attach_busid(
     slot: Slot,
     timeout: Duration,
 ) -> Result<Attached, AttachError> {
-    let dev = hostdev::read(&platform.roots, busid)?;
-    if dev.is_hub() {
-        return Err(AttachError::Hub(busid.to_owned()));
-    }
     if let Some(a) = ctrl::assigned(xs)?.into_iter().find(|a| a.busid == busid) {
         return Err(AttachError::Assigned {
             busid: busid.to_owned(),
             to: a,
         });
     }
-    let (controller, port, created) = choose(xs, fe, slot, timeout)?;
-    let c = ctrl::read(xs, fe, controller)?.ok_or(AttachError::NoController(fe, controller))?;
-    hostdev::record_drivers(xs, &platform.roots, busid)?;
+    let target = pick(xs, fe, slot)?;
+    let local = match &target {
+        Target::Existing(c, _) => c.backend == 0,
+        Target::New => true,
+    };
+    if local {
+        let dev = hostdev::read(&platform.roots, busid)?;
+        if dev.is_hub() {
+            return Err(AttachError::Hub(busid.to_owned()));
+        }
+    } else if !xenstore_cfg::vusb::is_valid_busid(busid) {
+        return Err(AttachError::Host(HostError::NoSuchBusid(busid.to_owned())));
+    }
+    let (c, port, created) = match target {
+        Target::Existing(c, p) => (c, p, false),
+        Target::New => {
+            let req = NewController {
+                fe,
+                be: 0,
+                usb_ver: UsbVer::Usb20,
+                num_ports: DEFAULT_PORTS,
+            };
+            let devid = usbctrl_attach::create(xs, &req, timeout)?;
+            let c = ctrl::read(xs, fe, devid)?.ok_or(AttachError::NoController(fe, devid))?;
+            (c, 1, true)
+        }
+    };
+    if local {
+        hostdev::record_drivers(xs, &platform.roots, busid)?;
+    }
     vusb::set_port(xs, &c.id(), port, Some(busid))?;
-    tracing::info!(fe, controller, port, busid, "device attached");
+    tracing::info!(fe, controller = c.devid, port, busid, "device attached");
     Ok(Attached {
         busid: busid.to_owned(),
         domid: fe,
-        controller,
+        controller: c.devid,
         port,
         created_controller: created,
     })
 }
 
-/// Runs the command.
+/// Runs the command: `hostbus=` and `hostaddr=` (as xl), or `busid=` (needed for a
+/// controller served by a driver domain, whose devices dom0 cannot see).
 pub fn run(ctx: &Ctx, dom: &str, opts: &[String]) -> anyhow::Result<()> {
-    let kv = KeyValues::parse(opts, "hostbus,hostaddr,controller,port")?;
-    let bus = kv
-        .number("hostbus", 1, 0xffff)?
-        .ok_or(crate::kv::ArgError::Missing("hostbus"))?;
-    let addr = kv
-        .number("hostaddr", 1, 127)?
-        .ok_or(crate::kv::ArgError::Missing("hostaddr"))?;
+    let kv = KeyValues::parse(opts, "hostbus,hostaddr,busid,controller,port")?;
     let controller = kv
         .number("controller", 0, u64::from(u32::MAX))?
         .and_then(|n| u32::try_from(n).ok());
@@ -172,7 +182,25 @@ pub fn run(ctx: &Ctx, dom: &str, opts: &[String]) -> anyhow::Result<()> {
     }
     let mut xs = ctx.xs()?;
     let d = domain::resolve(&mut xs, dom)?;
-    let busid = hostdev::busid_of(&ctx.platform.roots, bus, addr)?;
+    let (busid, what) = match kv.get("busid") {
+        Some(b) => {
+            if kv.get("hostbus").is_some() || kv.get("hostaddr").is_some() {
+                anyhow::bail!("give busid= or hostbus= and hostaddr=, not both");
+            }
+            (b.to_owned(), b.to_owned())
+        }
+        None => {
+            let bus = kv
+                .number("hostbus", 1, 0xffff)?
+                .ok_or(crate::kv::ArgError::Missing("hostbus"))?;
+            let addr = kv
+                .number("hostaddr", 1, 127)?
+                .ok_or(crate::kv::ArgError::Missing("hostaddr"))?;
+            let busid = hostdev::busid_of(&ctx.platform.roots, bus, addr)?;
+            let what = format!("{busid} (Bus {bus:03} Device {addr:03})");
+            (busid, what)
+        }
+    };
     let a = attach_busid(
         &mut xs,
         &ctx.platform,
@@ -185,7 +213,7 @@ pub fn run(ctx: &Ctx, dom: &str, opts: &[String]) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&a)?);
     } else {
         println!(
-            "{busid} (Bus {bus:03} Device {addr:03}) -> {} controller {} port {}",
+            "{what} -> {} controller {} port {}",
             d.label(),
             a.controller,
             a.port

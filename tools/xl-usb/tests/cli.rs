@@ -153,11 +153,39 @@ fn driver_domain_backend() {
     .success();
     let mut xs = sim.xs();
     insta::assert_snapshot!("driver_domain_usbctrl_attach", vusb_tree(&mut xs));
-    let list = stdout(&sim.xl(&["usb-list", "guest1"]).output().unwrap());
-    assert!(
-        list.contains("0      pv           2   1     1       2"),
-        "{list}"
+    // dom0 cannot see a driver domain's devices: busid= names it directly.
+    sim.xl(&["usbdev-attach", "guest1", "busid=3-7", "controller=0"])
+        .assert()
+        .success()
+        .stdout("3-7 -> guest1 (1) controller 0 port 1\n");
+    assert_eq!(
+        fails(&sim, &["usbdev-attach", "guest2", "busid=3-7"]),
+        "xl-usb: 3-7 is already assigned to guest1 (1) controller 0 port 1"
     );
+    assert_eq!(
+        fails(
+            &sim,
+            &["usbdev-attach", "guest1", "busid=../x", "controller=0"]
+        ),
+        "xl-usb: no USB device ../x (see `xl-usb usb-assignable-list`)"
+    );
+    assert_eq!(
+        fails(&sim, &["usbdev-attach", "guest1", "busid=3-7", "hostbus=1"]),
+        "xl-usb: give busid= or hostbus= and hostaddr=, not both"
+    );
+    insta::assert_snapshot!(
+        "driver_domain_usbdev_attach",
+        common::tree(&mut xs, &["/local/domain/2/backend"])
+    );
+    let list = stdout(&sim.xl(&["usb-list", "guest1"]).output().unwrap());
+    assert_eq!(
+        list,
+        "Devid  Type         BE  state usb-ver ports\n0      pv           2   1     1       2    \n  Port 1: 3-7 (not in this domain's sysfs)\n  Port 2:\n"
+    );
+    sim.xl(&["usbctrl-detach", "guest1", "0"])
+        .assert()
+        .success();
+    assert_eq!(common::tree(&mut xs, &["/local/domain/2/backend"]), "");
 }
 
 #[test]
@@ -237,6 +265,7 @@ fn every_error_is_one_line_with_a_reason() {
         (vec!["usbdev-attach", "guest1", "hostbus=1", "hostaddr=2", "port=1"], "xl-usb: port= needs controller= (as in xl)"),
         (vec!["usbdev-attach", "guest1", "hostbus=1", "hostaddr=2", "controller=4"], "xl-usb: dom1 has no vusb controller 4"),
         (vec!["usbdev-detach", "guest1", "0", "1"], "xl-usb: guest1 (1) has no vusb controller 0"),
+        (vec!["usbdev-attach", "guest1", "busid=9-9"], "xl-usb: no USB device 9-9 (see `xl-usb usb-assignable-list`)"),
         (vec!["usbdev-detach", "guest1", "controller=0"], "error"),
     ];
     for (args, want) in &cases[..cases.len() - 1] {
