@@ -9,6 +9,7 @@
 //! frontend Initialising while Closed → InitWait again (reconnect).
 
 use std::os::fd::AsFd;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -203,10 +204,22 @@ impl Controller {
             page.into_shm()
                 .with_context(|| format!("{what} {gref}: empty mapping"))
         };
-        let urb = UrbBackRing::new(map_ring(rings.urb_ring_ref, "urb-ring-ref")?)
-            .context("urb ring geometry")?;
-        let conn = ConnBackRing::new(map_ring(rings.conn_ring_ref, "conn-ring-ref")?)
-            .context("conn ring geometry")?;
+        // BACK_RING_ATTACH at the published rsp_prod: 0 for fresh rings, and for rings a
+        // frontend kept across a backend restart, the requests it has not had answered.
+        let urb_shm = map_ring(rings.urb_ring_ref, "urb-ring-ref")?;
+        let idx = UrbBackRing::new(urb_shm.clone())
+            .context("urb ring geometry")?
+            .sring()
+            .rsp_prod()
+            .load(Ordering::Acquire);
+        let urb = UrbBackRing::attach(urb_shm, idx).context("urb ring geometry")?;
+        let conn_shm = map_ring(rings.conn_ring_ref, "conn-ring-ref")?;
+        let idx = ConnBackRing::new(conn_shm.clone())
+            .context("conn ring geometry")?
+            .sring()
+            .rsp_prod()
+            .load(Ordering::Acquire);
+        let conn = ConnBackRing::attach(conn_shm, idx).context("conn ring geometry")?;
         let ch: Arc<dyn EventChannel> = Arc::from(
             env.hyp
                 .bind_interdomain(domid, EvtchnPort(rings.event_channel))
