@@ -137,3 +137,37 @@ fn isochronous_in_through_frame_descriptor_pages() {
     let first = &r.data[..192];
     assert!(first.windows(2).all(|w| w[1] == w[0].wrapping_add(1)));
 }
+
+#[test]
+fn interrupt_in_reports_from_a_keyboard() {
+    let s = stack(0, ModelSpec::Keyboard { text: "ab".into() });
+    let mut c = s.import();
+    assert_eq!(
+        c.transfer(CmdSubmit {
+            ep: 0,
+            setup: [0, 9, 1, 0, 0, 0, 0, 0],
+            ..CmdSubmit::default()
+        })
+        .status,
+        0
+    );
+    // Boot-protocol reports: 8 bytes each, key usage in byte 2 ('a' = 4).
+    let mut keys = Vec::new();
+    for _ in 0..8 {
+        let r = c.transfer(CmdSubmit {
+            ep: 1,
+            dir: Direction::In,
+            length: 8,
+            interval: 10,
+            ..CmdSubmit::default()
+        });
+        assert_eq!((r.status, r.data.len()), (0, 8), "{}", s.logs());
+        if r.data[2] != 0 {
+            keys.push(r.data[2]);
+        }
+        if keys.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(keys, [4, 5], "'a' then 'b'");
+}

@@ -7,6 +7,8 @@
 //! [`Bridge::is_ready`] maps each client command ([`Bridge::map_submit`]).
 
 pub mod desc;
+#[doc(hidden)]
+pub mod fuzzing;
 
 use std::collections::HashMap;
 

@@ -139,3 +139,32 @@ fn set_configuration_zero_forgets_endpoints() {
     b.observe_control(&setup(0, SET_CONFIGURATION, 1, 0, 0), 0);
     assert_eq!(b.endpoints().len(), 2);
 }
+
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256)
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(cases()))]
+    /// The fuzz target's body: any device answers and client commands, no panic.
+    #[test]
+    fn bridge_is_total(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
+        super::fuzzing::exercise(&data);
+    }
+
+    /// A well-formed device followed by arbitrary commands.
+    #[test]
+    fn bridge_is_total_after_real_enumeration(tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+        let mut data = vec![3u8];
+        for answer in [&DEVICE[..], &[][..], &CONFIG[..9], &CONFIG[..], &[1][..]] {
+            data.push(0);
+            data.extend_from_slice(answer);
+            data.push(0xa5);
+        }
+        data.extend_from_slice(&tail);
+        super::fuzzing::exercise(&data);
+    }
+}
