@@ -14,7 +14,7 @@ use serde::Deserialize;
 /// `port/<n>` through to the guest. SIGTERM/SIGINT release every device (host drivers are
 /// reattached) and close every controller.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about)]
+#[command(version, about, long_about, after_long_help = AFTER_HELP)]
 pub struct Args {
     /// Hypervisor interface: `xen` (/dev/xen, usbfs) or `sim` (simulated platform).
     #[arg(long, default_value = "xen", value_parser = parse_platform)]
@@ -33,6 +33,20 @@ pub struct Args {
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
 }
+
+const AFTER_HELP: &str = "\
+Configuration file (--config, TOML; every key optional):
+  allow = [\"3-1.5\", \"0627:0001\"]  devices that may be passed through (bus ids or
+                                    vendor:product in hex); absent = every non-hub device
+  max-bulk-urb = 16384              split larger bulk transfers into usbfs URBs
+                                    (BULK_CONTINUATION, as libusb does)
+  feature-aca = true                offer per-endpoint error containment to frontends
+
+Examples:
+  pvusb-backend                                        # dom0 on Xen
+  pvusb-backend --platform sim --sim-dir /tmp/pvusb -v # simulated platform
+
+Logs go to stderr (info: connect/attach/detach; -v: one line per URB).";
 
 fn parse_platform(s: &str) -> Result<PlatformKind, String> {
     s.parse()

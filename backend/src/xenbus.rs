@@ -17,7 +17,7 @@ use pvusb_ring::sring::{ConnBackRing, UrbBackRing};
 use pvusb_ring::urb::aca::FEATURE_ACA;
 use pvusb_ring::wire::{Port, UsbVer};
 use pvusb_xen::{DomId, EventChannel, EventChannels, EvtchnPort, GrantMapper};
-use tracing::{debug, error, info, warn, Span};
+use tracing::{debug, error, info, Span};
 use xenstore_cfg::vusb::{self, keys, VusbId};
 use xenstore_cfg::xenbus::{read_rings, read_state, switch_state, XenbusState};
 use xenstore_cfg::{Xs, XsOps};
@@ -26,6 +26,7 @@ use crate::config::FileConfig;
 use crate::engine::memory::{Grants, GuestMemory};
 use crate::engine::{DeviceState, Engine, EngineConfig, Link};
 use crate::host::{self, HostDevice, Readiness};
+use crate::logging::RateLimit;
 use crate::poller::{Poller, Token};
 
 /// What a controller needs from the daemon while it reconciles.
@@ -57,6 +58,7 @@ pub struct Controller {
     wanted: Vec<Option<String>>,
     /// Bus ids that failed to open (retried on hotplug or when `port/<n>` changes).
     failed: Vec<Option<String>>,
+    warn: RateLimit,
     span: Span,
 }
 
@@ -106,6 +108,7 @@ impl Controller {
             evtchn: None,
             wanted: vec![None; n],
             failed: vec![None; n],
+            warn: RateLimit::default(),
             span,
         };
         c.switch(env.xs, XenbusState::InitWait);
@@ -253,7 +256,7 @@ impl Controller {
 
     /// The frontend broke the protocol: close this controller only.
     fn fail(&mut self, env: &mut Env<'_>, why: &dyn std::fmt::Display) {
-        warn!(parent: &self.span, "closing the controller: {why}");
+        crate::guest_warn!(self.warn, parent: &self.span, "closing the controller: {why}");
         self.disconnect(env);
         self.switch(env.xs, XenbusState::Closing);
     }

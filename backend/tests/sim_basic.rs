@@ -72,3 +72,37 @@ fn storage_enumerates_and_round_trips_blocks() {
     assert!(h.stop_backend(), "backend exits cleanly on SIGTERM");
     assert!(!h.is_claimed(&busid), "device released on shutdown");
 }
+
+/// Throughput of 64 KiB mass-storage READs through the whole stack (run with
+/// `cargo test -p pvusb-backend --release --test sim_basic -- --ignored --nocapture`).
+#[test]
+#[ignore = "measurement, not a check"]
+fn measure_read_throughput() {
+    let mut h = Harness::new(&[1]);
+    let id = h.add_controller(1, 0, UsbVer::Usb20, 1);
+    let busid = h.plug(ModelSpec::Storage {
+        size_bytes: 8 << 20,
+    });
+    h.assign(&id, 1, Some(&busid));
+    let mut g = Guest::connect(&mut h, id, false);
+    g.wait_event();
+    g.enumerate(1, 2);
+    let n = 300u32;
+    let t = std::time::Instant::now();
+    for i in 0..n {
+        let lba = ((i * 128) % 16384).to_be_bytes();
+        let read = [0x28, 0, lba[0], lba[1], lba[2], lba[3], 0, 0, 128, 0];
+        let (r, _) = g.transfer(1, 2, 0x02, XferType::Bulk, &cbw(i, 65536, true, &read), 0);
+        assert_eq!(r.status, 0);
+        let (r, _) = g.transfer(1, 2, 0x81, XferType::Bulk, &[], 65536);
+        assert_eq!((r.status, r.actual_length), (0, 65536));
+        let (r, _) = g.transfer(1, 2, 0x81, XferType::Bulk, &[], 13);
+        assert_eq!(r.status, 0);
+    }
+    let s = t.elapsed().as_secs_f64();
+    println!(
+        "{n} x 64 KiB READ(10): {:.1} MiB/s, {:.0} us per command (3 URBs)",
+        f64::from(n) * 64.0 / 1024.0 / s,
+        s * 1e6 / f64::from(n)
+    );
+}

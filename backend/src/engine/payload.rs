@@ -262,10 +262,13 @@ impl Payload {
     pub fn finish(&mut self, pieces: &mut [Piece]) -> HostResult {
         match &self.plan {
             Plan::Ctrl { setup, fix_ep0, .. } => {
-                let Some(c) = pieces.first_mut().and_then(|p| p.done.as_mut()) else {
+                let Some((c, wlen)) = pieces
+                    .first_mut()
+                    .and_then(|p| p.done.as_mut().map(|c| (c, p.len)))
+                else {
                     return HostResult::cancelled();
                 };
-                let mut actual = c.actual_length as usize;
+                let mut actual = (c.actual_length as usize).min(wlen);
                 if setup.is_in() && actual > 0 {
                     let mut data = vec![0u8; actual];
                     if !c.buf.read_at(8, &mut data) {
