@@ -181,6 +181,21 @@ impl Controller {
             (Closed, Initialising) if online => self.switch(env.xs, InitWait),
             _ => {}
         }
+        if !online {
+            // The toolstack wants the controller gone (libxl writes online=0 and waits for
+            // Closed): do not wait for a frontend that may never answer.
+            match self.state {
+                Connected => {
+                    self.disconnect(env);
+                    self.switch(env.xs, Closing);
+                }
+                Initialising | InitWait => self.switch(env.xs, Closed),
+                _ => {}
+            }
+            if self.state == Closing && !matches!(fe, Connected | Closing) {
+                self.switch(env.xs, Closed);
+            }
+        }
         if self.state == Closed && !online {
             info!(parent: &self.span, "controller offline");
             self.teardown(env);

@@ -100,6 +100,13 @@ fn measure_read_throughput() {
         assert_eq!(r.status, 0);
     }
     let s = t.elapsed().as_secs_f64();
+    if std::env::var_os("PVUSB_SHOW_LOG").is_some() {
+        let log = h.log();
+        let lines: Vec<&str> = log.lines().collect();
+        for l in &lines[lines.len().saturating_sub(14)..] {
+            println!("{l}");
+        }
+    }
     println!(
         "{n} x 64 KiB READ(10): {:.1} MiB/s, {:.0} us per command (3 URBs)",
         f64::from(n) * 64.0 / 1024.0 / s,

@@ -133,3 +133,21 @@ fn stock_frontend_gets_stock_behaviour() {
     let st: Vec<i32> = ids.iter().map(|&id| g.wait(id).0.status).collect();
     assert_eq!(st, vec![-71, 0, 0], "no containment without negotiation");
 }
+
+#[test]
+fn toolstack_offline_closes_and_releases() {
+    let mut h = Harness::new(&[1]);
+    let id = h.add_controller(1, 0, UsbVer::Usb20, 2);
+    let busid = h.plug(ModelSpec::Loopback { capacity: 4096 });
+    h.assign(&id, 1, Some(&busid));
+    let mut g = Guest::connect(&mut h, id, false);
+    g.wait_event();
+    // libxl's device removal: online=0, backend state Closing; the frontend answers Closed.
+    let dir = id.backend_dir();
+    h.xs.write(&format!("{dir}/online"), b"0").unwrap();
+    h.wait_backend_state(&id, xenstore_cfg::xenbus::XenbusState::Closing);
+    g.set_state(xenstore_cfg::xenbus::XenbusState::Closed);
+    h.wait_backend_state(&id, xenstore_cfg::xenbus::XenbusState::Closed);
+    wait_until("device released", || !h.is_claimed(&busid));
+    wait_until("rings unmapped", || h.counters().mappings == 0);
+}

@@ -387,7 +387,9 @@ impl Guest {
                 return (r, buf);
             }
             assert!(Instant::now() < deadline, "no response to request {id}");
-            let _ = self.urb.final_check_for_responses();
+            if self.urb.final_check_for_responses().unwrap_or(true) {
+                continue;
+            }
             self.wait_fd();
         }
     }
@@ -401,7 +403,9 @@ impl Guest {
                 return self.events.remove(0);
             }
             assert!(Instant::now() < deadline, "no conn event");
-            let _ = self.conn.final_check_for_responses();
+            if self.conn.final_check_for_responses().unwrap_or(true) {
+                continue;
+            }
             self.wait_fd();
         }
     }
