@@ -102,3 +102,20 @@ fn device_unplugged_while_in_use() {
     let mut c = s.import();
     assert_eq!(c.transfer(bulk_out(1, vec![7; 100])).status, 0);
 }
+
+#[test]
+fn frontend_killed_and_restarted() {
+    let mut s = stack(0, ModelSpec::Loopback { capacity: 1 << 16 });
+    let mut c = s.import();
+    assert_eq!(c.bulk_out(1, b"one".to_vec()).status, 0);
+    assert_eq!(c.bulk_in(1, 64).data, b"one");
+    drop(c);
+    // In the sim a domain dies with its last process; the guest outlives its agent.
+    let _guest = pvusb_xen::sim::SimPlatform::connect(s.sim.path(), DomId(1)).unwrap();
+    s.frontend.0.kill().unwrap();
+    s.frontend.0.wait().unwrap();
+    // The backend still reads Connected, on the dead frontend's rings.
+    s.frontend = common::spawn_frontend(&s.sim, 1, s.port, &[]);
+    common::wait_listening(s.port);
+    expect_back(&s);
+}

@@ -139,7 +139,13 @@ impl Daemon {
                 // Events the backend queued while binding.
                 self.service_ctrl(devid);
             }
-            (S::InitWait | S::Initialised | S::Connected, false) => self.connect(devid),
+            (S::InitWait | S::Initialised, false) => self.connect(devid),
+            (S::Connected, false) => {
+                // Connected to rings that are not ours (we restarted, or we dropped a
+                // broken connection): have it close and come back through InitWait.
+                tracing::info!(parent: &span, "backend connected to stale rings; asking it to close");
+                self.set_fe_state(&fe_dir, S::Closing, &span);
+            }
             (S::Closing, _) => {
                 self.teardown(devid, "backend closing");
                 self.set_fe_state(&fe_dir, S::Closed, &span);
