@@ -28,7 +28,7 @@ echo "dom0-init: userspace at uptime $(cut -d' ' -f1 /proc/uptime)"
 # results disk is unmounted cleanly and the partial summary survives.
 budget=$(awk -v a="$HOST_QEMU_START" -v b="$(date +%s.%N)" -v t="$SCENARIO_DEADLINE" 'BEGIN { v = t - (b - a); if (v < 30) v = 30; printf "%d", v }')
 echo "dom0-init: scenario budget ${budget}s"
-( timeout -k 10 "$budget" bash /e2e/scenario-dom0.sh; rc=$?
+( timeout -k 10 "$budget" bash /e2e/scenario-dom0.sh </dev/null; rc=$?
   [ "$rc" = 124 ] && printf 'dom0/scenario-budget\tFAIL\tscenario killed after %ss (dom0 budget)\n' "$budget" >>"$RESULTS/summary.tsv"
   echo "dom0-init: scenario exited rc=$rc" ) 2>&1 | tee "$RESULTS/dom0-scenario.log"
 

@@ -53,6 +53,9 @@ while [ $# -gt 0 ]; do
 done
 [ "$(id -u)" -eq 0 ] || die "must run as root (debootstrap, chroot, apt-get)"
 mkdir -p "$CACHE" "$LOGDIR" "$RUNDIR"
+# One run at a time: runs share the cache, the run directory and the logs.
+exec 9>"$OUT/.lock"
+flock -n 9 || die "another tests/xen-e2e/run.sh is running (lock $OUT/.lock)"
 # shellcheck source=lib/build.sh
 . "$HERE/lib/build.sh"
 

@@ -170,15 +170,29 @@ s_native_read() {
 }
 
 guest_ready() { [ -n "$(xenstore-read "$GDATA/ready" 2>/dev/null)" ]; }
+guest_domid() { GDOMID=$(xl domid "$GUEST" 2>/dev/null) && [ -n "$GDOMID" ]; }
+procs() { ps -eo pid,ppid,stat,wchan:28,etime,args; }
+# xl create runs in the background and is judged by its result (the domain exists, the agent
+# answers, xl's exit status), not by when it returns: once (cold run under load) the xl
+# parent never returned although the guest was up, and a timeout then lost the whole guest.
+# -e: no monitoring daemon (we destroy the guest ourselves at the end).
 s_guest_create() {
-    local t0 tc; now; t0=$UPCS
-    timeout 300 xl create "$E2E/guest/domu.cfg" || { el "$t0"; DETAIL="xl create failed or timed out after ${EL}s"; return 1; }
-    el "$t0"; tc=$EL
-    GDOMID=$(xl domid "$GUEST") || return 1
+    local t0 tc xpid rc; now; t0=$UPCS
+    xl create -e "$E2E/guest/domu.cfg" >"$RES/xl-create.log" 2>&1 &
+    xpid=$!
+    wait_for 300 guest_domid || { el "$t0"; DETAIL="no domain $GUEST ${EL}s after xl create"; procs; return 1; }
     GDATA=/local/domain/$GDOMID/data/e2e
-    wait_for 240 guest_ready || { DETAIL="domid $GDOMID: guest agent not ready 240s after xl create returned"; return 1; }
+    wait_for 400 guest_ready || { el "$t0"; DETAIL="domid $GDOMID: guest agent not ready ${EL}s after xl create"; procs; return 1; }
     el "$t0"; since_qemu
-    DETAIL="domid $GDOMID, xl create ${tc}s, agent ready ${EL}s after xl create, ${SQ}s after QEMU start ($(xenstore-read "$GDATA/ready"))"
+    DETAIL="domid $GDOMID, agent ready ${EL}s after xl create, ${SQ}s after QEMU start ($(xenstore-read "$GDATA/ready"))"
+    if kill -0 "$xpid" 2>/dev/null; then
+        echo "xl create (pid $xpid) has not returned although the guest is up:"; procs
+        DETAIL="$DETAIL; xl create still running"
+    else
+        wait "$xpid"; rc=$?
+        cat "$RES/xl-create.log"
+        [ "$rc" -eq 0 ] || { DETAIL="$DETAIL; but xl create exited $rc"; return 1; }
+    fi
 }
 
 s_guest_drivers() {
