@@ -1,0 +1,112 @@
+//! The usual test rig: guest dom1 with one 4-port controller served by the backend in dom0,
+//! a traced simulated disk on port 1, the frontend serving USB/IP; and the write-then-verify
+//! run every data test does.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use xenstore_cfg::vusb::VusbId;
+
+use crate::devtrace;
+use crate::platform::Platform;
+use crate::storage::{Chaos, Disk, PassSpec, RunError, Stats, BLOCK};
+
+/// A running stack with one disk.
+#[derive(Debug)]
+pub struct Rig {
+    /// The platform (processes die with it).
+    pub p: Platform,
+    /// dom1's controller.
+    pub id: VusbId,
+    /// The disk's bus id.
+    pub busid: String,
+    /// The frontend's USB/IP address.
+    pub addr: SocketAddr,
+    /// The disk's bus id as the frontend exports it (controller 0 port 1).
+    pub usbip_busid: String,
+}
+
+/// Starts the rig with a disk of `disk_bytes`.
+pub fn rig(disk_bytes: u64) -> Rig {
+    let mut p = Platform::new(&[1]);
+    let busid = p.plug_disk(disk_bytes);
+    let id = p.add_controller(1, 0, 4);
+    p.assign(&id, 1, Some(&busid));
+    p.start_backend();
+    let addr = p.start_frontend(1);
+    Rig {
+        p,
+        id,
+        busid,
+        addr,
+        usbip_busid: "1-1".into(),
+    }
+}
+
+impl Rig {
+    /// Imports and opens the disk.
+    pub fn disk(&self) -> Disk {
+        let logs = || self.p.logs();
+        match Disk::open(self.addr, &self.usbip_busid, logs) {
+            Ok(d) => d,
+            Err(e) => panic!("opening the disk: {e:?}\n{}", self.p.logs()),
+        }
+    }
+
+    /// Checks the device trace against the guest's submissions; returns records matched.
+    pub fn check_device_order(&self, disk: &Disk) -> usize {
+        let records = devtrace::read(&self.p.trace_path(&self.busid));
+        assert!(!records.is_empty(), "the device trace is empty");
+        devtrace::check_order(&records, &disk.submitted)
+    }
+}
+
+/// Writes the pattern over `bytes` from LBA 0 and reads it back, `window` commands of
+/// `chunk` blocks in flight. Prints and returns the stats.
+pub fn write_verify(
+    disk: &mut Disk,
+    bytes: u64,
+    chunk: u32,
+    window: usize,
+    seed: u8,
+    mut chaos: Option<&mut Chaos>,
+    what: &str,
+) -> Result<Stats, RunError> {
+    let blocks = bytes / u64::from(BLOCK);
+    let mut stats = Stats::default();
+    let t0 = Instant::now();
+    let mut spec = PassSpec {
+        verify: false,
+        start: 0,
+        count: blocks,
+        chunk,
+        window,
+        seed,
+    };
+    disk.pass(&spec, chaos.as_deref_mut(), &mut stats)?;
+    let tw = t0.elapsed();
+    let t1 = Instant::now();
+    spec.verify = true;
+    disk.pass(&spec, chaos, &mut stats)?;
+    let tr = t1.elapsed();
+    let l = &disk.c.ledger;
+    eprintln!(
+        "{what}: {} MiB written in {:.1?} ({:.0} MB/s), verified in {:.1?} ({:.0} MB/s); \
+         {} commands, {} recoveries, {} miscompares; URBs: {} submitted, {} ok, {} failed, \
+         {} cancelled, {} unlinks sent",
+        bytes >> 20,
+        tw,
+        bytes as f64 / 1e6 / tw.as_secs_f64(),
+        tr,
+        bytes as f64 / 1e6 / tr.as_secs_f64(),
+        stats.commands,
+        stats.recoveries,
+        stats.miscompares,
+        l.submitted,
+        l.ok,
+        l.failed,
+        l.cancelled,
+        l.unlinks
+    );
+    Ok(stats)
+}
