@@ -242,3 +242,25 @@ fn superspeed_is_high_with_ep0_fix_and_too_fast_for_usb1_is_refused() {
     assert!(!h.is_claimed(&hs), "the refused device is released");
     let _ = Transfer::Bulk;
 }
+
+#[test]
+fn sixteen_in_flight_keep_endpoint_order() {
+    let mut h = Harness::new(&[1]);
+    let (mut g, _) = setup_one(&mut h, ModelSpec::Loopback { capacity: 1 << 20 });
+    let chunks: Vec<Vec<u8>> = (0..16u8).map(|i| vec![i; 4096]).collect();
+    let ids: Vec<u16> = chunks
+        .iter()
+        .map(|c| g.start(1, 3, 0x01, XferType::Bulk, c, 0, 0))
+        .collect();
+    for id in ids {
+        assert_eq!(g.wait(id).0.status, 0);
+    }
+    let ids: Vec<u16> = (0..16)
+        .map(|_| g.start(1, 3, 0x81, XferType::Bulk, &[], 0, 4096))
+        .collect();
+    for (i, id) in ids.into_iter().enumerate() {
+        let (r, b) = g.wait(id);
+        assert_eq!((r.status, r.actual_length), (0, 4096));
+        assert!(b.unwrap().read(4096) == chunks[i], "chunk {i} in order");
+    }
+}

@@ -9,7 +9,7 @@ use std::time::Instant;
 use pvusb_ring::shm::Shm;
 use pvusb_ring::sring::{ConnBackRing, ConnFrontRing, UrbBackRing, UrbFrontRing};
 use pvusb_ring::wire::{
-    ConnRequest, Port, RawUrbRequest, UrbResponse, UsbVer, PAGE_SIZE, RING_PAGE_SIZE,
+    ConnEvent, ConnRequest, Port, RawUrbRequest, UrbResponse, UsbVer, PAGE_SIZE, RING_PAGE_SIZE,
 };
 use pvusb_xen::{DomId, GrantRef, MapError};
 use tracing::Span;
@@ -258,6 +258,8 @@ pub struct Rig {
     pub conn: ConnFrontRing,
     /// Responses the guest read, in order.
     pub responses: Vec<UrbResponse>,
+    /// Hotplug events the guest read, in order.
+    pub events: Vec<ConnEvent>,
     /// Whether the controller was closed for a protocol error.
     pub closed: bool,
     aca: bool,
@@ -266,6 +268,11 @@ pub struct Rig {
 impl Rig {
     /// A connected controller (`aca`: containment negotiated).
     pub fn new(max_bulk_urb: usize, aca: bool) -> Option<Self> {
+        Self::with_conn_slots(max_bulk_urb, aca, u16::MAX)
+    }
+
+    /// Like [`Rig::new`], but the guest posts only `slots` conn ring requests.
+    pub fn with_conn_slots(max_bulk_urb: usize, aca: bool, slots: u16) -> Option<Self> {
         let mem = FakeMemory::new(PAGES);
         let mut engine = Engine::new(
             EngineConfig {
@@ -285,13 +292,14 @@ impl Rig {
             let dev = InProcDevice::new(m)?;
             engine.attach(port, "1-1", Box::new(dev)).ok()?;
         }
-        let (front, conn) = Self::fresh_rings(&mem)?;
+        let (front, conn) = Self::fresh_rings(&mem, slots)?;
         let mut rig = Rig {
             engine,
             mem,
             front,
             conn,
             responses: Vec::new(),
+            events: Vec::new(),
             closed: false,
             aca,
         };
@@ -299,12 +307,12 @@ impl Rig {
         Some(rig)
     }
 
-    fn fresh_rings(mem: &FakeMemory) -> Option<(UrbFrontRing, ConnFrontRing)> {
+    fn fresh_rings(mem: &FakeMemory, slots: u16) -> Option<(UrbFrontRing, ConnFrontRing)> {
         let _ = mem.arena().fill(0, 2 * RING_PAGE_SIZE, 0);
         let front = UrbFrontRing::init(mem.page(0)).ok()?;
         let mut conn = ConnFrontRing::init(mem.page(1)).ok()?;
         let mut id = 0u16;
-        while !conn.is_full() {
+        while !conn.is_full() && id < slots {
             conn.push_request(&ConnRequest { id }.to_raw()).ok()?;
             id = id.wrapping_add(1);
         }
@@ -362,6 +370,9 @@ impl Rig {
             }
         }
         while let Ok(Some(raw)) = self.conn.pop_response() {
+            if let Ok(ev) = ConnEvent::parse(&raw, 4) {
+                self.events.push(ev);
+            }
             let _ = self
                 .conn
                 .push_request(&ConnRequest { id: raw.id.get() }.to_raw());
@@ -372,7 +383,7 @@ impl Rig {
     /// Disconnects and reconnects with fresh rings (a frontend reload).
     pub fn reconnect(&mut self) -> Option<()> {
         self.engine.disconnect();
-        let (front, conn) = Self::fresh_rings(&self.mem)?;
+        let (front, conn) = Self::fresh_rings(&self.mem, u16::MAX)?;
         self.front = front;
         self.conn = conn;
         self.closed = false;

@@ -187,3 +187,20 @@ proptest! {
         fuzz_controller(&data);
     }
 }
+
+#[test]
+fn hotplug_events_wait_for_conn_ring_slots() {
+    let mut rig = Rig::with_conn_slots(usize::MAX, false, 1).unwrap();
+    rig.collect();
+    assert_eq!(rig.events.len(), 1, "one slot, one event; the rest queued");
+    for _ in 0..2 {
+        rig.kick();
+        rig.collect();
+    }
+    let ports: Vec<u8> = rig.events.iter().map(|e| e.port.get()).collect();
+    assert_eq!(
+        ports,
+        vec![1, 2, 3],
+        "each re-posted slot carries the next event, in order"
+    );
+}
