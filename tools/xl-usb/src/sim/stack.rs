@@ -89,7 +89,30 @@ pub struct Stack {
     procs: Vec<Proc>,
 }
 
-fn free_port() -> anyhow::Result<SocketAddr> {
+/// A free TCP port on 127.0.0.1 below the kernel's ephemeral range, so no outgoing
+/// connection can take it between this check and the frontend's bind.
+fn free_port(salt: u32) -> anyhow::Result<SocketAddr> {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|p| p.parse::<u32>().ok())
+        })
+        .unwrap_or(32768)
+        .clamp(12000, 65535);
+    let span = low - 10000;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let start = (std::process::id() ^ nanos ^ salt.wrapping_mul(7919)) % span;
+    for i in 0..span {
+        let port = u16::try_from(10000 + (start + i) % span).unwrap_or(0);
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            return Ok(l.local_addr()?);
+        }
+    }
+    // Everything below the range is taken: let the kernel choose.
     let l = TcpListener::bind("127.0.0.1:0").context("choosing a USB/IP port")?;
     Ok(l.local_addr()?)
 }
@@ -213,19 +236,31 @@ impl Stack {
         self.procs.push(p);
 
         for g in &mut self.state.guests {
-            let addr = free_port()?;
-            let mut args = vec![
-                "--platform".into(),
-                "sim".into(),
-                "--sim-dir".into(),
-                d.clone(),
-            ];
-            args.extend(["--domid".into(), g.domid.to_string()]);
-            args.extend(["--usbip-listen".into(), addr.to_string()]);
-            args.extend(v.iter().cloned());
             let name = format!("frontend-{}", g.domid);
-            let mut p = procs::spawn(&dir, &name, "pvusb-frontend", &args)?;
-            p.wait_ready(READY, || is_listening(addr))?;
+            // A port found free can still be taken before the frontend binds it: retry.
+            let mut attempt = 0;
+            let (p, addr) = loop {
+                attempt += 1;
+                let addr = free_port(u32::from(g.domid) + attempt)?;
+                let mut args = vec![
+                    "--platform".into(),
+                    "sim".into(),
+                    "--sim-dir".into(),
+                    d.clone(),
+                ];
+                args.extend(["--domid".into(), g.domid.to_string()]);
+                args.extend(["--usbip-listen".into(), addr.to_string()]);
+                args.extend(v.iter().cloned());
+                let mut p = procs::spawn(&dir, &name, "pvusb-frontend", &args)?;
+                match p.wait_ready(READY, || is_listening(addr)) {
+                    Ok(()) => break (p, addr),
+                    Err(e) if attempt < 3 => {
+                        tracing::warn!(name, %addr, error = %e, "frontend did not start; retrying");
+                        p.stop(GRACE);
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            };
             self.procs.push(p);
             g.usbip = Some(addr);
         }
