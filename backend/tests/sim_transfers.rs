@@ -256,7 +256,7 @@ fn sixteen_in_flight_keep_endpoint_order() {
         assert_eq!(g.wait(id).0.status, 0);
     }
     let ids: Vec<u16> = (0..16)
-        .map(|_| g.start(1, 3, 0x81, XferType::Bulk, &[], 0, 4096))
+        .map(|_| g.start(1, 3, 0x81, XferType::Bulk, &[], 4096, 0))
         .collect();
     for (i, id) in ids.into_iter().enumerate() {
         let (r, b) = g.wait(id);
