@@ -2,7 +2,7 @@
 //! device's completions, host hotplug and the signal pipe. It makes no protocol
 //! decisions; it routes each readiness to the controller it belongs to.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
@@ -76,16 +76,21 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         root,
         ctrls: BTreeMap::new(),
         next_serial: 0,
+        busy: BTreeSet::new(),
     };
     d.rescan();
     'main: loop {
         // Watch events can be read off the socket while we wait for a reply to some other
         // request: handle those queued in the client before sleeping on the socket.
         d.on_xenstore_events();
-        let tokens = d
-            .poller
-            .wait(Some(std::time::Duration::from_secs(1)))
-            .context("waiting for events")?;
+        let timeout = if d.busy.is_empty() {
+            std::time::Duration::from_secs(1)
+        } else {
+            std::time::Duration::ZERO
+        };
+        let tokens = d.poller.wait(Some(timeout)).context("waiting for events")?;
+        // Controllers that used up their budget last time go again, after everyone else.
+        let busy: Vec<u32> = std::mem::take(&mut d.busy).into_iter().collect();
         for t in tokens {
             match t {
                 Token::Signal => {
@@ -96,9 +101,14 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 }
                 Token::Xenstore => d.on_xenstore()?,
                 Token::Hotplug => d.on_hotplug(hotplug.as_mut()),
-                Token::Evtchn(s) => d.with_serial(s, |c, env| c.on_evtchn(env)),
-                Token::Device(s, p) => d.with_serial(s, |c, env| c.on_device(env, p)),
+                Token::Evtchn(s) => d.evtchn(s),
+                Token::Device(s, p) => {
+                    d.with_serial(s, |c, env| c.on_device(env, p));
+                }
             }
+        }
+        for s in busy {
+            d.evtchn(s);
         }
     }
     d.shutdown();
@@ -129,6 +139,8 @@ struct Daemon {
     root: String,
     ctrls: BTreeMap<(u16, u32), Controller>,
     next_serial: u32,
+    /// Controllers with requests left after their budget.
+    busy: BTreeSet<u32>,
 }
 
 impl Daemon {
@@ -145,10 +157,19 @@ impl Daemon {
         )
     }
 
-    fn with_serial(&mut self, serial: u32, f: impl FnOnce(&mut Controller, &mut Env<'_>)) {
+    fn with_serial<R>(
+        &mut self,
+        serial: u32,
+        f: impl FnOnce(&mut Controller, &mut Env<'_>) -> R,
+    ) -> Option<R> {
         let (mut env, ctrls) = self.env();
-        if let Some(c) = ctrls.values_mut().find(|c| c.serial() == serial) {
-            f(c, &mut env);
+        let c = ctrls.values_mut().find(|c| c.serial() == serial)?;
+        Some(f(c, &mut env))
+    }
+
+    fn evtchn(&mut self, serial: u32) {
+        if self.with_serial(serial, |c, env| c.on_evtchn(env)) == Some(true) {
+            self.busy.insert(serial);
         }
     }
 

@@ -163,7 +163,8 @@ impl Controller {
                 Ok(()) => {
                     self.switch(env.xs, Connected);
                     info!(parent: &self.span, "frontend connected");
-                    self.on_evtchn(env);
+                    // Anything already on the ring; the rest comes with events.
+                    let _ = self.on_evtchn(env);
                 }
                 Err(e) => {
                     error!(parent: &self.span, "cannot connect the frontend: {e:#}");
@@ -277,24 +278,30 @@ impl Controller {
     }
 
     /// The event channel fired.
-    pub fn on_evtchn(&mut self, env: &mut Env<'_>) {
+    /// The event channel fired (or the last call had more work). Returns true if requests
+    /// are still waiting: the daemon calls again after serving everyone else.
+    pub fn on_evtchn(&mut self, env: &mut Env<'_>) -> bool {
         let Some(ch) = self.evtchn.clone() else {
-            return;
+            return false;
         };
         if let Err(e) = ch.take_pending() {
             debug!(parent: &self.span, error = %e, "evtchn take_pending");
         }
         let mut r = self.engine.on_ring_event();
-        if r.is_ok() {
-            if let Err(e) = ch.unmask() {
-                debug!(parent: &self.span, error = %e, "evtchn unmask");
-            }
+        if let Err(e) = ch.unmask() {
+            debug!(parent: &self.span, error = %e, "evtchn unmask");
+        }
+        if matches!(r, Ok(false)) {
             // An event that arrived while masked is delivered by unmask; the ring may also
             // have moved in between: look again.
             r = self.engine.on_ring_event();
         }
-        if let Err(e) = r {
-            self.fail(env, &e);
+        match r {
+            Ok(more) => more,
+            Err(e) => {
+                self.fail(env, &e);
+                false
+            }
         }
     }
 

@@ -193,3 +193,38 @@ fn sigterm_answers_in_flight_and_releases_devices() {
     assert!(!h.is_claimed(&busid));
     wait_until("no mappings left", || h.counters().mappings == 0);
 }
+
+#[test]
+fn flooding_guest_does_not_starve_another() {
+    let mut h = Harness::new(&[1, 2]);
+    let (mut good, _) = storage_guest(&mut h, 1);
+    let (mut flood, _) = storage_guest(&mut h, 2);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let flooder = std::thread::spawn(move || {
+        let mut sent = 0u64;
+        while !stop2.load(Ordering::Relaxed) {
+            while !flood.urb.is_full() {
+                let id = (sent % 16) as u16;
+                // Port 3 is empty: answered at once without the host.
+                flood.push_raw(&raw_bulk_in(id, 3, 4, 0, 0, 512));
+                sent += 1;
+            }
+            flood.poll();
+            flood.responses.clear();
+        }
+        sent
+    });
+    let t = std::time::Instant::now();
+    for _ in 0..20 {
+        inquiry(&mut good);
+    }
+    let took = t.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let sent = flooder.join().unwrap();
+    assert!(sent > 100, "the flood ran ({sent} requests)");
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "20 INQUIRYs took {took:?} under the flood"
+    );
+}

@@ -281,29 +281,40 @@ impl Engine {
         }
     }
 
-    /// The event channel fired: serve every request on the ring.
-    pub fn on_ring_event(&mut self) -> Result<(), Fatal> {
-        loop {
+    /// The event channel fired: serve the requests on the ring, at most [`RING_BUDGET`]
+    /// of them. Returns true if more are waiting: call again soon (without waiting for an
+    /// event), after serving other controllers, so a guest that keeps its ring full cannot
+    /// starve them.
+    pub fn on_ring_event(&mut self) -> Result<bool, Fatal> {
+        let mut served = 0;
+        let more = loop {
             loop {
                 let Some(link) = &mut self.link else {
-                    return Ok(());
+                    return Ok(false);
                 };
+                if served >= RING_BUDGET {
+                    break;
+                }
                 let Some(raw) = link.urb.pop_request()? else {
                     break;
                 };
+                served += 1;
                 self.handle_raw(raw)?;
                 self.perform();
             }
             let Some(link) = &mut self.link else {
-                return Ok(());
+                return Ok(false);
             };
-            if !link.urb.final_check_for_requests()? {
-                break;
+            if served >= RING_BUDGET {
+                break link.urb.unconsumed_requests()? > 0;
             }
-        }
+            if !link.urb.final_check_for_requests()? {
+                break false;
+            }
+        };
         self.flush();
         self.publish();
-        Ok(())
+        Ok(more)
     }
 
     /// The device on `port` has completions (or went away): reap them.
@@ -585,6 +596,9 @@ fn local(link: &mut Link, id: u16, result: UrbResult) -> Result<(), Fatal> {
         Err(rej) => Err(rej.error.into()),
     }
 }
+
+/// Requests one [`Engine::on_ring_event`] call serves before yielding to other controllers.
+pub const RING_BUDGET: usize = 64;
 
 /// Ring size of a stock controller (what `Link::new` gets from a one-page ring).
 pub const STOCK_RING_SIZE: u32 = URB_RING_SIZE;

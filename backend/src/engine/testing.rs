@@ -348,9 +348,16 @@ impl Rig {
         if self.closed {
             return;
         }
-        if self.engine.on_ring_event().is_err() {
-            self.engine.disconnect();
-            self.closed = true;
+        loop {
+            match self.engine.on_ring_event() {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(_) => {
+                    self.engine.disconnect();
+                    self.closed = true;
+                    break;
+                }
+            }
         }
     }
 
