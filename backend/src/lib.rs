@@ -8,6 +8,25 @@
 //! Invariants: an accepted URB completes exactly once and a refused one never; a URB buffer
 //! is never freed or reused while the host may touch it; nothing read from sysfs, a spec file
 //! or a device panics the process.
+//!
+//! The daemon (`pvusb-backend`, [`daemon::run`]) is a thin epoll loop ([`poller`]) over
+//! xenstore, every controller's event channel, every device's completion fd, hotplug and a
+//! signal pipe. [`xenbus`] runs each controller's XenbusState handshake and its ports;
+//! [`engine`] serves its rings through `pvusb_ring::urb::backend::Backend`, which makes the
+//! protocol decisions. What the daemon guarantees to guests:
+//! - every request copied off a ring gets exactly one response with one of usbif's seven
+//!   status codes, or (ring index overflow, duplicate live id) its controller is closed;
+//!   nothing a guest writes panics the process or reaches another guest's controller;
+//! - a request's grants are mapped in one call (read-only for OUT) and unmapped before its
+//!   response is pushed;
+//! - one endpoint's URBs reach the host in ring order; a bulk transfer larger than the
+//!   host's URB limit is split like libusb does (BULK_CONTINUATION / SHORT_NOT_OK) and
+//!   answered once; with `feature-aca` a failed endpoint is contained;
+//! - a device that goes away has everything in flight answered -ENODEV and its port
+//!   announced empty; on unassign, controller removal, guest death or SIGTERM devices are
+//!   released to their host drivers;
+//! - one controller serves at most [`engine::RING_BUDGET`] requests per turn, so a busy or
+//!   hostile guest cannot starve the others.
 
 pub mod config;
 pub mod daemon;
