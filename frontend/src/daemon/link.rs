@@ -180,12 +180,18 @@ impl Daemon {
 
     /// A connection is readable or writable.
     pub(super) fn link_ready(&mut self, id: usize) {
-        let mut buf = vec![0u8; 64 * 1024];
+        let mut buf = std::mem::take(&mut self.scratch);
+        buf.resize(64 * 1024, 0);
+        self.link_read(id, &mut buf);
+        self.scratch = buf;
+    }
+
+    fn link_read(&mut self, id: usize, buf: &mut [u8]) {
         loop {
             let Some(link) = self.links.get_mut(&id) else {
                 return;
             };
-            let status = usbip::read_some(&mut link.stream, &mut link.wire, &mut buf, READ_BUDGET);
+            let status = usbip::read_some(&mut link.stream, &mut link.wire, buf, READ_BUDGET);
             let (fatal, again) = match status {
                 Ok(ReadStatus::Eof) => (Some("client closed the connection".to_owned()), false),
                 Err(e) => (Some(e.to_string()), false),

@@ -78,6 +78,8 @@ pub struct Daemon {
     tokens: HashMap<Token, Src>,
     next_token: usize,
     vusb_dir: String,
+    /// Read buffer shared by all connections.
+    scratch: Vec<u8>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -162,6 +164,7 @@ impl Daemon {
             tokens: HashMap::new(),
             next_token: 2,
             vusb_dir,
+            scratch: Vec::new(),
         })
     }
 
