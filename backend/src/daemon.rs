@@ -227,8 +227,17 @@ impl Daemon {
     fn sync(&mut self, id: VusbId) {
         let key = (id.fe, id.devid);
         if !self.ctrls.contains_key(&key) {
-            let state = format!("{}/state", id.backend_dir());
-            if self.xs.try_read(&state).ok().flatten().is_none() || !self.alive(id.fe) {
+            // Only controllers the toolstack wants: a directory left behind after we closed
+            // an offline controller must not be picked up again (our own `state` write
+            // would bring us straight back here).
+            let online = format!("{}/online", id.backend_dir());
+            let wanted = self
+                .xs
+                .try_read(&online)
+                .ok()
+                .flatten()
+                .is_some_and(|v| v.trim_ascii() == b"1");
+            if !wanted || !self.alive(id.fe) {
                 return;
             }
             self.next_serial = self.next_serial.wrapping_add(1);

@@ -151,3 +151,44 @@ fn toolstack_offline_closes_and_releases() {
     wait_until("device released", || !h.is_claimed(&busid));
     wait_until("rings unmapped", || h.counters().mappings == 0);
 }
+
+#[test]
+fn hubs_are_refused() {
+    let mut h = Harness::new(&[1]);
+    let id = h.add_controller(1, 0, UsbVer::Usb20, 2);
+    let busid = h.plug(ModelSpec::Loopback { capacity: 4096 });
+    let roots = pvusb_backend::host::UsbRoots::sim(h.path());
+    std::fs::write(
+        roots.devices_dir().join(&busid).join("bDeviceClass"),
+        "09\n",
+    )
+    .unwrap();
+    h.assign(&id, 1, Some(&busid));
+    let mut g = Guest::connect(&mut h, id, false);
+    wait_until("refusal logged", || h.log().contains("hub"));
+    g.poll();
+    assert!(g.events.is_empty(), "nothing announced");
+    assert!(!h.is_claimed(&busid));
+}
+
+#[test]
+fn offline_controller_is_closed_once_and_left_alone() {
+    let mut h = Harness::new(&[1]);
+    let id = h.add_controller(1, 0, UsbVer::Usb20, 2);
+    h.wait_backend_state(&id, xenstore_cfg::xenbus::XenbusState::InitWait);
+    h.xs.write(&format!("{}/online", id.backend_dir()), b"0")
+        .unwrap();
+    h.wait_backend_state(&id, xenstore_cfg::xenbus::XenbusState::Closed);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(
+        h.backend_state(&id),
+        xenstore_cfg::xenbus::XenbusState::Closed,
+        "not picked up again"
+    );
+    assert_eq!(
+        h.log().matches("controller found").count(),
+        1,
+        "log:\n{}",
+        h.log()
+    );
+}

@@ -167,8 +167,15 @@ impl Harness {
     /// Whether the simulated device node is claimed (flocked) by some process.
     pub fn is_claimed(&self, busid: &str) -> bool {
         let roots = pvusb_backend::host::UsbRoots::sim(self.path());
-        let dev = pvusb_backend::host::resolve(&roots, busid).unwrap();
-        let f = std::fs::File::open(&dev.node).unwrap();
+        let sys = roots.devices_dir().join(busid);
+        let num = |n: &str| -> u16 {
+            std::fs::read_to_string(sys.join(n))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap()
+        };
+        let f = std::fs::File::open(roots.node_path(num("busnum"), num("devnum"))).unwrap();
         rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err()
     }
 }
