@@ -92,3 +92,10 @@ impl Drop for Daemon {
         self.kill9();
     }
 }
+
+/// SIGKILL to `pid` (from a thread that does not own the guard; the guard still reaps it).
+pub fn kill9_pid(pid: u32) {
+    if let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
+        let _ = kill_process(pid, Signal::KILL);
+    }
+}

@@ -93,7 +93,7 @@ pub fn write_verify(
     eprintln!(
         "{what}: {} MiB written in {:.1?} ({:.0} MB/s), verified in {:.1?} ({:.0} MB/s); \
          {} commands, {} recoveries, {} miscompares; URBs: {} submitted, {} ok, {} failed, \
-         {} cancelled, {} unlinks sent",
+         {} cancelled, {} unlinks sent, {} dropped at close",
         bytes >> 20,
         tw,
         bytes as f64 / 1e6 / tw.as_secs_f64(),
@@ -106,7 +106,8 @@ pub fn write_verify(
         l.ok,
         l.failed,
         l.cancelled,
-        l.unlinks
+        l.unlinks,
+        l.dropped
     );
     Ok(stats)
 }

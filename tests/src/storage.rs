@@ -64,6 +64,8 @@ pub struct Stats {
     pub miscompares: u64,
     /// First few miscomparing LBAs with the LBA found in the block.
     pub bad: Vec<(u64, u64)>,
+    /// The first block of the pass not yet done (where a stopped pass can resume).
+    pub next_lba: u64,
 }
 
 /// What one pass does.
@@ -99,7 +101,6 @@ pub struct Disk {
     pub c: UsbipClient,
     ep_in: u8,
     ep_out: u8,
-    tag: u32,
     /// Blocks on the disk.
     pub blocks: u64,
     /// Per endpoint address, the guest's submissions in order (for the device-side check).
@@ -146,7 +147,6 @@ impl Disk {
             c,
             ep_in: 1,
             ep_out: 2,
-            tag: 1,
             blocks: 0,
             submitted: Vec::new(),
         };
@@ -200,10 +200,11 @@ impl Disk {
         Ok(d)
     }
 
+    /// CBW tags are unique in the process, so a disk reopened after a reconnect never
+    /// repeats one (the device trace identifies CBWs and CSWs by tag).
     fn next_tag(&mut self) -> u32 {
-        let t = self.tag;
-        self.tag += 1;
-        t
+        static TAGS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+        TAGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
     fn queue(&mut self, cdb: &[u8], dir_in: bool, data: Vec<u8>, len: u32, key: Key) -> Cmd {
@@ -347,6 +348,7 @@ impl Disk {
         } = *spec;
         let end = start + count;
         let mut next = start;
+        stats.next_lba = start;
         let mut q: VecDeque<Cmd> = VecDeque::new();
         let mut retries_here = 0u32;
         let mut last_failed = u64::MAX;
@@ -407,6 +409,7 @@ impl Disk {
             }
             let Some(why) = why else {
                 retries_here = 0;
+                stats.next_lba = cmd.lba + u64::from(cmd.blocks);
                 continue;
             };
             // Device gone: -ENODEV (-ESHUTDOWN is also containment's collateral answer).

@@ -31,6 +31,9 @@ pub struct Ledger {
     pub cancelled: u64,
     /// CMD_UNLINKs sent.
     pub unlinks: u64,
+    /// Still unanswered when the server closed the connection (vhci gives these back
+    /// itself: they may not even have been read by the server).
+    pub dropped: u64,
     unlinked: HashSet<u32>,
 }
 
@@ -69,7 +72,13 @@ impl Ledger {
         self.outstanding.len()
     }
 
-    /// Every submitted URB was answered exactly once.
+    /// The connection closed: whatever is unanswered will never be.
+    fn close(&mut self) {
+        self.dropped += self.outstanding.len() as u64;
+        self.outstanding.clear();
+    }
+
+    /// Every submitted URB was answered exactly once (or the connection closed first).
     pub fn assert_settled(&self) {
         assert!(
             self.outstanding.is_empty(),
@@ -79,7 +88,7 @@ impl Ledger {
         );
         assert_eq!(
             self.submitted,
-            self.ok + self.failed + self.cancelled,
+            self.ok + self.failed + self.cancelled + self.dropped,
             "answers do not add up"
         );
     }
@@ -227,18 +236,24 @@ impl UsbipClient {
         });
         let _ = rustix::event::poll(&mut fds, Some(&ts));
         if write_some(&mut self.sock, &mut self.conn).is_err() {
+            // The server is gone; read what it answered before closing.
+            let _ = read_some(&mut self.sock, &mut self.conn, &mut self.buf, 4 << 20);
+            self.collect();
             self.closed = true;
+            self.ledger.close();
             return Err(Gone::Closed);
         }
         match read_some(&mut self.sock, &mut self.conn, &mut self.buf, 4 << 20) {
             Ok(ReadStatus::Eof) => {
                 self.closed = true;
                 self.collect();
+                self.ledger.close();
                 return Err(Gone::Closed);
             }
             Ok(_) => {}
             Err(pvusb_frontend::usbip::PumpError::Io(_)) => {
                 self.closed = true;
+                self.ledger.close();
                 return Err(Gone::Closed);
             }
             Err(e) => panic!("USB/IP server broke the protocol: {e}"),

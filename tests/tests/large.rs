@@ -1,0 +1,101 @@
+//! Issue 8, case 6 (seed 001): a 1 MiB bulk IN that meets a short packet mid-way completes
+//! once with the right length, and no piece after the short one reaches the device.
+
+use std::time::{Duration, Instant};
+
+use pvusb_backend::sim::{DeviceSpec, ModelSpec};
+use pvusb_tests::devtrace;
+use pvusb_tests::platform::Platform;
+use pvusb_tests::rng::Rng;
+use pvusb_tests::usbip::{bulk_in, bulk_out, Answer, UsbipClient};
+
+const T: Duration = Duration::from_secs(30);
+const MIB: usize = 1 << 20;
+
+fn pattern(n: usize, salt: u64) -> Vec<u8> {
+    let mut r = Rng::new(salt + 1);
+    (0..n).map(|_| r.next_u64() as u8).collect()
+}
+
+fn done(a: Answer) -> pvusb_frontend::usbip::RetSubmit {
+    match a {
+        Answer::Done(r) => r,
+        other => panic!("expected a completion, got {other:?}"),
+    }
+}
+
+#[test]
+fn short_packet_mid_way_through_a_large_bulk_in() {
+    let t = Instant::now();
+    let mut p = Platform::new(&[1]);
+    let busid = p.plug(DeviceSpec::new(ModelSpec::Loopback { capacity: 4 * MIB }));
+    let id = p.add_controller(1, 0, 4);
+    p.assign(&id, 1, Some(&busid));
+    p.start_backend();
+    let addr = p.start_frontend(1);
+    let logs = || p.logs();
+    let mut c = UsbipClient::import_when_ready(addr, "1-1", T, logs);
+    let set = c
+        .transfer(
+            pvusb_tests::usbip::control([0, 9, 1, 0, 0, 0, 0, 0], vec![]),
+            T,
+        )
+        .unwrap();
+    assert_eq!(set.status(), 0, "SET_CONFIGURATION");
+    let mut rng = Rng::from_env("large");
+    let trace = p.trace_path(&busid);
+    let rounds = 16;
+    let mut moved = 0usize;
+    for round in 0..rounds {
+        // Less than 1 MiB waiting, ending off a packet boundary: the piece that reaches the
+        // end comes back short.
+        let len = MIB / 2 + rng.below((MIB / 2 - 1) as u64) as usize;
+        let len = if len % 512 == 0 { len + 7 } else { len };
+        let data = pattern(len, round);
+        let r = done(c.transfer(bulk_out(1, data.clone()), T).unwrap());
+        assert_eq!((r.status, r.actual_length as usize), (0, len), "OUT");
+        let seen = devtrace::read(&trace).len();
+        let r = done(c.transfer(bulk_in(1, MIB as u32), T).unwrap());
+        assert_eq!(r.status, 0, "IN status\n{}", p.logs());
+        assert_eq!(
+            r.actual_length as usize, len,
+            "one completion with the summed length"
+        );
+        assert!(r.data == data, "round {round}: data differs");
+        // The device trace: the IN pieces are full up to one short piece, then nothing.
+        std::thread::sleep(Duration::from_millis(30));
+        let recs: Vec<_> = devtrace::read(&trace)
+            .into_iter()
+            .skip(seen)
+            .filter(|r| r.ep == 0x81)
+            .collect();
+        let (last, full) = recs.split_last().expect("IN pieces in the trace");
+        assert!(
+            full.iter().all(|r| r.actual == r.len && r.status == 0),
+            "round {round}: a piece before the short one was short: {recs:?}"
+        );
+        assert!(
+            last.actual < last.len,
+            "the last piece must be the short one"
+        );
+        let sum: u64 = recs.iter().map(|r| r.actual).sum();
+        assert_eq!(sum as usize, len, "round {round}: pieces {recs:?}");
+        // A marker written next is read back whole: no later piece of the big IN was left
+        // behind to swallow it.
+        let marker = pattern(64, 1000 + round);
+        assert_eq!(
+            done(c.transfer(bulk_out(1, marker.clone()), T).unwrap()).status,
+            0
+        );
+        let r = done(c.transfer(bulk_in(1, MIB as u32), T).unwrap());
+        assert_eq!(r.data, marker, "round {round}: the marker was swallowed");
+        moved += len + 64;
+    }
+    c.ledger.assert_settled();
+    assert_eq!(c.ledger.failed + c.ledger.cancelled, 0);
+    eprintln!(
+        "large: {rounds} rounds, {} MiB each way, {:.1?}",
+        moved >> 20,
+        t.elapsed()
+    );
+}
