@@ -288,7 +288,7 @@ impl Payload {
                 }
                 host_result(c.status, actual)
             }
-            Plan::Data { .. } => {
+            Plan::Data { short_not_ok, .. } => {
                 let mut actual = 0usize;
                 let mut status = 0i32;
                 for p in pieces.iter() {
@@ -302,7 +302,10 @@ impl Payload {
                     } else {
                         actual += got;
                     }
-                    let short_ok = c.status == -errno::EREMOTEIO && p.added_short_not_ok;
+                    // A short piece we flagged ourselves ends the transfer early but is
+                    // not an error, unless the guest asked for SHORT_NOT_OK too.
+                    let short_ok =
+                        c.status == -errno::EREMOTEIO && p.added_short_not_ok && !*short_not_ok;
                     if c.status != 0 && !short_ok {
                         status = c.status;
                         break;

@@ -204,3 +204,17 @@ fn hotplug_events_wait_for_conn_ring_slots() {
         "each re-posted slot carries the next event, in order"
     );
 }
+
+#[test]
+fn short_split_read_fails_only_if_the_guest_asked() {
+    for (flag, want) in [(false, 0), (true, Status::IoError.to_wire())] {
+        let mut rig = addressed(1024);
+        rig.mem.arena().write(4 * 4096, &[7u8; 100]).unwrap();
+        assert_eq!(answer(&mut rig, &bulk(3, 0x01, &[4], 100)), (0, 100));
+        let mut req = bulk(4, 0x81, &[8, 9], 6000);
+        if let UrbRequest::Submit(s) = &mut req {
+            s.short_not_ok = flag;
+        }
+        assert_eq!(answer(&mut rig, &req), (want, 100), "SHORT_NOT_OK {flag}");
+    }
+}
