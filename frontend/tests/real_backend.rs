@@ -171,3 +171,45 @@ fn interrupt_in_reports_from_a_keyboard() {
     }
     assert_eq!(keys, [4, 5], "'a' then 'b'");
 }
+
+#[test]
+fn failed_bulk_transfer_contains_its_followers() {
+    use common::stack::stack_with;
+    use pvusb_backend::sim::{DeviceSpec, FailNth};
+    let mut spec = DeviceSpec::new(ModelSpec::Loopback { capacity: 1 << 20 });
+    // The third OUT transfer on EP 0x01 fails with -EPROTO; each takes 2 ms.
+    spec.faults.fail_nth = Some(FailNth {
+        n: 3,
+        errno: 71,
+        endpoint: Some(0x01),
+    });
+    spec.faults.latency_us = 2000;
+    let s = stack_with(0, spec);
+    let mut c = s.import();
+    c.transfer(CmdSubmit {
+        setup: [0, 9, 1, 0, 0, 0, 0, 0],
+        ..CmdSubmit::default()
+    });
+    let seqs: Vec<u32> = (0..6u8)
+        .map(|i| c.submit(bulk_out(1, vec![i; 64])))
+        .collect();
+    let mut status = std::collections::HashMap::new();
+    while status.len() < seqs.len() {
+        match c.event(Duration::from_secs(10)) {
+            Some(ClientEvent::Completed(r)) => {
+                status.insert(r.seqnum, r.status);
+            }
+            other => panic!("{other:?}\n{}", s.logs()),
+        }
+    }
+    let got: Vec<i32> = seqs.iter().map(|q| status[q]).collect();
+    // Seed 004: nothing queued behind the failure reaches the device.
+    assert_eq!(got, [0, 0, -71, -108, -108, -108], "{}", s.logs());
+    // Submitted after the failure was seen: it carries the clear mark and goes through.
+    assert_eq!(c.bulk_out(1, b"fresh".to_vec()).status, 0, "{}", s.logs());
+    let mut records = Vec::new();
+    for _ in 0..3 {
+        records.push(c.bulk_in(1, 64).data);
+    }
+    assert_eq!(records, [vec![0u8; 64], vec![1u8; 64], b"fresh".to_vec()]);
+}

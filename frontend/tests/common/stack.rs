@@ -19,12 +19,17 @@ pub struct Stack {
 /// dom1 with one controller (4 ports) served by a backend in `be`; `model` plugged into
 /// port 1.
 pub fn stack(be: u16, model: ModelSpec) -> Stack {
+    stack_with(be, DeviceSpec::new(model))
+}
+
+/// As [`stack`], with a full device spec (faults, speed).
+pub fn stack_with(be: u16, spec: DeviceSpec) -> Stack {
     let sim = Sim::new();
     sim.create_domain(1);
     if be != 0 {
         sim.create_domain(be);
     }
-    let busid = plug(sim.path(), &DeviceSpec::new(model)).unwrap();
+    let busid = plug(sim.path(), &spec).unwrap();
     let id = sim.add_controller(1, be, 0, 4);
     set_port(&mut sim.xs(), &id, 1, Some(&busid)).unwrap();
     let backend = spawn_backend(&sim, be, "backend");
