@@ -11,6 +11,7 @@
 //!   order from the sim device's trace ([`devtrace`]).
 
 pub mod bins;
+pub mod cpu;
 pub mod devtrace;
 pub mod hostile;
 pub mod platform;

@@ -135,10 +135,15 @@ impl Platform {
 
     /// Writes controller `devid` of guest `fe` (served by dom0) as libxl does.
     pub fn add_controller(&self, fe: u16, devid: u32, ports: u8) -> VusbId {
+        self.add_controller_ver(fe, devid, ports, UsbVer::Usb20)
+    }
+
+    /// As [`Self::add_controller`] with a USB version.
+    pub fn add_controller_ver(&self, fe: u16, devid: u32, ports: u8, usb_ver: UsbVer) -> VusbId {
         let id = VusbId { fe, be: 0, devid };
         let cfg = ControllerConfig {
             id,
-            usb_ver: UsbVer::Usb20,
+            usb_ver,
             num_ports: ports,
             ctrl_type: CtrlType::Pv,
         };
@@ -150,6 +155,11 @@ impl Platform {
     pub fn plug(&self, mut spec: DeviceSpec) -> String {
         spec.trace = true;
         pvusb_backend::sim::plug(self.path(), &spec).expect("plugging a simulated device")
+    }
+
+    /// Plugs a device as `spec` says (untraced unless `spec.trace`: benchmarks).
+    pub fn plug_as_is(&self, spec: &DeviceSpec) -> String {
+        pvusb_backend::sim::plug(self.path(), spec).expect("plugging a simulated device")
     }
 
     /// Plugs a traced storage device of `bytes` and its serial.
