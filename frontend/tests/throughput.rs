@@ -23,7 +23,7 @@ fn loopback_throughput() {
         ..CmdSubmit::default()
     });
     for size in [4096usize, 65536, 1 << 20] {
-        let rounds = (64 << 20) / size / 2;
+        let rounds = (16 << 20) / size / 8;
         let data = vec![0xa5u8; size];
         let start = Instant::now();
         for _ in 0..rounds {
@@ -54,4 +54,29 @@ fn loopback_throughput() {
             rounds * 8
         );
     }
+}
+
+/// The same against the ring-level fake backend, to tell the frontend's share.
+#[test]
+#[ignore = "measurement; run explicitly"]
+fn fake_backend_latency() {
+    use common::fakebe::{FakeBackend, Mode};
+    let sim = common::Sim::new();
+    sim.create_domain(1);
+    let id = sim.add_controller(1, 0, 0, 4);
+    let port = common::free_port();
+    let _fe = common::spawn_frontend(&sim, 1, port, &[]);
+    let _be = FakeBackend::start(sim.path().to_owned(), id, Mode::Good);
+    common::wait_listening(port);
+    let mut c = common::wait_for(15, "import", || {
+        common::client::Client::import(port, "1-1").ok()
+    })
+    .0;
+    let n = 2000;
+    let start = Instant::now();
+    for _ in 0..n {
+        assert_eq!(c.bulk_out(2, vec![1; 4096]).status, 0);
+    }
+    let per = start.elapsed() / n;
+    println!("fake backend: {per:?} per 4 KiB OUT round trip");
 }

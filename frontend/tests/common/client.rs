@@ -21,6 +21,7 @@ pub struct Client {
 impl Client {
     fn open(port: u16, conn: ClientConn) -> Client {
         let sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        sock.set_nodelay(true).unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(50)))
             .unwrap();
         Client::over(Box::new(sock), conn)

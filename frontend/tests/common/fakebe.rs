@@ -243,7 +243,18 @@ fn serve(dir: PathBuf, id: VusbId, mode: Mode, stop: &AtomicBool, stats: &Mutex<
         let _ = rustix::event::poll(&mut fds, Some(&ts));
         let fired = ch.take_pending().unwrap();
         let mut out = Vec::new();
-        while let Ok(Some(raw)) = urb.pop_request() {
+        // ring.h's consumer loop: drain, then re-arm req_event and re-check, so the
+        // frontend's next push notifies us.
+        let mut reqs = Vec::new();
+        loop {
+            while let Ok(Some(raw)) = urb.pop_request() {
+                reqs.push(raw);
+            }
+            if !urb.final_check_for_requests().unwrap_or(false) {
+                break;
+            }
+        }
+        for raw in reqs {
             match UrbRequest::parse(&raw, &limits) {
                 Err(_) => out.push(UrbResponse::new(raw.id.get(), Status::Inval, 0)),
                 Ok(UrbRequest::Unlink(u)) => {
