@@ -12,7 +12,19 @@ use crate::usbip::{
 };
 
 /// Most URBs one client may have outstanding.
-pub(super) const MAX_IN_FLIGHT: usize = 1024;
+pub(super) const MAX_IN_FLIGHT: usize = 256;
+/// Largest transfer accepted from a client. With [`MAX_IN_FLIGHT`] this bounds what one
+/// connection can make the daemon buffer (1 GiB; Linux drivers stay far below: usb-storage
+/// sends at most a few hundred KiB per URB and keeps one or two in flight).
+const MAX_TRANSFER: u32 = 4 << 20;
+
+/// The decoding limits for client connections.
+pub(super) fn limits() -> Limits {
+    Limits {
+        max_transfer_len: MAX_TRANSFER,
+        ..Limits::default()
+    }
+}
 /// Most bytes read from one connection per wake-up before others get a turn.
 const READ_BUDGET: usize = 1 << 20;
 
@@ -166,7 +178,7 @@ impl Daemon {
                     let _ = sock.set_nodelay(true);
                     let span = tracing::info_span!("usbip", %peer);
                     tracing::debug!(parent: &span, "client connected");
-                    let wire = Wire::Tcp(ServerConn::new(Limits::default(), MAX_IN_FLIGHT));
+                    let wire = Wire::Tcp(ServerConn::new(limits(), MAX_IN_FLIGHT));
                     self.add_link(Stream::Tcp(sock), wire, None, span);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,

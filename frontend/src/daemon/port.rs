@@ -14,7 +14,7 @@ use super::Daemon;
 use crate::bridge::{Bridge, Mapped};
 use crate::engine::{Kind, Output, Payload};
 use crate::usbip::{
-    CmdSubmit, Completion, Direction, ExportedDevice, Limits, Session, SessionConfig, Speed,
+    CmdSubmit, Completion, Direction, ExportedDevice, Session, SessionConfig, Speed,
 };
 
 const ENODEV: i32 = -19;
@@ -384,7 +384,7 @@ impl Daemon {
         }
         let session = Session::new(SessionConfig {
             devid: dev.devid(),
-            limits: Limits::default(),
+            limits: super::link::limits(),
             max_in_flight: MAX_IN_FLIGHT,
         });
         let stream = Stream::Unix(mio::net::UnixStream::from_std(std_stream));
