@@ -112,8 +112,13 @@ impl Record {
 /// Checks that, for each bulk endpoint, the device executed a subsequence of what the guest
 /// submitted, in the guest's order (retried or cancelled URBs may be missing; nothing may
 /// come early). Pieces of a split transfer must come in increasing block order.
+///
+/// OUT records are identified by what the guest sent. IN records are identified by what
+/// the device returned only if `in_by_content`: once faults desynchronise the storage
+/// model (a data or CSW URB answered with another command's bytes, which the guest
+/// detects and recovers from), only their lengths say which guest URB they were.
 /// Returns the number of device records matched; panics with the first violation.
-pub fn check_order(records: &[Record], submitted: &[(u8, Key)]) -> usize {
+pub fn check_order(records: &[Record], submitted: &[(u8, Key)], in_by_content: bool) -> usize {
     let mut matched = 0;
     let mut eps: Vec<u8> = submitted.iter().map(|(e, _)| *e).collect();
     eps.sort_unstable();
@@ -124,6 +129,10 @@ pub fn check_order(records: &[Record], submitted: &[(u8, Key)]) -> usize {
             .filter(|(e, _)| *e == ep)
             .map(|(_, k)| *k)
             .collect();
+        if ep & 0x80 != 0 && !in_by_content {
+            matched += check_in_by_length(records, ep, &guest);
+            continue;
+        }
         // `i`: the next guest URB not consumed; `cur`: the data URB whose pieces are
         // arriving, with the lowest block the next piece may start at.
         let mut i = 0usize;
@@ -162,6 +171,39 @@ pub fn check_order(records: &[Record], submitted: &[(u8, Key)]) -> usize {
             i += 1;
             matched += 1;
         }
+    }
+    matched
+}
+
+/// The IN half of [`check_order`] by lengths: a 13-byte record is a CSW URB, anything else a
+/// piece of the current data URB while its bytes last, else of the next one.
+fn check_in_by_length(records: &[Record], ep: u8, guest: &[Key]) -> usize {
+    let fits = |g: &Key, len: u64| match g {
+        Key::Other => true,
+        Key::Csw(_) => len == 13,
+        Key::Data { blocks, .. } => len != 13 && len <= u64::from(*blocks) * 512,
+        _ => false,
+    };
+    let (mut i, mut left, mut matched) = (0usize, 0u64, 0usize);
+    for (n, r) in records.iter().enumerate().filter(|(_, r)| r.ep == ep) {
+        matched += 1;
+        if r.len != 13 && r.len <= left {
+            left -= r.len;
+            continue;
+        }
+        while i < guest.len() && !fits(&guest[i], r.len) {
+            i += 1;
+        }
+        assert!(
+            i < guest.len(),
+            "device trace line {n} on ep {ep:02x} ({r:?}) fits no guest URB left in \
+             submission order — contract 2 broken"
+        );
+        left = match guest[i] {
+            Key::Data { blocks, .. } => u64::from(blocks) * 512 - r.len,
+            _ => 0,
+        };
+        i += 1;
     }
     matched
 }

@@ -74,7 +74,7 @@ fn device_unplugged_mid_transfer() {
         || r.p.logs(),
         || (!r.p.is_claimed(&r.busid)).then_some(()),
     );
-    r.check_device_order(&disk);
+    r.check_device_order(&disk, false);
     eprintln!(
         "unplug: stopped at LBA {} of {blocks}, {:.1?}",
         st.next_lba,
@@ -116,7 +116,7 @@ fn backend_killed_and_restarted_mid_transfer() {
         .unwrap_or_else(|e| panic!("{e:?}\n{}", r.p.logs()));
     assert_eq!(st.miscompares, 0, "{:?}", st.bad);
     disk.c.ledger.assert_settled();
-    r.check_device_order(&disk);
+    r.check_device_order(&disk, false);
     eprintln!(
         "backend restart: killed at LBA {failed_at} of {blocks}, resumed and verified, {:.1?}",
         t.elapsed()

@@ -51,7 +51,7 @@ fn random_errors_and_unlinks_while_pipelined() {
         std::thread::spawn(move || {
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(40 + rng.below(80)));
+                std::thread::sleep(Duration::from_millis(100 + rng.below(200)));
                 let _ = set_faults(&dir, &busid, &random_faults(&mut rng));
                 n += 1;
             }
@@ -77,7 +77,7 @@ fn random_errors_and_unlinks_while_pipelined() {
         "no injected fault was ever hit ({injected} sets)"
     );
     disk.c.ledger.assert_settled();
-    let matched = r.check_device_order(&disk);
+    let matched = r.check_device_order(&disk, true);
     eprintln!(
         "faults: {injected} fault sets injected, {matched} device URBs matched in order, {:.1?}",
         t.elapsed()

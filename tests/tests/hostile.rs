@@ -59,7 +59,7 @@ fn hostile_guest_is_disconnected_the_other_is_unaffected() {
         r.p.backend.as_ref().and_then(|d| d.pid()).is_some(),
         "the backend must survive"
     );
-    r.check_device_order(&disk);
+    r.check_device_order(&disk, false);
     eprintln!(
         "hostile: state after garbage {still:?}, after index overflow {closed:?}; {:.1?}",
         t.elapsed()
