@@ -1,6 +1,7 @@
 //! The workspace's daemon binaries. A test package cannot depend on another package's
-//! binaries, so they are built once per test process with `cargo build` (a no-op when up
-//! to date; `PVUSB_TESTS_NO_BUILD=1` skips it) in the same profile and target directory.
+//! binaries: `cargo test --workspace` builds them anyway; for `cargo test -p pvusb-tests`
+//! (or `cargo bench`) they are built with `cargo build` when missing or older than a source
+//! file of the crates they come from (`PVUSB_TESTS_NO_BUILD=1` never builds).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -24,8 +25,41 @@ fn profile_dir() -> PathBuf {
     dir
 }
 
+/// Newest modification time of the `.rs` and `Cargo.toml` files under `dir`.
+fn newest_source(dir: &std::path::Path) -> Option<std::time::SystemTime> {
+    let mut newest = None;
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = e.path();
+        let t = if p.is_dir() {
+            if p.ends_with("target") || p.ends_with("fuzz") {
+                continue;
+            }
+            newest_source(&p)
+        } else if p.extension().is_some_and(|x| x == "rs") || p.ends_with("Cargo.toml") {
+            e.metadata().and_then(|m| m.modified()).ok()
+        } else {
+            None
+        };
+        newest = newest.max(t);
+    }
+    newest
+}
+
+/// Whether every binary exists and is newer than the sources it is built from.
+fn up_to_date() -> bool {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let newest = ["ring", "xenstore-cfg", "xen", "backend", "frontend"]
+        .iter()
+        .filter_map(|d| newest_source(&root.join(d)))
+        .max();
+    BINS.iter().all(|(bin, _)| {
+        let built = std::fs::metadata(profile_dir().join(bin)).and_then(|m| m.modified());
+        matches!((built, newest), (Ok(b), Some(n)) if b >= n)
+    })
+}
+
 fn build_all() {
-    if std::env::var_os("PVUSB_TESTS_NO_BUILD").is_some() {
+    if std::env::var_os("PVUSB_TESTS_NO_BUILD").is_some() || up_to_date() {
         return;
     }
     let Some(cargo) = std::env::var_os("CARGO") else {
