@@ -148,14 +148,18 @@ pub fn backend_bin() -> PathBuf {
             return;
         }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "pvusb-backend", "--bin", "pvusb-backend"])
-            .status()
-            .expect("running cargo build -p pvusb-backend");
+        let exe = PathBuf::from(env!("CARGO_BIN_EXE_pvusb-frontend"));
+        let release = exe.parent().is_some_and(|d| d.ends_with("release"));
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-p", "pvusb-backend", "--bin", "pvusb-backend"]);
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("running cargo build -p pvusb-backend");
         assert!(status.success(), "cargo build -p pvusb-backend failed");
     });
     workspace_bin("pvusb-backend")
-        .expect("target/debug/pvusb-backend missing: run `cargo build -p pvusb-backend`")
+        .expect("target/<profile>/pvusb-backend missing: run `cargo build -p pvusb-backend`")
 }
 
 /// Starts the real backend as `domid` on the simulated platform.
