@@ -329,7 +329,9 @@ s_backend_restart() {
 s_switch_to_stock() {
     local rc=0 what="no controller to remove"
     if [ -n "$CTRL" ]; then
-        timeout 60 "$BIN/xl-usb" usbdev-detach "$GUEST" "$CTRL" 1 || rc=$?
+        # usbctrl-detach removes what is plugged in too; an explicit usbdev-detach only
+        # when port 1 is in use (xl-usb refuses to detach an empty port).
+        port1_is "" || timeout 60 "$BIN/xl-usb" usbdev-detach "$GUEST" "$CTRL" 1 || rc=$?
         timeout 60 "$BIN/xl-usb" usbctrl-detach "$GUEST" "$CTRL" || rc=$?
         [ "$rc" -eq 0 ] || { DETAIL="xl-usb usbdev-detach/usbctrl-detach rc=$rc"; return 1; }
         what="controller $CTRL removed"; CTRL=""
@@ -411,7 +413,7 @@ pvusb_rounds() {
     guarded 5/io-stock-xen-hcd STOCK "${BE[@]}" -- s_guest_io stock
     if [ "$BACKEND_OK" = 1 ] && [ -n "$BACKEND_PID" ]; then
         if [ -n "$CTRL" ] && [ -x "$BIN/xl-usb" ]; then
-            timeout 60 "$BIN/xl-usb" usbdev-detach "$GUEST" "$CTRL" 1
+            port1_is "" || timeout 60 "$BIN/xl-usb" usbdev-detach "$GUEST" "$CTRL" 1
             timeout 60 "$BIN/xl-usb" usbctrl-detach "$GUEST" "$CTRL"
         fi
         step 1/backend-stop s_backend_stop

@@ -182,7 +182,7 @@ run() { # the command dispatcher; sets OUT, returns status
 }
 
 log "up at $(up) s, kernel $(uname -r)"
-for m in vhci_hcd usb_storage sd_mod; do loadmod "$m" || log "loading $m failed"; done
+for m in vhci_hcd usb_storage sd_mod xen_gntalloc xen_gntdev xen_evtchn; do loadmod "$m" || log "loading $m failed"; done
 put boot_uptime "$(up)"
 if [ "$LOCAL" = 1 ]; then
     loadmod ehci_pci || log "loading ehci_pci failed"

@@ -222,8 +222,10 @@ build_xen_hcd() {
 
 # ---------------------------------------------------------------- guest initramfs
 # Modules the guest agent may load; the closure's order file lets busybox insmod them in order.
-# (ehci_pci only for --selftest-agent, where the stick sits on the VM's own EHCI.)
-GUEST_MODULES=(vhci_hcd usb_storage sd_mod ehci_pci)
+# The frontend grants its rings through /dev/xen/gntalloc and signals through /dev/xen/evtchn,
+# both modules in Debian's kernel. (ehci_pci only for --selftest-agent, where the stick sits
+# on the VM's own EHCI.)
+GUEST_MODULES=(vhci_hcd usb_storage sd_mod xen_gntalloc xen_gntdev xen_evtchn ehci_pci)
 
 # copy_with_libs BINARY DESTROOT DESTPATH: a dynamic binary plus the shared objects it needs.
 copy_with_libs() {
@@ -237,6 +239,10 @@ copy_with_libs() {
         done
     fi
 }
+
+# strip_debug FILE: drop debug info (release builds carry line tables: ~20 MB a binary, which
+# TCG then has to load); symbols stay for backtraces.
+strip_debug() { objcopy --strip-debug "$1" 2>/dev/null || true; }
 
 # The part of the guest initramfs that does not change between runs.
 build_guest_base() {
@@ -273,7 +279,10 @@ build_guest_initrd() {
     # xen-hcd needs usbcore: make it loadable as "xen_hcd" with the vhci closure's usb core.
     grep -E '/(usb-common|usbcore)\.ko$' "$t/lib/modules/order/vhci_hcd" >"$t/lib/modules/order/xen_hcd"
     echo /lib/modules/extra/xen-hcd.ko >>"$t/lib/modules/order/xen_hcd"
-    [ -n "$fe" ] && copy_with_libs "$fe" "$t" /bin/pvusb-frontend
+    if [ -n "$fe" ]; then
+        copy_with_libs "$fe" "$t" /bin/pvusb-frontend
+        strip_debug "$t/bin/pvusb-frontend"
+    fi
     [ -n "$cmds" ] && cp "$cmds" "$t/etc/e2e-local.cmds"
     printf 'FRONTEND_ARGS="%s"\nRUST_LOG="%s"\n' "${E2E_FRONTEND_ARGS:---platform xen}" "${RUST_LOG:-info}" >"$t/etc/e2e.env"
     (cd "$t" && find . | cpio -o -H newc --quiet) >"$out"
