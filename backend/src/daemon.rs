@@ -47,7 +47,15 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         },
         _ => host::Platform::Real,
     };
-    let mut hotplug = host.hotplug().context("watching host hotplug events")?;
+    // Without hotplug events everything works except re-attaching a device that comes
+    // back after an unplug: worth an error line, not a refusal to serve.
+    let mut hotplug = match host.hotplug() {
+        Ok(h) => Some(h),
+        Err(e) => {
+            error!("no host hotplug events (re-plugged devices will not re-attach): {e}");
+            None
+        }
+    };
     let poller = Poller::new().context("creating the epoll set")?;
     let (sig_rx, sig_tx) = UnixStream::pair().context("signal pipe")?;
     sig_rx.set_nonblocking(true).context("signal pipe")?;
@@ -57,7 +65,9 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     }
     poller.add(xs.as_fd(), Readiness::Readable, Token::Xenstore)?;
     poller.add(sig_rx.as_fd(), Readiness::Readable, Token::Signal)?;
-    poller.add(hotplug.fd(), Readiness::Readable, Token::Hotplug)?;
+    if let Some(h) = &hotplug {
+        poller.add(h.fd(), Readiness::Readable, Token::Hotplug)?;
+    }
 
     let root = format!("/local/domain/{domid}/backend/{DEVICE_TYPE}");
     xs.watch(&root, BE_TOKEN)
@@ -100,7 +110,11 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                     break 'main;
                 }
                 Token::Xenstore => d.on_xenstore()?,
-                Token::Hotplug => d.on_hotplug(hotplug.as_mut()),
+                Token::Hotplug => {
+                    if let Some(h) = hotplug.as_mut() {
+                        d.on_hotplug(h.as_mut());
+                    }
+                }
                 Token::Evtchn(s) => d.evtchn(s),
                 Token::Device(s, p) => {
                     d.with_serial(s, |c, env| c.on_device(env, p));
