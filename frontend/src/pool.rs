@@ -10,9 +10,9 @@
 
 use std::sync::Arc;
 
-use pvusb_ring::shm::Shm;
+use pvusb_ring::shm::{Shm, ShmError};
 use pvusb_ring::wire::{MAX_SEGMENTS_PER_REQUEST, PAGE_SIZE};
-use pvusb_xen::{Access, AllocError, DomId, GrantAllocator, GrantRef, GrantedPages, MemError};
+use pvusb_xen::{Access, AllocError, DomId, GrantAllocator, GrantRef, GrantedPages};
 
 /// Pages of one request id in each pool.
 pub const PAGES_PER_ID: usize = MAX_SEGMENTS_PER_REQUEST;
@@ -39,7 +39,7 @@ pub enum PoolError {
     },
     /// A copy failed.
     #[error(transparent)]
-    Mem(#[from] MemError),
+    Mem(#[from] ShmError),
 }
 
 /// Everything one controller connection granted. Dropping it ends access lazily; use
@@ -49,8 +49,11 @@ pub struct Grants {
     urb: Arc<GrantedPages>,
     /// `None` only while [`Grants::probe_conn`] runs.
     conn: Option<Arc<GrantedPages>>,
-    out: GrantedPages,
-    inp: GrantedPages,
+    out: Arc<GrantedPages>,
+    inp: Arc<GrantedPages>,
+    /// Views of the pools: word-wise volatile copies (GrantedPages copies byte by byte).
+    out_shm: Shm,
+    inp_shm: Shm,
     ids: usize,
 }
 
@@ -58,11 +61,15 @@ impl Grants {
     /// Grants the two ring pages (writable) and a pool for `ids` request ids to `be`.
     pub fn alloc(alloc: &dyn GrantAllocator, be: DomId, ids: usize) -> Result<Self, AllocError> {
         let pages = ids.saturating_mul(PAGES_PER_ID).max(1);
+        let out = Arc::new(alloc.alloc(be, pages, Access::ReadOnly)?);
+        let inp = Arc::new(alloc.alloc(be, pages, Access::Writable)?);
         Ok(Grants {
             urb: Arc::new(alloc.alloc(be, 1, Access::Writable)?),
             conn: Some(Arc::new(alloc.alloc(be, 1, Access::Writable)?)),
-            out: alloc.alloc(be, pages, Access::ReadOnly)?,
-            inp: alloc.alloc(be, pages, Access::Writable)?,
+            out_shm: out.shm(),
+            inp_shm: inp.shm(),
+            out,
+            inp,
             ids,
         })
     }
@@ -122,6 +129,13 @@ impl Grants {
         }
     }
 
+    fn view(&self, side: Side) -> &Shm {
+        match side {
+            Side::Out => &self.out_shm,
+            Side::In => &self.inp_shm,
+        }
+    }
+
     fn page_index(&self, id: u16, page: usize) -> Result<usize, PoolError> {
         let id_us = usize::from(id);
         if id_us >= self.ids || page >= PAGES_PER_ID {
@@ -158,7 +172,7 @@ impl Grants {
         data: &[u8],
     ) -> Result<(), PoolError> {
         let at = self.offset(id, page, off, data.len())?;
-        Ok(self.pool(side).write_at(at, data)?)
+        Ok(self.view(side).write(at, data)?)
     }
 
     /// Copies bytes out of page `page` of request `id` at `off` into `buf`.
@@ -171,22 +185,33 @@ impl Grants {
         buf: &mut [u8],
     ) -> Result<(), PoolError> {
         let at = self.offset(id, page, off, buf.len())?;
-        Ok(self.pool(side).read_at(at, buf)?)
+        Ok(self.view(side).read(at, buf)?)
     }
 
     /// Ends access to everything once the ring views are gone. Pages the backend still
     /// maps come back, to be retried with [`Retired::retry`].
     pub fn retire(self) -> Retired {
+        let Grants {
+            urb,
+            conn,
+            out,
+            inp,
+            out_shm,
+            inp_shm,
+            ..
+        } = self;
+        drop((out_shm, inp_shm));
         let mut left = Vec::new();
-        for arc in [Some(self.urb), self.conn].into_iter().flatten() {
+        for arc in [Some(urb), conn, Some(out), Some(inp)]
+            .into_iter()
+            .flatten()
+        {
             match Arc::try_unwrap(arc) {
                 Ok(pages) => left.push(pages),
                 // A ring view outlives us: its drop ends access lazily.
                 Err(arc) => drop(arc),
             }
         }
-        left.push(self.out);
-        left.push(self.inp);
         let mut r = Retired { left: Vec::new() };
         r.end(left);
         r
