@@ -109,7 +109,13 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                     info!("signal received: shutting down");
                     break 'main;
                 }
-                Token::Xenstore => d.on_xenstore()?,
+                Token::Xenstore => {
+                    if let Err(e) = d.on_xenstore() {
+                        // Still give every device back to the host before failing.
+                        d.shutdown();
+                        return Err(e);
+                    }
+                }
                 Token::Hotplug => {
                     if let Some(h) = hotplug.as_mut() {
                         d.on_hotplug(h.as_mut());

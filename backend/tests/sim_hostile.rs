@@ -228,3 +228,19 @@ fn flooding_guest_does_not_starve_another() {
         "20 INQUIRYs took {took:?} under the flood"
     );
 }
+
+#[test]
+fn losing_xenstore_still_releases_devices() {
+    let mut h = Harness::new(&[1]);
+    let (_g, busid) = storage_guest(&mut h, 1);
+    assert!(h.is_claimed(&busid));
+    h.xenstored.take().unwrap().stop().unwrap();
+    let mut child = h.backend.take().unwrap();
+    let mut exited = None;
+    wait_until("backend exit", || {
+        exited = child.try_wait().unwrap();
+        exited.is_some()
+    });
+    assert!(!exited.unwrap().success(), "exits with an error");
+    assert!(!h.is_claimed(&busid), "device released on the way out");
+}
