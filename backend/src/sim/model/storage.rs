@@ -135,10 +135,7 @@ impl Storage {
         if file.metadata().map_err(err)?.len() < size {
             file.set_len(size).map_err(err)?;
         }
-        Ok(Self::with_lun(
-            Lun::new(file, size / BLOCK, serial),
-            speed,
-        ))
+        Ok(Self::with_lun(Lun::new(file, size / BLOCK, serial), speed))
     }
 
     /// A storage device over `lun`, with bulk packets of `speed`.
