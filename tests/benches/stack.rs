@@ -265,11 +265,23 @@ impl Stack {
         }
         let el = start.elapsed().as_secs_f64();
         let cpu = (cpu_time("self") + self.cpu_children() - cpu0).as_secs_f64();
-        // Let the rest finish: the OUTs already sent are matched by the INs in flight.
+        // Cancel the rest (an IN may wait for data that never comes), then empty the
+        // loopback (SET_CONFIGURATION resets the model) for the next cell.
+        for &s in dir_of.keys() {
+            self.c.unlink(s);
+        }
         while !dir_of.is_empty() {
             let a = self.c.next(Duration::from_secs(20)).unwrap();
             dir_of.remove(&a.seqnum());
         }
+        let a = self
+            .c
+            .transfer(
+                control([0, 9, 1, 0, 0, 0, 0, 0], vec![]),
+                Duration::from_secs(10),
+            )
+            .unwrap();
+        assert_eq!(a.status(), 0, "SET_CONFIGURATION");
         Cell {
             mb_s: bytes as f64 / el / 1e6,
             urbs_s: urbs as f64 / el,
@@ -379,6 +391,15 @@ fn main() {
         return;
     }
     let dur = secs();
+    // PVUSB_BENCH_PROFILE=1: only the stack's 64 KiB QD16 cell (to run under `perf record`).
+    if std::env::var_os("PVUSB_BENCH_PROFILE").is_some() {
+        let c = Stack::new().echo(64 << 10, 16, dur);
+        println!(
+            "stack 64K QD16: {:.0} MB/s, {:.2} s CPU/GiB",
+            c.mb_s, c.cpu_s_per_gib
+        );
+        return;
+    }
     let mut direct = Direct::new();
     let mut stack = Stack::new();
     println!("pvusb issue-8 benchmark: {dur:?} per cell, sim bulk loopback, echoed MB/s (10^6 B)");
