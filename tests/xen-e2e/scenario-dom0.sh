@@ -232,10 +232,10 @@ s_xl_attach_waits() {
 }
 
 # ---------------------------------------------------------------- pvusb steps (issue 9)
-BACKEND_PID=""
+BACKEND_PID="" BACKEND_UP=0 BACKEND_STATUS=""
 backend_start() {
     "$BIN/pvusb-backend" $BACKEND_ARGS >>"$RES/pvusb-backend.log" 2>&1 &
-    BACKEND_PID=$!
+    BACKEND_PID=$! BACKEND_UP=1
     nap 2
     kill -0 "$BACKEND_PID" 2>/dev/null || { DETAIL="pvusb-backend exited at once: $(tail -3 "$RES/pvusb-backend.log" | tr '\n' ' ')"; return 1; }
     DETAIL="pvusb-backend $BACKEND_ARGS running (pid $BACKEND_PID)"
@@ -318,7 +318,7 @@ s_reattach() {
 }
 
 s_backend_restart() {
-    kill -KILL "$BACKEND_PID" 2>/dev/null; wait "$BACKEND_PID" 2>/dev/null
+    BACKEND_UP=0; kill -KILL "$BACKEND_PID" 2>/dev/null; wait "$BACKEND_PID" 2>/dev/null
     echo "---- pvusb-backend killed (SIGKILL), restarting" >>"$RES/pvusb-backend.log"
     nap 1
     backend_start || return 1
@@ -342,22 +342,34 @@ s_switch_to_stock() {
 }
 
 s_backend_stop() {
+    [ "$BACKEND_UP" = 1 ] || { DETAIL="pvusb-backend was not running (last status ${BACKEND_STATUS:-?})"; return 1; }
+    BACKEND_UP=0
     kill -TERM "$BACKEND_PID" 2>/dev/null
     local i=0
     while kill -0 "$BACKEND_PID" 2>/dev/null; do i=$((i + 1)); [ "$i" -gt 50 ] && break; nap 0.2; done
     if kill -0 "$BACKEND_PID" 2>/dev/null; then kill -KILL "$BACKEND_PID"; DETAIL="did not exit within 10s of SIGTERM"; return 1; fi
-    wait "$BACKEND_PID"; DETAIL="exited with status $? after SIGTERM"
+    wait "$BACKEND_PID"; local st=$?
+    DETAIL="exited with status $st after SIGTERM"; [ "$st" -eq 0 ]
 }
 
 # ---------------------------------------------------------------- the run
 # guarded ID PREREQ_VAR BINARIES... -- FUNCTION [ARGS]
+# A "soft" step (guarded --soft ...) fails alone: later steps still run.
 guarded() {
+    local soft=0; [ "$1" = --soft ] && { soft=1; shift; }
     local id=$1 pre=$2 bins=() m; shift 2
     while [ "$1" != -- ]; do bins+=("$1"); shift; done; shift
     if missing "${bins[@]}"; then skip "$id" "$MISSING"; return 1; fi
     if [ "${!pre}" != 1 ]; then skip "$id" "after failed ${FAILED_AT:-an earlier step}"; return 1; fi
-    if step "$id" "$@"; then return 0; fi
-    FAILED_AT=$id; eval "$pre=0"; return 1
+    local ok=0
+    step "$id" "$@" && ok=1
+    # A backend that dies in a step is a failure of its own, whatever the step concluded.
+    if [ -n "$BACKEND_PID" ] && [ "$BACKEND_UP" = 1 ] && ! kill -0 "$BACKEND_PID" 2>/dev/null; then
+        wait "$BACKEND_PID" 2>/dev/null; BACKEND_STATUS=$?; BACKEND_UP=0
+        record "$id/backend-died" FAIL "pvusb-backend exited with status $BACKEND_STATUS during $id (see pvusb-backend.log, dom0-dmesg.log)"
+    fi
+    [ "$ok" = 1 ] && return 0
+    FAILED_AT=$id; [ "$soft" = 1 ] || eval "$pre=0"; return 1
 }
 
 smoke() {
@@ -394,7 +406,7 @@ pvusb_rounds() {
     guarded 2/frontend-start OURS "${ALL[@]}" -- s_frontend_start
     guarded 3/usbctrl-attach-xl-usb OURS "${ALL[@]}" -- s_ctrl_attach xl-usb
     guarded 3/usbdev-attach OURS "${ALL[@]}" -- s_dev_attach
-    guarded 3/usb-list OURS "${ALL[@]}" -- s_usb_list ours
+    guarded --soft 3/usb-list OURS "${ALL[@]}" -- s_usb_list ours
     guarded 4/io-ours-vhci OURS "${ALL[@]}" -- s_guest_io ours
     guarded 6/detach-while-open OURS "${ALL[@]}" -- s_detach_while_open
     guarded 6/reattach OURS "${ALL[@]}" -- s_reattach
@@ -402,16 +414,20 @@ pvusb_rounds() {
     # Round 2: Linux's own xen-hcd against our backend, controller made by stock xl.
     # The stock round does not depend on the first one, only on a running backend.
     if [ "$BACKEND_OK" = 1 ] && ! kill -0 "$BACKEND_PID" 2>/dev/null; then
-        record 5/backend-alive FAIL "pvusb-backend had died before the stock round; restarting it"
+        say "pvusb-backend is not running before the stock round; restarting it"
         backend_start || STOCK=0
     fi
     BE=(pvusb-backend xl-usb)
     guarded 5/switch-to-stock STOCK "${BE[@]}" -- s_switch_to_stock
     guarded 3/usbctrl-attach-stock-xl STOCK "${BE[@]}" -- s_ctrl_attach xl
     guarded 5/usbdev-attach-stock STOCK "${BE[@]}" -- s_dev_attach
-    guarded 5/usb-list-stock STOCK "${BE[@]}" -- s_usb_list stock
+    guarded --soft 5/usb-list-stock STOCK "${BE[@]}" -- s_usb_list stock
     guarded 5/io-stock-xen-hcd STOCK "${BE[@]}" -- s_guest_io stock
     if [ "$BACKEND_OK" = 1 ] && [ -n "$BACKEND_PID" ]; then
+        if [ "$BACKEND_UP" = 1 ] && ! kill -0 "$BACKEND_PID" 2>/dev/null; then
+            wait "$BACKEND_PID" 2>/dev/null; BACKEND_STATUS=$?; BACKEND_UP=0
+            record 5/backend-died FAIL "pvusb-backend exited with status $BACKEND_STATUS during the stock round"
+        fi
         if [ -n "$CTRL" ] && [ -x "$BIN/xl-usb" ]; then
             port1_is "" || timeout 60 "$BIN/xl-usb" usbdev-detach "$GUEST" "$CTRL" 1
             timeout 60 "$BIN/xl-usb" usbctrl-detach "$GUEST" "$CTRL"

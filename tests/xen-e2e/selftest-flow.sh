@@ -68,7 +68,7 @@ run_case() {
     mkstubs "$c/stub"
     for b in $bins; do
         case "$b" in
-            pvusb-backend) printf '#!/bin/sh\nexec sleep 300\n' >"$c/e2e/bin/pvusb-backend" ;;
+            pvusb-backend) printf '#!/bin/sh\ntrap "exit 0" TERM\nwhile :; do sleep 0.2; done\n' >"$c/e2e/bin/pvusb-backend" ;;
             xl-usb) ln -s "$c/stub/xl" "$c/e2e/bin/xl-usb" ;;
         esac
     done
@@ -83,6 +83,9 @@ run_case() {
         guest_cmd() {
             local t=$1; shift; GSEQ=$((GSEQ + 1))
             if [ "$1" = "$gfail" ]; then GOUT="scripted failure of $1"; return 1; fi
+            if [ "$gfail" = crash-backend ] && [ "$1" = io-test ] && [ "$2" != done ]; then
+                gfail=""; kill -KILL "$BACKEND_PID"; nap; GOUT="backend crashed"; return 1
+            fi
             case "$1" in
                 io-test) GOUT="dev=sda mb=$2 write_mbps=0.50 read_mbps=0.80 sha256=abc match=yes" ;;
                 *) GOUT="ok $*" ;;
@@ -116,5 +119,8 @@ run_case guest-io-fails "pvusb-backend pvusb-frontend xl-usb" io-test \
     4/io-ours-vhci=FAIL 6/detach-while-open=SKIP 6/backend-restart=SKIP 5/switch-to-stock=PASS 5/io-stock-xen-hcd=FAIL
 run_case hold-open-fails "pvusb-backend pvusb-frontend xl-usb" hold-open \
     4/io-ours-vhci=PASS 6/detach-while-open=FAIL 6/reattach=SKIP 5/io-stock-xen-hcd=PASS
+run_case backend-crashes "pvusb-backend pvusb-frontend xl-usb" crash-backend \
+    4/io-ours-vhci=FAIL 4/io-ours-vhci/backend-died=FAIL 6/reattach=SKIP 5/switch-to-stock=PASS \
+    5/io-stock-xen-hcd=PASS 1/backend-stop=PASS
 [ "$FAILS" -eq 0 ] && echo "selftest-flow: PASS" || echo "selftest-flow: FAIL ($FAILS cases)"
 [ "$FAILS" -eq 0 ]
