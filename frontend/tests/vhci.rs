@@ -20,27 +20,10 @@ use pvusb_frontend::usbip::{ClientConn, CmdSubmit, Limits};
 use rustix::process::{pidfd_getfd, pidfd_open, Pid, PidfdFlags, PidfdGetfdFlags};
 use xenstore_cfg::vusb::set_port;
 
-const STATUS: &str = "\
-hub port sta spd dev      sockfd local_busid
-hs  0000 006 003 00010002 000003 3-2
-hs  0001 004 000 00000000 000000 0-0
-hs  0002 004 000 00000000 000000 0-0
-hs  0003 004 000 00000000 000000 0-0
-ss  0004 004 000 00000000 000000 0-0
-ss  0005 004 000 00000000 000000 0-0
-ss  0006 004 000 00000000 000000 0-0
-ss  0007 004 000 00000000 000000 0-0
-";
-
 #[test]
 fn attaches_to_vhci_and_serves_the_socket() {
     let sim = Sim::new();
-    let vhci = sim.path().join("sys/platform/vhci_hcd.0");
-    fs::create_dir_all(&vhci).unwrap();
-    fs::write(vhci.join("nports"), "8\n").unwrap();
-    fs::write(vhci.join("status"), STATUS).unwrap();
-    fs::write(vhci.join("attach"), "").unwrap();
-    fs::write(vhci.join("detach"), "").unwrap();
+    let vhci = common::vhci_mimic(&sim);
 
     sim.create_domain(1);
     let busid = plug(

@@ -160,7 +160,7 @@ impl Daemon {
         }
     }
 
-    fn set_fe_state(&mut self, fe_dir: &str, state: XenbusState, span: &tracing::Span) {
+    pub(super) fn set_fe_state(&mut self, fe_dir: &str, state: XenbusState, span: &tracing::Span) {
         if let Err(e) = xenbus::set_state(&mut self.xs, fe_dir, state) {
             tracing::debug!(parent: span, error = %e, ?state, "setting frontend state");
         }

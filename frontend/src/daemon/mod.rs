@@ -6,11 +6,13 @@
 mod ctrl;
 mod link;
 mod port;
+mod shutdown;
 
 use std::collections::{BTreeMap, HashMap};
-use std::io;
+use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -54,6 +56,7 @@ pub struct Config {
 
 const XS: Token = Token(0);
 const LISTENER: Token = Token(1);
+const SIGNAL: Token = Token(2);
 const TICK: Duration = Duration::from_millis(250);
 
 /// What a dynamic token stands for.
@@ -162,7 +165,7 @@ impl Daemon {
             vhci,
             retired: Retired::default(),
             tokens: HashMap::new(),
-            next_token: 2,
+            next_token: 3,
             vusb_dir,
             scratch: Vec::new(),
         })
@@ -175,8 +178,10 @@ impl Daemon {
         t
     }
 
-    /// Serves until xenstore goes away.
+    /// Serves until SIGTERM/SIGINT (then shuts down cleanly and returns `Ok`), or until
+    /// xenstore goes away.
     pub fn run(mut self) -> anyhow::Result<()> {
+        let sig_rx = self.signal_pipe()?;
         let mut events = Events::with_capacity(256);
         let mut next_tick = Instant::now() + TICK;
         loop {
@@ -193,6 +198,11 @@ impl Daemon {
                         self.xs.pump().context("reading xenstore")?;
                     }
                     LISTENER => self.accept(),
+                    SIGNAL => {
+                        let mut buf = [0u8; 16];
+                        let _ = (&sig_rx).read(&mut buf);
+                        return self.shutdown();
+                    }
                     t => match self.tokens.get(&t).copied() {
                         Some(Src::Evtchn(devid)) => self.service_ctrl(devid),
                         Some(Src::Link(id)) => self.link_ready(id),
@@ -205,6 +215,22 @@ impl Daemon {
                 self.tick();
             }
         }
+    }
+
+    /// Routes SIGTERM and SIGINT to a socket the loop polls (signal-hook writes a byte).
+    fn signal_pipe(&mut self) -> anyhow::Result<UnixStream> {
+        let (rx, tx) = UnixStream::pair().context("signal pipe")?;
+        rx.set_nonblocking(true).context("signal pipe")?;
+        for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+            let tx = tx.try_clone().context("signal pipe")?;
+            signal_hook::low_level::pipe::register(sig, tx)
+                .context("installing signal handlers")?;
+        }
+        self.poll
+            .registry()
+            .register(&mut SourceFd(&rx.as_raw_fd()), SIGNAL, Interest::READABLE)
+            .context("polling the signal pipe")?;
+        Ok(rx)
     }
 
     fn handle_watches(&mut self) -> anyhow::Result<()> {

@@ -179,3 +179,28 @@ pub fn spawn_backend(sim: &Sim, domid: u16, log: &str) -> Proc {
 pub fn backend_log(sim: &Sim, log: &str) -> String {
     std::fs::read_to_string(sim.path().join(format!("{log}.log"))).unwrap_or_default()
 }
+
+/// vhci_hcd's `status` with port 0 busy and ports 1-3 (hs) and 4-7 (ss) free.
+const VHCI_STATUS: &str = "\
+hub port sta spd dev      sockfd local_busid
+hs  0000 006 003 00010002 000003 3-2
+hs  0001 004 000 00000000 000000 0-0
+hs  0002 004 000 00000000 000000 0-0
+hs  0003 004 000 00000000 000000 0-0
+ss  0004 004 000 00000000 000000 0-0
+ss  0005 004 000 00000000 000000 0-0
+ss  0006 004 000 00000000 000000 0-0
+ss  0007 004 000 00000000 000000 0-0
+";
+
+/// A directory shaped like vhci_hcd's sysfs files (`nports`, `status`, and empty
+/// `attach`/`detach` that record the daemon's last write), for `--vhci`.
+pub fn vhci_mimic(sim: &Sim) -> PathBuf {
+    let vhci = sim.path().join("sys/platform/vhci_hcd.0");
+    std::fs::create_dir_all(&vhci).unwrap();
+    std::fs::write(vhci.join("nports"), "8\n").unwrap();
+    std::fs::write(vhci.join("status"), VHCI_STATUS).unwrap();
+    std::fs::write(vhci.join("attach"), "").unwrap();
+    std::fs::write(vhci.join("detach"), "").unwrap();
+    vhci
+}
