@@ -184,6 +184,14 @@ mod imp {
 
     /// Volatile copy out of shared memory, 8 bytes at a time where aligned.
     ///
+    /// The one copy routine for peer-writable memory (xen's grant mappings use it too). It
+    /// keeps the guarantees of a byte-wise volatile copy: no `&`/`&mut` to the shared bytes is
+    /// formed, each source byte is read exactly once (so a value we validate is the value we
+    /// keep, whatever the peer does meanwhile), and nothing outside `src..src+len` is touched.
+    /// Aligned `u64` volatile loads cannot tear across the range's edges, which are copied a
+    /// byte at a time; a peer racing a word may leave us a mix of old and new bytes, which
+    /// is what the byte copy would give too.
+    ///
     /// # Safety
     /// `src..src+dst.len()` must be mapped and readable.
     unsafe fn volatile_read(src: *const u8, dst: &mut [u8]) {

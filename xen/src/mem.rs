@@ -9,7 +9,7 @@ use std::os::fd::BorrowedFd;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
-use pvusb_ring::shm::{Access as ShmAccess, Shm};
+use pvusb_ring::shm::{Access as ShmAccess, Shm, ShmError};
 
 use rustix::io::Errno;
 use rustix::mm::{MapFlags, MprotectFlags, ProtFlags};
@@ -150,38 +150,42 @@ impl Region {
         }
     }
 
-    fn check(&self, off: usize, len: usize) -> Result<(), MemError> {
-        match off.checked_add(len) {
-            Some(end) if end <= self.len => Ok(()),
-            _ => Err(MemError::OutOfRange {
-                off,
-                len,
-                size: self.len,
-            }),
-        }
+    /// A transient `pvusb_ring` view of the whole region, for one copy: the ring crate's
+    /// `shm` module is the one implementation of volatile copies (word-wise, no reference
+    /// into the pages, each byte read or written once).
+    fn view(&self) -> Shm {
+        let access = match self.access {
+            Access::ReadOnly => ShmAccess::ReadOnly,
+            Access::Writable => ShmAccess::ReadWrite,
+        };
+        // SAFETY: the view is dropped before `&self` ends (callers use it for one copy), and
+        // the Region keeps `ptr..ptr+len` mapped, readable (and writable iff `Writable`)
+        // until it is dropped; this module never makes a Rust reference into the pages.
+        unsafe { Shm::from_raw_parts(self.ptr, self.len, access) }
     }
 
     fn read_at(&self, off: usize, buf: &mut [u8]) -> Result<(), MemError> {
-        self.check(off, buf.len())?;
-        for (i, b) in buf.iter_mut().enumerate() {
-            // SAFETY: `off + i < self.len` (checked above) so the byte is inside the live
-            // mapping; a volatile read makes no reference the peer could invalidate.
-            *b = unsafe { self.ptr.as_ptr().add(off + i).read_volatile() };
-        }
-        Ok(())
+        self.view().read(off, buf).map_err(|e| self.mem_error(e))
     }
 
     fn write_at(&self, off: usize, data: &[u8]) -> Result<(), MemError> {
         if self.access == Access::ReadOnly {
             return Err(MemError::ReadOnly);
         }
-        self.check(off, data.len())?;
-        for (i, b) in data.iter().enumerate() {
-            // SAFETY: in range (checked above) of a live mapping made PROT_WRITE (access is
-            // Writable); volatile, so no reference into shared memory is formed.
-            unsafe { self.ptr.as_ptr().add(off + i).write_volatile(*b) };
+        self.view().write(off, data).map_err(|e| self.mem_error(e))
+    }
+
+    fn mem_error(&self, e: ShmError) -> MemError {
+        match e {
+            ShmError::ReadOnly => MemError::ReadOnly,
+            ShmError::OutOfBounds { off, len, size } => MemError::OutOfRange { off, len, size },
+            // Copies never ask for an atomic word; keep the mapping's size in the answer.
+            ShmError::Misaligned { off } => MemError::OutOfRange {
+                off,
+                len: 0,
+                size: self.len,
+            },
         }
-        Ok(())
     }
 }
 
