@@ -38,6 +38,10 @@ pub mod sim;
 pub mod usbfs;
 pub mod xenbus;
 
+/// Logs a guest-caused warning through a [`logging::RateLimit`]: `pvusb_log::peer_warn!`
+/// under the name the backend's code uses.
+pub use pvusb_log::peer_warn as guest_warn;
+
 /// Proptest case count: `PROPTEST_CASES` if set, else `default`.
 #[cfg(test)]
 pub(crate) fn test_cases(default: u32) -> u32 {

@@ -13,6 +13,7 @@ use xenstore_cfg::{XsErrno, XsOps};
 use super::port::PortEntry;
 use super::{Daemon, Src};
 use crate::engine::Engine;
+use crate::logging::{peer_warn, RateLimit};
 use crate::xenbus::{self, Paths};
 
 /// One `device/vusb/<devid>` of this domain.
@@ -21,6 +22,8 @@ pub(super) struct Controller {
     pub(super) paths: Paths,
     pub(super) span: tracing::Span,
     pub(super) conn: Option<Connected>,
+    /// Warnings the backend (or the device behind it) causes; it decides how often.
+    pub(super) warn: RateLimit,
 }
 
 /// A controller whose rings are granted and published.
@@ -94,6 +97,7 @@ impl Daemon {
                     paths,
                     span,
                     conn: None,
+                    warn: RateLimit::default(),
                 },
             );
         }
@@ -167,14 +171,14 @@ impl Daemon {
     }
 
     fn connect(&mut self, devid: u32) {
-        let Some(c) = self.ctrls.get(&devid) else {
+        let Some(c) = self.ctrls.get_mut(&devid) else {
             return;
         };
         let (paths, span) = (c.paths.clone(), c.span.clone());
         let offer = match xenbus::read_offer(&mut self.xs, &paths.be_dir) {
             Ok(o) => o,
             Err(e) => {
-                tracing::warn!(parent: &span, error = %e, "backend offers nothing usable");
+                peer_warn!(c.warn, parent: &span, error = %e, "backend offers nothing usable");
                 return;
             }
         };
@@ -331,11 +335,9 @@ impl Daemon {
         };
         self.process_outputs(devid, out);
         if let Err(e) = r {
-            let span = self
-                .ctrls
-                .get(&devid)
-                .map_or_else(tracing::Span::none, |c| c.span.clone());
-            tracing::error!(parent: &span, error = %e, "backend broke the protocol");
+            if let Some(c) = self.ctrls.get_mut(&devid) {
+                peer_warn!(c.warn, parent: &c.span, error = %e, "backend broke the protocol");
+            }
             self.teardown(devid, "protocol error");
             if let Some(c) = self.ctrls.get(&devid) {
                 let (fe_dir, span) = (c.paths.fe_dir.clone(), c.span.clone());

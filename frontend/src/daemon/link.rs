@@ -7,6 +7,7 @@ use mio::net::{TcpStream, UnixStream};
 use mio::{Interest, Token};
 
 use super::{Daemon, Src};
+use crate::logging::peer_warn;
 use crate::usbip::{
     self, ConnError, ConnEvent, Event, Limits, OpStatus, ReadStatus, ServerConn, Session,
 };
@@ -206,7 +207,10 @@ impl Daemon {
             let status = usbip::read_some(&mut link.stream, &mut link.wire, buf, READ_BUDGET);
             let (fatal, again) = match status {
                 Ok(ReadStatus::Eof) => (Some("client closed the connection".to_owned()), false),
-                Err(e) => (Some(e.to_string()), false),
+                Err(e) => {
+                    peer_warn!(self.client_warn, parent: &link.span, error = %e, "client broke the protocol");
+                    (Some(e.to_string()), false)
+                }
                 Ok(s) => (None, s == ReadStatus::Budget),
             };
             self.link_events(id);
@@ -282,12 +286,12 @@ impl Daemon {
         match conn.accept_import(&dev) {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                tracing::warn!(parent: &*span, error = %e, "client broke the protocol");
+                peer_warn!(self.client_warn, parent: &*span, error = %e, "client broke the protocol");
                 self.close_link(id, "protocol error");
                 return;
             }
             Err(e) => {
-                tracing::warn!(parent: &*span, error = %e, "import");
+                peer_warn!(self.client_warn, parent: &*span, error = %e, "import");
                 return;
             }
         }

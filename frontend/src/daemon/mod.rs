@@ -23,6 +23,7 @@ use mio::{Events, Interest, Poll, Token};
 use pvusb_xen::{DomId, Platform, PlatformKind};
 use xenstore_cfg::{Xs, XsOps};
 
+use crate::logging::RateLimit;
 use crate::pool::Retired;
 use crate::vhci::Vhci;
 use ctrl::Controller;
@@ -83,6 +84,8 @@ pub struct Daemon {
     vusb_dir: String,
     /// Read buffer shared by all connections.
     scratch: Vec<u8>,
+    /// Warnings USB/IP clients cause (any local process can connect).
+    client_warn: RateLimit,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -168,6 +171,7 @@ impl Daemon {
             next_token: 3,
             vusb_dir,
             scratch: Vec::new(),
+            client_warn: RateLimit::default(),
         })
     }
 

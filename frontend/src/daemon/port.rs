@@ -13,6 +13,7 @@ use super::link::{Bound, Stream, Wire, MAX_IN_FLIGHT};
 use super::Daemon;
 use crate::bridge::{Bridge, Mapped};
 use crate::engine::{Kind, Output, Payload};
+use crate::logging::peer_warn;
 use crate::usbip::{
     CmdSubmit, Completion, Direction, ExportedDevice, Session, SessionConfig, Speed,
 };
@@ -289,13 +290,16 @@ impl Daemon {
     }
 
     fn internal_done(&mut self, devid: u32, port: u8, result: UrbResult, payload: &Payload) {
-        let Some(entry) = self.port_mut(devid, port) else {
+        let Some(c) = self.ctrls.get_mut(&devid) else {
+            return;
+        };
+        let Some(entry) = c.conn.as_mut().and_then(|conn| conn.ports.get_mut(&port)) else {
             return;
         };
         let n = usize::try_from(result.actual_length).unwrap_or(0);
         let data = payload.buf.get(..n).unwrap_or_default();
         if let Err(e) = entry.bridge.internal_done(result.status.to_wire(), data) {
-            tracing::warn!(parent: &entry.span, error = %e, "enumeration failed; port not exported");
+            peer_warn!(c.warn, parent: &entry.span, error = %e, "enumeration failed; port not exported");
             entry.failed = true;
             return;
         }
