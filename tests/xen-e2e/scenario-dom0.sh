@@ -248,7 +248,16 @@ s_frontend_start() {
 
 CTRL=""
 # new_ctrl: the devid of the newest vusb controller of the guest.
-new_ctrl() { xenstore-list "/local/domain/0/backend/vusb/$GDOMID" 2>/dev/null | sort -n | tail -1; }
+# (Retried, errors kept: once it came back empty right after a successful attach.)
+new_ctrl() {
+    local i out
+    for i in 1 2 3 4 5 6; do
+        out=$(xenstore-list "/local/domain/0/backend/vusb/$GDOMID" 2>&1) && [ -n "$out" ] && break
+        echo "xenstore-list /local/domain/0/backend/vusb/$GDOMID (try $i): '${out}'" >&2
+        nap 0.5
+    done
+    printf '%s\n' "$out" | grep -E '^[0-9]+$' | sort -n | tail -1
+}
 ctrl_connected() {
     [ "$(xenstore-read "/local/domain/0/backend/vusb/$GDOMID/$CTRL/state" 2>/dev/null)" = 4 ] &&
         [ "$(xenstore-read "/local/domain/$GDOMID/device/vusb/$CTRL/state" 2>/dev/null)" = 4 ]
@@ -259,6 +268,7 @@ s_ctrl_attach() {
     if [ "$tool" = xl ]; then cmd=(xl); else cmd=("$BIN/xl-usb"); fi
     timeout 60 "${cmd[@]}" usbctrl-attach "$GUEST" type=pv version=2 ports=4 || rc=$?
     CTRL=$(new_ctrl)
+    xenstore-ls -fp "/local/domain/0/backend/vusb" >&2
     [ "$rc" -eq 0 ] || { DETAIL="$tool usbctrl-attach rc=$rc"; return 1; }
     [ -n "$CTRL" ] || { DETAIL="no backend/vusb/$GDOMID/<devid> after $tool usbctrl-attach"; return 1; }
     if ! wait_for 30 ctrl_connected; then
