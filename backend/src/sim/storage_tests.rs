@@ -1,3 +1,5 @@
+//! Tests for the simulated disk (compiled only under `#[cfg(test)]`, see sim/mod.rs).
+//!
 //! The simulated disk driven like Linux usb-storage: BOT transactions, stalls, reset
 //! recovery, persistence across reopen, and a proptest over random valid/invalid sequences.
 

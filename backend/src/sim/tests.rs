@@ -1,3 +1,5 @@
+//! Tests for `sim` (compiled only under `#[cfg(test)]`, see `mod tests` in sim/mod.rs).
+//!
 //! Async semantics of simulated devices through the `HostDevice` trait.
 
 use std::collections::HashSet;

@@ -1,3 +1,5 @@
+//! Tests for `usbfs` (compiled only under `#[cfg(test)]`, see `mod tests` in usbfs/mod.rs).
+//!
 //! usbfs struct layouts and ioctl numbers against the installed C header, and error mapping.
 
 use std::collections::HashMap;

@@ -1,3 +1,5 @@
+//! Tests for `bridge` (compiled only under `#[cfg(test)]`, see `mod tests` in bridge/mod.rs).
+
 use super::*;
 use crate::usbip::TransferFlags;
 

@@ -1,3 +1,5 @@
+//! Tests for `usbip::client` (compiled only under `#[cfg(test)]`, see usbip/mod.rs).
+//!
 //! The client's contract-4 checks: each way a server can answer an unlink wrongly.
 
 use super::client::*;

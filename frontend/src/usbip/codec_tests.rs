@@ -1,3 +1,5 @@
+//! Tests for the USB/IP codec (compiled only under `#[cfg(test)]`, see usbip/mod.rs).
+//!
 //! Byte fixtures for every PDU, laid out by hand from usbip_protocol.rst's tables (and as
 //! the kernel's vhci_tx.c / stub_tx.c and PyPI usbip 0.7.0's protocol.py build them).
 

@@ -1,3 +1,5 @@
+//! Tests for `usbip` (compiled only under `#[cfg(test)]`, see `mod prop_tests` in usbip/mod.rs).
+//!
 //! Properties: the decoders are total and chunking-independent, decode(encode(x)) == x,
 //! and a session answers every URB exactly once under any order of events.
 

@@ -1,3 +1,5 @@
+//! Tests for `usbip::session` (compiled only under `#[cfg(test)]`, see usbip/mod.rs).
+//!
 //! The unlink rule in every order, duplicate seqnums, wrong devid, and the import handshake.
 
 use super::fuzzing::VhciModel;

@@ -1,3 +1,5 @@
+//! Tests for `vhci` (compiled only under `#[cfg(test)]`, see `mod tests` in vhci.rs).
+//!
 //! vhci against a directory shaped like the kernel's: `status` in vhci_sysfs.c's format,
 //! `attach`/`detach` as plain files whose written content is checked.
 

@@ -1,3 +1,5 @@
+//! Tests for `daemon` (compiled only under `#[cfg(test)]`, see `mod tests` in daemon/mod.rs).
+//!
 //! Engine tests: xenstored's rules, byte for byte, without sockets.
 
 use proptest::prelude::*;

@@ -1,3 +1,5 @@
+//! Tests for `wire` (compiled only under `#[cfg(test)]`, see `mod tests` in wire/mod.rs).
+//!
 //! Wire fixtures and properties: parse is total and `parse(emit(x)) == x`.
 
 use proptest::prelude::*;
