@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use xenstore_cfg::vusb::{self, ControllerConfig, CtrlType, UsbVer, VusbId};
+use xenstore_cfg::vusb;
 use xenstore_cfg::XsOps;
 
 #[test]
@@ -120,20 +120,7 @@ fn xenstore_watch_prints_events() {
 #[test]
 fn libxl_style_controller_matches_the_real_dump() {
     let sim = Sim::start();
-    let mut xs = sim.dom0();
-    xs.introduce(1, 0, 0).unwrap();
-    let id = VusbId {
-        fe: 1,
-        be: 0,
-        devid: 0,
-    };
-    let cfg = ControllerConfig {
-        id,
-        usb_ver: UsbVer::Usb20,
-        num_ports: 4,
-        ctrl_type: CtrlType::Pv,
-    };
-    vusb::add_controller(&mut xs, &cfg).unwrap();
+    let (mut xs, id) = sim.dom1_controller(4);
     vusb::set_port(&mut xs, &id, 1, Some("1-1")).unwrap();
     let s = sim.socket();
     let be = stdout(&xs_tool(

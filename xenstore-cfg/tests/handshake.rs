@@ -5,27 +5,14 @@ mod common;
 
 use std::time::Duration;
 
-use xenstore_cfg::vusb::{self, ControllerConfig, CtrlType, UsbVer, VusbId};
+use xenstore_cfg::vusb;
 use xenstore_cfg::xenbus::{self, RingInfo, WaitStateError, XenbusState};
 use xenstore_cfg::XsOps;
 
 #[test]
 fn backend_and_frontend_connect_then_close() {
     let sim = common::Sim::start();
-    let mut xs = sim.dom0();
-    xs.introduce(1, 0, 0).unwrap();
-    let id = VusbId {
-        fe: 1,
-        be: 0,
-        devid: 0,
-    };
-    let cfg = ControllerConfig {
-        id,
-        usb_ver: UsbVer::Usb20,
-        num_ports: 8,
-        ctrl_type: CtrlType::Pv,
-    };
-    vusb::add_controller(&mut xs, &cfg).unwrap();
+    let (mut xs, id) = sim.dom1_controller(8);
     let (fe_dir, be_dir) = (id.frontend_dir(), id.backend_dir());
     let rings = RingInfo {
         urb_ring_ref: 8,

@@ -3,7 +3,7 @@
 
 mod common;
 
-use xenstore_cfg::vusb::{self, ControllerConfig, CtrlType, UsbVer, VusbId};
+use xenstore_cfg::vusb::{self, UsbVer};
 use xenstore_cfg::{Xs, XsOps};
 
 /// `xenstore-ls -fp <root>` lines (without the root itself), sorted like the dump.
@@ -20,20 +20,7 @@ fn ls_fp(xs: &mut Xs, root: &str, out: &mut Vec<String>) {
 #[test]
 fn controller_and_device_attach_tree() {
     let sim = common::Sim::start();
-    let mut xs = sim.dom0();
-    xs.introduce(1, 0, 0).unwrap();
-    let id = VusbId {
-        fe: 1,
-        be: 0,
-        devid: 0,
-    };
-    let cfg = ControllerConfig {
-        id,
-        usb_ver: UsbVer::Usb20,
-        num_ports: 4,
-        ctrl_type: CtrlType::Pv,
-    };
-    vusb::add_controller(&mut xs, &cfg).unwrap();
+    let (mut xs, id) = sim.dom1_controller(4);
     vusb::set_port(&mut xs, &id, 1, Some("1-1")).unwrap();
     let mut lines = Vec::new();
     for root in ["/local/domain/0/backend", "/local/domain/1", "/libxl"] {

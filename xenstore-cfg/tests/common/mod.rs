@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use xenstore_cfg::daemon::{self, DaemonHandle};
+use xenstore_cfg::vusb::{self, ControllerConfig, CtrlType, UsbVer, VusbId};
 use xenstore_cfg::Xs;
 
 pub struct Sim {
@@ -32,6 +33,26 @@ impl Sim {
     }
     pub fn domain(&self, domid: u16) -> Xs {
         Xs::connect(self.domain_socket(domid)).unwrap()
+    }
+
+    /// Introduces dom1 and gives it a USB 2.0 PV controller 0 with `num_ports` ports served
+    /// by dom0, as `xl usbctrl-attach` does; returns dom0's connection and the id.
+    pub fn dom1_controller(&self, num_ports: u8) -> (Xs, VusbId) {
+        let mut xs = self.dom0();
+        xs.introduce(1, 0, 0).unwrap();
+        let id = VusbId {
+            fe: 1,
+            be: 0,
+            devid: 0,
+        };
+        let cfg = ControllerConfig {
+            id,
+            usb_ver: UsbVer::Usb20,
+            num_ports,
+            ctrl_type: CtrlType::Pv,
+        };
+        vusb::add_controller(&mut xs, &cfg).unwrap();
+        (xs, id)
     }
 }
 
