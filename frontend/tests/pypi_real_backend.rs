@@ -7,9 +7,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
 use common::client::Client;
 use common::stack::stack;
 use common::wait_for;
@@ -88,29 +85,5 @@ fn pypi_usbip_client_uses_storage_through_the_stack() {
             .any(|d| d.busid == "1-1")
             .then_some(())
     });
-    let mut child = Command::new(&python)
-        .arg("-c")
-        .arg(SCRIPT)
-        .arg(s.port.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("PyPI usbip client did not finish in 30 s\n{}", s.logs());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("PYPI-STACK-OK"),
-        "client failed ({}):\n{stdout}\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr),
-        s.logs()
-    );
+    common::pypi::run_client(&python, SCRIPT, s.port, "PYPI-STACK-OK", || s.logs());
 }

@@ -6,13 +6,13 @@
 //! The client runs in a venv this test creates under Cargo's target tmpdir (pip reaches
 //! PyPI once; later runs reuse it). If that fails the test fails, unless PVUSB_NO_PYPI=1.
 
+mod common;
+
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pvusb_frontend::usbip::{
     CmdSubmit, Completion, ConnEvent, Direction, Event, ExportedDevice, InterfaceClass, Limits,
@@ -216,50 +216,11 @@ h.close()
 print("PYPI-USBIP-OK")
 "#;
 
-fn run(cmd: &mut Command) -> Result<String, String> {
-    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "{cmd:?} failed ({}):\n{}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
-
-/// A venv with usbip==0.7.0, created once per target dir; `done` marks a finished install.
-fn venv() -> Result<PathBuf, String> {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pypi-usbip-0.7.0");
-    let python = dir.join("bin/python");
-    if dir.join("done").exists() {
-        return Ok(python);
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-    run(Command::new("python3").args(["-m", "venv"]).arg(&dir))?;
-    run(Command::new(&python).args([
-        "-m",
-        "pip",
-        "install",
-        "--disable-pip-version-check",
-        "-q",
-        "usbip==0.7.0",
-    ]))?;
-    std::fs::write(dir.join("done"), "usbip==0.7.0\n").map_err(|e| e.to_string())?;
-    Ok(python)
-}
-
 #[test]
 fn pypi_usbip_client_imports_and_transfers() {
-    if std::env::var("PVUSB_NO_PYPI").as_deref() == Ok("1") {
-        println!("skipped: PVUSB_NO_PYPI=1");
+    let Some(python) = common::pypi::python() else {
         return;
-    }
-    let python = venv().unwrap_or_else(|e| {
-        panic!("cannot set up the PyPI usbip 0.7.0 test peer (needs python3-venv and PyPI access; set PVUSB_NO_PYPI=1 to skip):\n{e}")
-    });
+    };
 
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -272,30 +233,7 @@ fn pypi_usbip_client_imports_and_transfers() {
         }
     });
 
-    let mut child = Command::new(&python)
-        .arg("-c")
-        .arg(CLIENT)
-        .arg(port.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("PyPI usbip client did not finish in 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("PYPI-USBIP-OK"),
-        "client failed ({}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::pypi::run_client(&python, CLIENT, port, "PYPI-USBIP-OK", String::new);
 
     let seen = seen.lock().unwrap();
     assert_eq!(seen.devlists, 1);

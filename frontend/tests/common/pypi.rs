@@ -2,7 +2,8 @@
 //! created once under Cargo's target tmpdir (pip reaches PyPI once; later runs reuse it).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 fn run(cmd: &mut Command) -> Result<String, String> {
     let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
@@ -47,4 +48,35 @@ pub fn python() -> Option<PathBuf> {
         panic!("cannot set up the PyPI usbip 0.7.0 test peer (needs python3-venv and PyPI access; set PVUSB_NO_PYPI=1 to skip):\n{e}");
     }
     Some(python)
+}
+
+/// Runs `script` with `port` as its argument under the venv's `python`, and panics unless
+/// it exits 0 within 30 s having printed `marker`; `logs` adds the daemons' logs to the
+/// failure message.
+pub fn run_client(python: &Path, script: &str, port: u16, marker: &str, logs: impl Fn() -> String) {
+    let mut child = Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .arg(port.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("PyPI usbip client did not finish in 30 s\n{}", logs());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains(marker),
+        "client failed ({}):\n{stdout}\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        logs()
+    );
 }
