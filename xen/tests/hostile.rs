@@ -29,6 +29,33 @@ fn answer(fd: &OwnedFd) -> Option<(u32, Reply)> {
     (got.len > 0).then(|| Reply::parse(&buf[..got.len]).unwrap())
 }
 
+/// A raw dom0 client's MAP (seq 1) of dom1's `pages` with `access`: the reply datagram and
+/// the memfds passed with it. The connection stays open as long as this lives.
+struct RawMap {
+    _conn: OwnedFd,
+    reply: Vec<u8>,
+    fds: Vec<OwnedFd>,
+}
+
+impl RawMap {
+    fn new(sim: &Sim, pages: &pvusb_xen::GrantedPages, access: pvusb_xen::Access) -> RawMap {
+        let conn = raw(sim, DomId::DOM0);
+        let req = Request::Map {
+            domid: DomId(1),
+            access,
+            refs: pages.grefs().to_vec(),
+        };
+        send(&conn, &req.emit(1));
+        let mut buf = [0u8; 4096];
+        let got = fdpass::recv(conn.as_fd(), &mut buf, 4, RecvFlags::empty()).unwrap();
+        RawMap {
+            _conn: conn,
+            reply: buf[..got.len].to_vec(),
+            fds: got.fds,
+        }
+    }
+}
+
 fn still_serving(sim: &Sim) {
     let dom0 = SimPlatform::connect(sim.dir.path(), DomId::DOM0).unwrap();
     assert_eq!(
@@ -235,20 +262,12 @@ fn a_read_only_grant_fd_refuses_writable_mmap_even_for_a_raw_client() {
     let dom1 = sim.domain(1);
     let pages = dom1.alloc(DomId(0), 1, Access::ReadOnly).unwrap();
     // A hostile dom0 client asks for a read-only mapping and tries to map the fd writable.
-    let fd = raw(&sim, DomId::DOM0);
-    let req = Request::Map {
-        domid: DomId(1),
-        access: Access::ReadOnly,
-        refs: pages.grefs().to_vec(),
-    };
-    send(&fd, &req.emit(1));
-    let mut buf = [0u8; 4096];
-    let got = fdpass::recv(fd.as_fd(), &mut buf, 4, RecvFlags::empty()).unwrap();
+    let map = RawMap::new(&sim, &pages, Access::ReadOnly);
     assert!(matches!(
-        Reply::parse(&buf[..got.len]),
+        Reply::parse(&map.reply),
         Ok((1, Reply::Mapped { nfds: 1, .. }))
     ));
-    let memfd = &got.fds[0];
+    let memfd = &map.fds[0];
     // SAFETY: a fresh kernel-chosen mapping (no MAP_FIXED) that nothing references; it is
     // unmapped below if the kernel wrongly grants it.
     let r = unsafe {
@@ -276,16 +295,8 @@ fn a_grantee_cannot_resize_granted_memory() {
     let sim = Sim::new();
     let dom1 = sim.domain(1);
     let pages = dom1.alloc(DomId(0), 1, Access::Writable).unwrap();
-    let fd = raw(&sim, DomId::DOM0);
-    let req = Request::Map {
-        domid: DomId(1),
-        access: Access::Writable,
-        refs: pages.grefs().to_vec(),
-    };
-    send(&fd, &req.emit(1));
-    let mut buf = [0u8; 4096];
-    let got = fdpass::recv(fd.as_fd(), &mut buf, 4, RecvFlags::empty()).unwrap();
-    let memfd = &got.fds[0];
+    let map = RawMap::new(&sim, &pages, Access::Writable);
+    let memfd = &map.fds[0];
     assert_eq!(
         rustix::fs::ftruncate(memfd, 0),
         Err(rustix::io::Errno::PERM)
