@@ -37,8 +37,7 @@ fn controller_and_device_lifecycle_matches_libxl() {
     let list = sim.xl(&["usb-list", "guest1"]).output().unwrap();
     assert!(list.status.success());
     insta::assert_snapshot!("3_usb_list", stdout(&list));
-    let json = sim.xl(&["--json", "usb-list", "1"]).output().unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let v = sim.json(&["usb-list", "1"]);
     assert_eq!(v[0]["devid"], 0);
     assert_eq!(v[0]["port_list"][0]["busid"], "1-1");
     assert_eq!(v[0]["port_list"][0]["bus"], 1);
@@ -81,17 +80,7 @@ fn usbdev_attach_creates_a_controller_and_fills_ports_in_order() {
     sim.xl(&["usbctrl-attach", "guest1", "ports=1"])
         .assert()
         .success();
-    let o = sim
-        .xl(&[
-            "--json",
-            "usbdev-attach",
-            "guest1",
-            "hostbus=1",
-            "hostaddr=2",
-        ])
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let v = sim.json(&["usbdev-attach", "guest1", "hostbus=1", "hostaddr=2"]);
     assert_eq!(
         (
             v["busid"].as_str(),
@@ -102,17 +91,7 @@ fn usbdev_attach_creates_a_controller_and_fills_ports_in_order() {
     );
     assert_eq!(v["created_controller"], false);
     // Controller 0 is full: a new controller 1 (8 ports, version 2) is created.
-    let o = sim
-        .xl(&[
-            "--json",
-            "usbdev-attach",
-            "guest1",
-            "hostbus=1",
-            "hostaddr=3",
-        ])
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let v = sim.json(&["usbdev-attach", "guest1", "hostbus=1", "hostaddr=3"]);
     assert_eq!(
         (
             v["busid"].as_str(),
@@ -211,8 +190,7 @@ fn assignable_list_shows_ids_names_and_assignment() {
         .output()
         .unwrap();
     insta::assert_snapshot!("assignable_assigned_usb_ids", stdout(&after));
-    let json = sim.xl(&["--json", "usb-assignable-list"]).output().unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let v = sim.json(&["usb-assignable-list"]);
     assert_eq!(v[0]["busid"], "1-1");
     assert_eq!(v[0]["id"], "1209:0002");
     assert_eq!(v[0]["assigned"]["domid"], 2);

@@ -60,6 +60,12 @@ impl Sim {
         c
     }
 
+    /// `xl-usb --json ...`: its stdout as JSON.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let o = self.xl(&[&["--json"], args].concat()).output().unwrap();
+        serde_json::from_slice(&o.stdout).unwrap()
+    }
+
     pub fn plug_stick(&self, serial: &str) -> String {
         let mut spec = DeviceSpec::new(ModelSpec::Storage {
             size_bytes: 1 << 20,
