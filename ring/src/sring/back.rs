@@ -4,10 +4,10 @@ use core::marker::PhantomData;
 
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
-use super::header::{need_notify, RingSetupError, SharedRing};
+use super::header::{publish_and_check_notify, request_event, RingSetupError, SharedRing};
 use super::{entry_size, ConsumeError, ProduceError};
 use crate::shm::Shm;
-use crate::sync::{fence, Ordering};
+use crate::sync::Ordering;
 
 /// ring.h's `__name##_back_ring`: the private indices of the side that serves requests.
 /// The order for each request is: overflow check, copy out (`RING_COPY_REQUEST`), then the
@@ -126,15 +126,9 @@ where
     /// `RING_PUSH_RESPONSES_AND_CHECK_NOTIFY`: publish staged responses; true if the
     /// frontend asked to be notified (send an event).
     pub fn push_responses_and_check_notify(&mut self) -> bool {
-        let old = self.published;
-        let new = self.rsp_prod_pvt;
-        // wmb: the frontend sees the responses before the index.
-        self.sring.rsp_prod().store(new, Ordering::Release);
-        self.published = new;
-        // mb: the frontend sees the new index before we read rsp_event.
-        fence(Ordering::SeqCst);
-        let event = self.sring.rsp_event().load(Ordering::Relaxed);
-        need_notify(old, new, event)
+        let old = core::mem::replace(&mut self.published, self.rsp_prod_pvt);
+        let (prod, event) = (self.sring.rsp_prod(), self.sring.rsp_event());
+        publish_and_check_notify(prod, event, old, self.rsp_prod_pvt)
     }
 
     /// `RING_FINAL_CHECK_FOR_REQUESTS`: true if requests are waiting; otherwise asks for an
@@ -143,11 +137,7 @@ where
         if self.unconsumed_requests()? > 0 {
             return Ok(true);
         }
-        self.sring
-            .req_event()
-            .store(self.req_cons.wrapping_add(1), Ordering::Relaxed);
-        // mb: publish req_event before re-reading req_prod.
-        fence(Ordering::SeqCst);
+        request_event(self.sring.req_event(), self.req_cons);
         Ok(self.unconsumed_requests()? > 0)
     }
 }

@@ -4,10 +4,10 @@ use core::marker::PhantomData;
 
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
-use super::header::{need_notify, RingSetupError, SharedRing};
+use super::header::{publish_and_check_notify, request_event, RingSetupError, SharedRing};
 use super::{entry_size, ConsumeError, ProduceError};
 use crate::shm::Shm;
-use crate::sync::{fence, Ordering};
+use crate::sync::Ordering;
 
 /// ring.h's `__name##_front_ring`: the private producer/consumer indices of the side that
 /// issues requests. Requests are staged with [`FrontRing::push_request`] and published with
@@ -105,16 +105,9 @@ where
     /// `RING_PUSH_REQUESTS_AND_CHECK_NOTIFY`: publish staged requests; true if the backend
     /// asked to be notified (send an event).
     pub fn push_requests_and_check_notify(&mut self) -> bool {
-        let old = self.published;
-        let new = self.req_prod_pvt;
-        // wmb: the backend sees the requests before the index.
-        self.sring.req_prod().store(new, Ordering::Release);
-        self.published = new;
-        // mb: the backend sees the new index before we read req_event; paired with the
-        // fence in its final check, one of us sees the other's store.
-        fence(Ordering::SeqCst);
-        let event = self.sring.req_event().load(Ordering::Relaxed);
-        need_notify(old, new, event)
+        let old = core::mem::replace(&mut self.published, self.req_prod_pvt);
+        let (prod, event) = (self.sring.req_prod(), self.sring.req_event());
+        publish_and_check_notify(prod, event, old, self.req_prod_pvt)
     }
 
     /// Responses published and not yet consumed, after ring.h's overflow check.
@@ -150,11 +143,7 @@ where
         if self.unconsumed_responses()? > 0 {
             return Ok(true);
         }
-        self.sring
-            .rsp_event()
-            .store(self.rsp_cons.wrapping_add(1), Ordering::Relaxed);
-        // mb: publish rsp_event before re-reading rsp_prod.
-        fence(Ordering::SeqCst);
+        request_event(self.sring.rsp_event(), self.rsp_cons);
         Ok(self.unconsumed_responses()? > 0)
     }
 }

@@ -6,7 +6,7 @@ use zerocopy::little_endian::U32;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use crate::shm::{Access, AtomicWord, Shm, ShmError};
-use crate::sync::Ordering;
+use crate::sync::{fence, AtomicU32, Ordering};
 use crate::wire::PAGE_SIZE;
 
 /// ring.h's `struct __name##_sring` without the entries: the first 64 bytes of a ring.
@@ -164,6 +164,32 @@ impl SharedRing {
 /// peer's event index lies in `(old, new]`, i.e. `(u32)(new - event) < (u32)(new - old)`.
 pub const fn need_notify(old: u32, new: u32, event: u32) -> bool {
     new.wrapping_sub(event) < new.wrapping_sub(old)
+}
+
+/// ring.h's `PUSH_*_AND_CHECK_NOTIFY` after the slots are written: publishes producer index
+/// `new` (last published: `old`) and tells whether the peer asked, through `event`, to be
+/// notified of an entry in `(old, new]`.
+pub(super) fn publish_and_check_notify(
+    prod: &AtomicU32,
+    event: &AtomicU32,
+    old: u32,
+    new: u32,
+) -> bool {
+    // wmb: the peer sees the entries before the index.
+    prod.store(new, Ordering::Release);
+    // mb: the peer sees the new index before we read its event index; paired with the
+    // fence in its final check, one of us sees the other's store.
+    fence(Ordering::SeqCst);
+    need_notify(old, new, event.load(Ordering::Relaxed))
+}
+
+/// The middle of ring.h's `FINAL_CHECK_FOR_*`: asks for an event on the entry after `cons`.
+/// The caller then checks the producer index again, so no entry published meanwhile is
+/// missed.
+pub(super) fn request_event(event: &AtomicU32, cons: u32) {
+    event.store(cons.wrapping_add(1), Ordering::Relaxed);
+    // mb: publish the event index before re-reading the producer index.
+    fence(Ordering::SeqCst);
 }
 
 #[cfg(all(test, not(loom)))]
