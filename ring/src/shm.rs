@@ -105,8 +105,18 @@ mod imp {
             self.access
         }
 
+        pub fn read_only(&self) -> Self {
+            let mut v = self.clone();
+            v.access = Access::ReadOnly;
+            v
+        }
+
         pub fn addr(&self) -> usize {
             self.base.as_ptr() as usize
+        }
+
+        pub fn base_ptr(&self) -> *mut u8 {
+            self.base.as_ptr()
         }
 
         pub fn slice(&self, off: usize, len: usize) -> Result<Self, ShmError> {
@@ -328,6 +338,12 @@ mod imp {
             self.access
         }
 
+        pub fn read_only(&self) -> Self {
+            let mut v = self.clone();
+            v.access = Access::ReadOnly;
+            v
+        }
+
         pub fn addr(&self) -> usize {
             self.off
         }
@@ -413,6 +429,14 @@ impl Shm {
         Shm(unsafe { imp::Shm::from_raw_parts(base, len, access) })
     }
 
+    /// Start address of the view, for handing to the kernel (usbfs submits it as an URB
+    /// buffer). Reaching the bytes through it is the caller's `unsafe` business: the pointer
+    /// is valid for [`Shm::len`] bytes while this view (or a clone) lives.
+    #[cfg(not(loom))]
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.0.base_ptr()
+    }
+
     /// Makes every view of this region (this one and later clones and slices) hold `owner`,
     /// typically the mapping's RAII handle, so the mapping outlives them.
     pub fn with_owner(mut self, owner: std::sync::Arc<dyn Send + Sync>) -> Self {
@@ -439,6 +463,11 @@ impl Shm {
     /// Whether writes are allowed.
     pub fn access(&self) -> Access {
         self.0.access()
+    }
+
+    /// The same region, through which writes are refused (narrowing is always allowed).
+    pub fn read_only(&self) -> Self {
+        Shm(self.0.read_only())
     }
 
     /// The sub-region `off..off+len`, sharing the mapping.
@@ -573,6 +602,19 @@ mod tests {
         let sub = shm.slice(4, 8).unwrap();
         sub.atomic_u32(4).unwrap().store(7, Ordering::Relaxed);
         assert_eq!(shm.copy_out::<u32>(8).unwrap(), 7);
+    }
+
+    #[test]
+    fn read_only_view_refuses_writes_and_sees_the_region() {
+        let rw = Shm::heap(32);
+        let ro = rw.slice(8, 16).unwrap().read_only();
+        assert_eq!(ro.access(), Access::ReadOnly);
+        assert_eq!(ro.write(0, &[1]), Err(ShmError::ReadOnly));
+        rw.write(8, &[7; 16]).unwrap();
+        let mut got = [0u8; 16];
+        ro.read(0, &mut got).unwrap();
+        assert_eq!(got, [7; 16]);
+        assert_eq!(ro.as_ptr() as usize, rw.as_ptr() as usize + 8);
     }
 
     #[test]

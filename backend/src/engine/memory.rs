@@ -14,16 +14,16 @@ pub trait Mapped: Send + Sync + fmt::Debug {
     /// The mapping as a [`Shm`] a ring can work on (a writable one-page ring mapping);
     /// every view of the `Shm` keeps the mapping alive.
     fn into_shm(self: Box<Self>) -> Option<Shm>;
+    /// The whole mapping as a data [`Shm`] (read-only when mapped read-only): the engine
+    /// copies through it and hands slices of it to the host as URB buffers. The mapping is
+    /// unmapped when the last view is dropped.
+    fn into_data(self: Box<Self>) -> Option<Shm>;
     /// Length in bytes (pages × 4096).
     fn len(&self) -> usize;
     /// Never true for a real mapping (at least one page).
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// Copies bytes out; false if the range is outside the mapping.
-    fn read_at(&self, off: usize, buf: &mut [u8]) -> bool;
-    /// Copies bytes in; false if outside the mapping or mapped read-only.
-    fn write_at(&self, off: usize, data: &[u8]) -> bool;
 }
 
 /// Maps one frontend domain's grants.
@@ -49,14 +49,11 @@ impl Mapped for GrantMapping {
         let shm = unsafe { Shm::from_raw_parts(base, len, access) };
         Some(shm.with_owner(owner))
     }
+    fn into_data(self: Box<Self>) -> Option<Shm> {
+        self.into_shm()
+    }
     fn len(&self) -> usize {
         GrantMapping::len(self)
-    }
-    fn read_at(&self, off: usize, buf: &mut [u8]) -> bool {
-        GrantMapping::read_at(self, off, buf).is_ok()
-    }
-    fn write_at(&self, off: usize, data: &[u8]) -> bool {
-        GrantMapping::write_at(self, off, data).is_ok()
     }
 }
 

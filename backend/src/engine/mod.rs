@@ -509,6 +509,9 @@ impl Engine {
         };
         if outstanding == 0 {
             let r = run.payload.finish(&mut run.pieces);
+            // The pieces' buffers may be views of the guest pages: drop them first, so the
+            // payload's drop (before the response is pushed) is what unmaps.
+            drop(run.pieces);
             let _ = link.backend.handle_host_done(id, r, run.payload);
         } else {
             link.running.insert(id, run);
@@ -531,6 +534,8 @@ impl Engine {
         if run.pieces.iter().all(|p| p.done.is_some()) {
             if let Some(mut run) = link.running.remove(&id) {
                 let r = run.payload.finish(&mut run.pieces);
+                // As in `submit`: the host's views of the guest pages go before the payload.
+                drop(run.pieces);
                 if let Err(e) = link.backend.handle_host_done(id, r, run.payload) {
                     warn!(parent: &self.span, id = e.id, "host completion the state machine did not expect");
                 }

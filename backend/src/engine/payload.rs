@@ -2,10 +2,16 @@
 //! mapped pages, the host URBs it becomes (split like libusb when too large), and how the
 //! pieces' results fold back into one answer.
 //!
-//! Data is bounced through buffers owned by the host URBs: OUT bytes are copied out of the
-//! read-only mapping before submission (the mapping is dropped at once), IN bytes are copied
-//! into the writable mapping when the transfer ends, before the response is pushed.
+//! Bulk and interrupt data is zero copy when the guest's segments form one contiguous run of
+//! the mapping (what every frontend sends for page-aligned buffers): IN pieces are slices of
+//! the writable mapping the host fills directly, OUT pieces slices of the read-only mapping
+//! it reads. The mapping then lives until the response (the slices hold it; every one is
+//! back from the host and dropped before the payload is), so it is still unmapped before the
+//! response is pushed (contract 7). A guest that rewrites an OUT page while the host reads
+//! it only changes its own data; the host copies bytes out before it parses them. Control,
+//! isochronous and scattered buffers are bounced through buffers owned by the host URBs.
 
+use pvusb_ring::shm::Shm;
 use pvusb_ring::urb::backend::HostResult;
 use pvusb_ring::wire::{IsoPacket, Setup, Status};
 
@@ -16,30 +22,40 @@ use crate::host::{errno, Completion, HostUrb, IsoPacketResult, UrbBuf, UrbFlags,
 /// stream order, truncated to the transfer length.
 #[derive(Debug)]
 pub struct GuestBuf {
-    map: Box<dyn Mapped>,
+    map: Shm,
     spans: Vec<(usize, usize)>,
     len: usize,
 }
 
 impl GuestBuf {
     /// `segs` are `(page offset, length)` of the mapped pages in order; the stream is
-    /// their concatenation, cut at `len`.
-    pub fn new(map: Box<dyn Mapped>, segs: impl Iterator<Item = (u16, u16)>, len: usize) -> Self {
-        let mut spans = Vec::new();
+    /// their concatenation, cut at `len`. `None` if the mapping has no data view.
+    pub fn new(
+        map: Box<dyn Mapped>,
+        segs: impl Iterator<Item = (u16, u16)>,
+        len: usize,
+    ) -> Option<Self> {
+        let map = map.into_data()?;
+        let mut spans: Vec<(usize, usize)> = Vec::new();
         let mut left = len;
         for (page, (off, seg_len)) in segs.enumerate() {
             if left == 0 {
                 break;
             }
             let take = usize::from(seg_len).min(left);
-            spans.push((page * pvusb_ring::wire::PAGE_SIZE + usize::from(off), take));
+            let start = page * pvusb_ring::wire::PAGE_SIZE + usize::from(off);
+            // Merge runs that continue each other, so a page-aligned buffer is one span.
+            match spans.last_mut() {
+                Some((s, l)) if *s + *l == start => *l += take,
+                _ => spans.push((start, take)),
+            }
             left -= take;
         }
-        GuestBuf {
+        Some(GuestBuf {
             map,
             spans,
             len: len - left,
-        }
+        })
     }
 
     /// Bytes in the stream.
@@ -50,6 +66,20 @@ impl GuestBuf {
     /// True for an empty stream.
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Stream bytes `off..off+n` as a view of the mapping, when the stream is one run.
+    pub fn window(&self, off: usize, n: usize) -> Option<Shm> {
+        let [(start, len)] = self.spans.as_slice() else {
+            return None;
+        };
+        let end = off.checked_add(n).filter(|&e| e <= *len)?;
+        self.map.slice(start + off, end - off).ok()
+    }
+
+    /// True when the stream is one contiguous run of the mapping (zero copy possible).
+    pub fn is_contiguous(&self) -> bool {
+        self.spans.len() == 1
     }
 
     /// Walks the spans covering stream bytes `off..off+n`, calling `f(map_off, buf_off, len)`.
@@ -74,7 +104,8 @@ impl GuestBuf {
     pub fn gather(&self, off: usize, out: &mut [u8]) -> bool {
         let map = &self.map;
         self.walk(off, out.len(), |m, b, n| {
-            out.get_mut(b..b + n).is_some_and(|dst| map.read_at(m, dst))
+            out.get_mut(b..b + n)
+                .is_some_and(|dst| map.read(m, dst).is_ok())
         })
     }
 
@@ -82,7 +113,8 @@ impl GuestBuf {
     pub fn scatter(&self, off: usize, data: &[u8]) -> bool {
         let map = &self.map;
         self.walk(off, data.len(), |m, b, n| {
-            data.get(b..b + n).is_some_and(|src| map.write_at(m, src))
+            data.get(b..b + n)
+                .is_some_and(|src| map.write(m, src).is_ok())
         })
     }
 }
@@ -121,8 +153,11 @@ pub enum Plan {
 pub struct Payload {
     /// What to submit.
     pub plan: Plan,
-    /// IN data pages, written when the transfer ends.
+    /// IN data pages: the host writes them directly (zero copy) or they are written from
+    /// the bounce buffers when the transfer ends.
     pub data_in: Option<GuestBuf>,
+    /// OUT data pages the host reads directly (zero copy; `Plan`'s `out` is then empty).
+    pub data_out: Option<GuestBuf>,
     /// Isochronous frame descriptors (mapped writable).
     pub desc: Option<GuestBuf>,
 }
@@ -170,7 +205,13 @@ impl Payload {
             added_short_not_ok: added,
             done: None,
         };
-        match &mut self.plan {
+        let Payload {
+            plan,
+            data_in,
+            data_out,
+            ..
+        } = self;
+        match plan {
             Plan::Ctrl { setup, out, .. } => {
                 let wlen = usize::from(setup.length());
                 let mut buf = vec![0u8; 8 + wlen];
@@ -219,10 +260,13 @@ impl Payload {
                     if added || (*short_not_ok && is_in) {
                         flags |= UrbFlags::SHORT_NOT_OK;
                     }
-                    let buf = if is_in {
-                        UrbBuf::zeroed(n)
-                    } else {
-                        UrbBuf::from_vec(out.get(offset..offset + n).unwrap_or_default().to_vec())
+                    let direct = if is_in { &*data_in } else { &*data_out };
+                    let buf = match direct.as_ref().and_then(|g| g.window(offset, n)) {
+                        Some(view) => UrbBuf::shared(view),
+                        None if is_in => UrbBuf::zeroed(n),
+                        None => UrbBuf::from_vec(
+                            out.get(offset..offset + n).unwrap_or_default().to_vec(),
+                        ),
                     };
                     let t = tag();
                     urbs.push(HostUrb::new(t, *kind, *endpoint, flags, buf));
@@ -294,12 +338,13 @@ impl Payload {
                 for p in pieces.iter() {
                     let Some(c) = &p.done else { break };
                     let got = (c.actual_length as usize).min(p.len);
-                    if let Some(g) = &self.data_in {
+                    if let Some(g) = self.data_in.as_ref().filter(|_| !c.buf.is_shared()) {
                         let mut data = vec![0u8; got];
                         if c.buf.read_at(0, &mut data) && g.scatter(p.offset, &data) {
                             actual += got;
                         }
                     } else {
+                        // OUT, or IN the host wrote straight into the guest's pages.
                         actual += got;
                     }
                     // A short piece we flagged ourselves ends the transfer early but is

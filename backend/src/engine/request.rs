@@ -13,6 +13,9 @@ use crate::host::{CtrlError, XferKind};
 
 /// What to do with a submit request.
 #[derive(Debug)]
+// Returned once and moved straight into the state machine: boxing the payload would only
+// add an allocation per URB.
+#[allow(clippy::large_enum_variant)]
 pub enum Prepared {
     /// Answer it now without the host.
     Local(UrbResult, &'static str),
@@ -96,25 +99,30 @@ pub fn prepare(slot: &mut PortSlot, sub: &Submit, mem: &dyn GuestMemory) -> Prep
         None
     } else {
         let refs: Vec<u32> = sub.data_segs().iter().map(|s| s.gref).collect();
-        match mem.map(&refs, is_in) {
-            Ok(map) => Some(GuestBuf::new(
-                map,
-                sub.data_segs().iter().map(|s| (s.offset, s.length)),
-                len,
-            )),
-            Err(_) => return local(Status::Inval, "data grants do not map"),
+        let segs = sub.data_segs().iter().map(|s| (s.offset, s.length));
+        match mem
+            .map(&refs, is_in)
+            .ok()
+            .and_then(|m| GuestBuf::new(m, segs, len))
+        {
+            Some(g) => Some(g),
+            None => return local(Status::Inval, "data grants do not map"),
         }
     };
-    // OUT: copy the bytes now and drop the mapping; IN: keep it until the transfer ends.
-    let (out, data_in) = match data {
+    // IN: keep the mapping until the transfer ends. OUT bulk/interrupt in one run: keep the
+    // read-only mapping for the host to read (zero copy); other OUT: copy the bytes now and
+    // drop the mapping.
+    let direct_out = matches!(sub.xfer, Transfer::Bulk | Transfer::Int { .. });
+    let (out, data_in, data_out) = match data {
+        Some(g) if !is_in && direct_out && g.is_contiguous() => (Vec::new(), None, Some(g)),
         Some(g) if !is_in && sub.pipe.xfer_type() != XferType::Isoc => {
             let mut out = vec![0u8; g.len()];
             if !g.gather(0, &mut out) {
                 return local(Status::Inval, "data grants unreadable");
             }
-            (out, None)
+            (out, None, None)
         }
-        other => (Vec::new(), other),
+        other => (Vec::new(), other, None),
     };
     let endpoint = sub.pipe.endpoint().address();
     let plan = match sub.xfer {
@@ -138,13 +146,14 @@ pub fn prepare(slot: &mut PortSlot, sub: &Submit, mem: &dyn GuestMemory) -> Prep
             let desc_segs = sub.frame_desc_segs();
             let refs: Vec<u32> = desc_segs.iter().map(|s| s.gref).collect();
             let desc_len = usize::from(iso.number_of_packets) * 16;
-            let desc = match mem.map(&refs, true) {
-                Ok(map) => GuestBuf::new(
-                    map,
-                    desc_segs.iter().map(|s| (s.offset, s.length)),
-                    desc_len,
-                ),
-                Err(_) => return local(Status::Inval, "frame descriptor grants do not map"),
+            let segs = desc_segs.iter().map(|s| (s.offset, s.length));
+            let desc = match mem
+                .map(&refs, true)
+                .ok()
+                .and_then(|m| GuestBuf::new(m, segs, desc_len))
+            {
+                Some(g) => g,
+                None => return local(Status::Inval, "frame descriptor grants do not map"),
             };
             let mut bytes = vec![0u8; desc_len];
             if !desc.gather(0, &mut bytes) {
@@ -178,6 +187,7 @@ pub fn prepare(slot: &mut PortSlot, sub: &Submit, mem: &dyn GuestMemory) -> Prep
                     start_frame: iso.start_frame,
                 },
                 data_in: if is_in { data_in } else { None },
+                data_out: None,
                 desc: Some(desc),
             });
         }
@@ -185,6 +195,7 @@ pub fn prepare(slot: &mut PortSlot, sub: &Submit, mem: &dyn GuestMemory) -> Prep
     Prepared::Host(Payload {
         plan,
         data_in,
+        data_out,
         desc: None,
     })
 }

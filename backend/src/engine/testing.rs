@@ -106,11 +106,16 @@ impl Mapped for FakeMap {
     fn len(&self) -> usize {
         self.copy.len()
     }
-    fn read_at(&self, off: usize, buf: &mut [u8]) -> bool {
-        self.copy.read(off, buf).is_ok()
-    }
-    fn write_at(&self, off: usize, data: &[u8]) -> bool {
-        self.writable && self.copy.write(off, data).is_ok()
+    fn into_data(self: Box<Self>) -> Option<Shm> {
+        // A read-only copy for read-only mappings, so writes are refused as by the kernel.
+        let view = if self.writable {
+            self.copy.clone()
+        } else {
+            self.copy.read_only()
+        };
+        // Written back to the guest's pages when the last view drops the mapping.
+        let owner: Arc<dyn Send + Sync> = Arc::new(*self);
+        Some(view.with_owner(owner))
     }
 }
 

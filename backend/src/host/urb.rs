@@ -3,6 +3,8 @@
 use std::fmt;
 use std::ptr::NonNull;
 
+use pvusb_ring::shm::Shm;
+
 /// Linux errno values the host layer reports, as positive numbers (statuses are `-errno`).
 pub mod errno {
     pub const ENOENT: i32 = 2;
@@ -70,16 +72,27 @@ bitflags::bitflags! {
 /// from `submit` until the matching `Completion` is reaped (DESIGN contract 7), and hands the
 /// same `UrbBuf` back inside that completion (or inside `Refused`).
 ///
-/// Either owned (allocated here, freed on drop) or borrowed (e.g. a gntdev mapping: zero
-/// copy), built with the `unsafe` [`UrbBuf::from_raw_parts`].
+/// Either owned (allocated here, freed on drop), shared (a view of guest memory, e.g. a grant
+/// mapping: zero copy; the view keeps the mapping alive) or borrowed (built with the `unsafe`
+/// [`UrbBuf::from_raw_parts`]).
 pub struct UrbBuf {
     ptr: NonNull<u8>,
     len: usize,
-    owned: bool,
+    mem: Mem,
 }
 
-// SAFETY: an owned buffer is a plain heap allocation; a borrowed one is valid from any thread
-// per `from_raw_parts`'s contract. UrbBuf hands out no shared references across threads.
+enum Mem {
+    /// A `Box<[u8]>` of `len` bytes we free.
+    Owned,
+    /// Memory another party may write: copies are volatile (through `pvusb_ring::shm`).
+    Shared(Box<Shm>),
+    /// Memory kept valid by `from_raw_parts`'s caller.
+    Borrowed,
+}
+
+// SAFETY: an owned buffer is a plain heap allocation; a shared one is a `Shm` (Send + Sync);
+// a borrowed one is valid from any thread per `from_raw_parts`'s contract. UrbBuf hands out
+// no shared references across threads.
 unsafe impl Send for UrbBuf {}
 
 impl UrbBuf {
@@ -98,7 +111,20 @@ impl UrbBuf {
         UrbBuf {
             ptr,
             len,
-            owned: true,
+            mem: Mem::Owned,
+        }
+    }
+
+    /// The bytes of a shared-memory view (guest pages): the host reads and writes the guest's
+    /// memory directly. A read-only view refuses [`UrbBuf::write_at`] (an OUT buffer); the
+    /// view keeps its mapping alive for as long as this value (or the completion carrying
+    /// it) exists, so the engine must drop it before it unmaps (DESIGN contract 7).
+    pub fn shared(shm: Shm) -> Self {
+        let ptr = NonNull::new(shm.as_ptr()).unwrap_or(NonNull::dangling());
+        UrbBuf {
+            ptr,
+            len: shm.len(),
+            mem: Mem::Shared(Box::new(shm)),
         }
     }
 
@@ -107,14 +133,13 @@ impl UrbBuf {
     /// # Safety
     /// `ptr..ptr+len` must stay mapped, readable and writable for as long as this `UrbBuf`
     /// (and any `HostUrb`/`Completion` carrying it) exists, and must not be freed or reused
-    /// until it is dropped. Other parties (a guest) may write the bytes concurrently: readers
-    /// then see some mix of old and new bytes, never undefined behaviour in this crate,
-    /// because it only ever copies the bytes with raw-pointer copies.
+    /// until it is dropped, and no other party may write the bytes while it exists (memory
+    /// a guest may write goes through [`UrbBuf::shared`], whose copies are volatile).
     pub unsafe fn from_raw_parts(ptr: NonNull<u8>, len: usize) -> Self {
         UrbBuf {
             ptr,
             len,
-            owned: false,
+            mem: Mem::Borrowed,
         }
     }
 
@@ -130,7 +155,12 @@ impl UrbBuf {
 
     /// True if dropping this value frees the memory.
     pub fn is_owned(&self) -> bool {
-        self.owned
+        matches!(self.mem, Mem::Owned)
+    }
+
+    /// True for a view of guest memory ([`UrbBuf::shared`]): IN data is already in place.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.mem, Mem::Shared(_))
     }
 
     /// Start address (what usbfs's `buffer` field gets).
@@ -138,23 +168,26 @@ impl UrbBuf {
         self.ptr.as_ptr()
     }
 
-    /// The bytes of an owned buffer (`None` for borrowed memory another party may write).
+    /// The bytes of an owned buffer (`None` for memory another party may reach).
     pub fn as_slice(&self) -> Option<&[u8]> {
         // SAFETY: owned memory is ours alone; `&self` stops `as_mut_slice`/`write_at` from
         // running while the slice lives.
-        self.owned
+        self.is_owned()
             .then(|| unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) })
     }
 
-    /// Mutable bytes of an owned buffer (`None` for borrowed memory).
+    /// Mutable bytes of an owned buffer (`None` for memory another party may reach).
     pub fn as_mut_slice(&mut self) -> Option<&mut [u8]> {
         // SAFETY: as `as_slice`, with `&mut self` making the access unique.
-        self.owned
+        self.is_owned()
             .then(|| unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) })
     }
 
     /// Copies `dst.len()` bytes starting at `off` out of the buffer; false if out of range.
     pub fn read_at(&self, off: usize, dst: &mut [u8]) -> bool {
+        if let Mem::Shared(shm) = &self.mem {
+            return shm.read(off, dst).is_ok();
+        }
         match off.checked_add(dst.len()) {
             Some(end) if end <= self.len => {
                 // SAFETY: `off..end` is inside the buffer (checked above), valid per the
@@ -172,9 +205,13 @@ impl UrbBuf {
         }
     }
 
-    /// Copies `src` into the buffer at `off`; false if out of range. Takes `&mut self`: only
-    /// the current holder of the buffer (the device, while in flight) may write it.
+    /// Copies `src` into the buffer at `off`; false if out of range (or a read-only shared
+    /// view). Takes `&mut self`: only the current holder of the buffer (the device, while in
+    /// flight) may write it.
     pub fn write_at(&mut self, off: usize, src: &[u8]) -> bool {
+        if let Mem::Shared(shm) = &self.mem {
+            return shm.write(off, src).is_ok();
+        }
         match off.checked_add(src.len()) {
             Some(end) if end <= self.len => {
                 // SAFETY: as `read_at`, in the other direction.
@@ -191,22 +228,23 @@ impl UrbBuf {
         }
     }
 
-    /// The bytes of an owned buffer as a `Vec`; `None` (and the value back) if borrowed.
+    /// The bytes of an owned buffer as a `Vec`; `None` (and the value back) if not owned.
     pub fn into_vec(self) -> Result<Vec<u8>, UrbBuf> {
-        if !self.owned {
+        if !self.is_owned() {
             return Err(self);
         }
         let this = std::mem::ManuallyDrop::new(self);
         let raw = std::ptr::slice_from_raw_parts_mut(this.ptr.as_ptr(), this.len);
         // SAFETY: owned buffers come from `Box::into_raw` of a `Box<[u8]>` of this length;
-        // ManuallyDrop stops our Drop from freeing it a second time.
+        // ManuallyDrop stops our Drop from freeing it a second time (an owned value holds
+        // nothing else to drop).
         Ok(unsafe { Box::from_raw(raw) }.into_vec())
     }
 }
 
 impl Drop for UrbBuf {
     fn drop(&mut self) {
-        if self.owned {
+        if self.is_owned() {
             let raw = std::ptr::slice_from_raw_parts_mut(self.ptr.as_ptr(), self.len);
             // SAFETY: see `into_vec`; this is the only other place that frees it.
             drop(unsafe { Box::from_raw(raw) });
@@ -216,10 +254,15 @@ impl Drop for UrbBuf {
 
 impl fmt::Debug for UrbBuf {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mem = match self.mem {
+            Mem::Owned => "owned",
+            Mem::Shared(_) => "shared",
+            Mem::Borrowed => "borrowed",
+        };
         f.debug_struct("UrbBuf")
             .field("ptr", &self.ptr)
             .field("len", &self.len)
-            .field("owned", &self.owned)
+            .field("mem", &mem)
             .finish()
     }
 }
@@ -414,6 +457,29 @@ mod tests {
         let b = b.into_vec().unwrap_err();
         drop(b);
         assert_eq!(backing[0], 1);
+    }
+
+    #[test]
+    fn shared_buffer_reaches_guest_memory_and_keeps_it_alive() {
+        let guest = Shm::heap(4096);
+        let mut b = UrbBuf::shared(guest.slice(100, 16).unwrap());
+        assert!(b.is_shared() && !b.is_owned() && b.as_slice().is_none());
+        assert_eq!(b.as_ptr() as usize, guest.as_ptr() as usize + 100);
+        assert!(b.write_at(14, &[5, 6]));
+        assert!(!b.write_at(15, &[5, 6]));
+        let mut byte = [0u8; 1];
+        guest.read(115, &mut byte).unwrap();
+        assert_eq!(byte, [6]);
+        guest.write(100, &[9]).unwrap();
+        assert!(b.read_at(0, &mut byte));
+        assert_eq!(byte, [9]);
+        // The view outlives every other handle of the memory.
+        drop(guest);
+        assert!(b.read_at(15, &mut byte));
+        assert_eq!(byte, [6]);
+        let mut ro = UrbBuf::shared(Shm::heap(8).read_only());
+        assert!(!ro.write_at(0, &[1]));
+        assert!(ro.into_vec().is_err());
     }
 
     #[test]
