@@ -3,7 +3,7 @@
 //! in one transaction, as xen-hcd does.
 
 use pvusb_ring::urb::aca::FEATURE_ACA;
-use xenstore_cfg::vusb::{keys, MAX_PORTS};
+use xenstore_cfg::vusb::{self, keys};
 use xenstore_cfg::xenbus::{RingInfo, XenbusState};
 use xenstore_cfg::{Xs, XsError, XsOps};
 
@@ -52,14 +52,7 @@ pub fn read_paths(xs: &mut impl XsOps, fe_dir: &str) -> Result<Paths, XsError> {
 
 /// Reads `num-ports`, `usb-ver` and `feature-aca` from the backend directory.
 pub fn read_offer(xs: &mut impl XsOps, be_dir: &str) -> Result<BackendOffer, XsError> {
-    let np_path = format!("{be_dir}/{}", keys::NUM_PORTS);
-    let np = xs.read_string(&np_path)?;
-    let num_ports = np
-        .trim()
-        .parse::<u8>()
-        .ok()
-        .filter(|n| (1..=MAX_PORTS).contains(n))
-        .ok_or_else(|| bad(np_path, np.clone()))?;
+    let num_ports = vusb::read_num_ports(xs, be_dir)?;
     let ver_path = format!("{be_dir}/{}", keys::USB_VER);
     let ver = xs.read_string(&ver_path)?;
     let usb_ver = ver

@@ -358,21 +358,28 @@ pub struct BackendView {
     pub ports: Vec<Option<String>>,
 }
 
-/// Reads `usb-ver`, `num-ports` and every `port/<n>` from a backend directory.
-pub fn read_backend(xs: &mut impl XsOps, id: &VusbId) -> Result<BackendView, XsError> {
-    let dir = id.backend_dir();
-    let bad = |path: String, value: String| XsError::BadValue { path, value };
-    let ver_path = format!("{dir}/{}", keys::USB_VER);
-    let ver = xs.read_string(&ver_path)?;
-    let usb_ver = UsbVer::parse(&ver).ok_or_else(|| bad(ver_path, ver.clone()))?;
-    let np_path = format!("{dir}/{}", keys::NUM_PORTS);
-    let np = xs.read_string(&np_path)?;
-    let num_ports = np
-        .trim()
+/// Reads `num-ports` from backend directory `dir`; a value outside 1..=[`MAX_PORTS`] is
+/// [`XsError::BadValue`].
+pub fn read_num_ports(xs: &mut impl XsOps, dir: &str) -> Result<u8, XsError> {
+    let path = format!("{dir}/{}", keys::NUM_PORTS);
+    let np = xs.read_string(&path)?;
+    np.trim()
         .parse::<u8>()
         .ok()
         .filter(|n| (1..=MAX_PORTS).contains(n))
-        .ok_or_else(|| bad(np_path, np.clone()))?;
+        .ok_or(XsError::BadValue { path, value: np })
+}
+
+/// Reads `usb-ver`, `num-ports` and every `port/<n>` from a backend directory.
+pub fn read_backend(xs: &mut impl XsOps, id: &VusbId) -> Result<BackendView, XsError> {
+    let dir = id.backend_dir();
+    let ver_path = format!("{dir}/{}", keys::USB_VER);
+    let ver = xs.read_string(&ver_path)?;
+    let usb_ver = UsbVer::parse(&ver).ok_or_else(|| XsError::BadValue {
+        path: ver_path,
+        value: ver.clone(),
+    })?;
+    let num_ports = read_num_ports(xs, &dir)?;
     let mut ports = Vec::with_capacity(usize::from(num_ports));
     for p in 1..=num_ports {
         let v = xs.try_read(&id.port_path(p))?.unwrap_or_default();
