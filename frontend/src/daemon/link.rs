@@ -2,6 +2,7 @@
 //! OP_REQ_DEVLIST / OP_REQ_IMPORT answers.
 
 use std::io::{self, Read, Write};
+use std::time::{Duration, Instant};
 
 use mio::net::{TcpStream, UnixStream};
 use mio::{Interest, Token};
@@ -13,6 +14,8 @@ use crate::usbip::{
 };
 
 /// Most URBs one client may have outstanding.
+/// How long a gone device's connection may take to drain the answers it owes.
+pub(super) const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 pub(super) const MAX_IN_FLIGHT: usize = 256;
 /// Largest transfer accepted from a client. With [`MAX_IN_FLIGHT`] this bounds what one
 /// connection can make the daemon buffer (1 GiB; Linux drivers stay far below: usb-storage
@@ -119,6 +122,10 @@ pub(super) struct Link {
     pub(super) token: Token,
     pub(super) bound: Option<Bound>,
     pub(super) span: tracing::Span,
+    /// Set when the device went away: the connection only writes out the answers it still
+    /// owes (every outstanding URB, failed) and is closed once they are out or this
+    /// deadline passes, so a client that stops reading cannot keep it open.
+    pub(super) draining: Option<Instant>,
 }
 
 impl Daemon {
@@ -145,6 +152,7 @@ impl Daemon {
         self.links.insert(
             id,
             Link {
+                draining: None,
                 stream,
                 wire,
                 token,
@@ -204,6 +212,11 @@ impl Daemon {
             let Some(link) = self.links.get_mut(&id) else {
                 return;
             };
+            if link.draining.is_some() {
+                // The device is gone: nothing more is read, the answers owed are written.
+                self.flush_links();
+                return;
+            }
             let status = usbip::read_some(&mut link.stream, &mut link.wire, buf, READ_BUDGET);
             let (fatal, again) = match status {
                 Ok(ReadStatus::Eof) => (Some("client closed the connection".to_owned()), false),
@@ -329,6 +342,15 @@ impl Daemon {
             if let Err(e) = usbip::write_some(&mut link.stream, &mut link.wire) {
                 let why = format!("write: {e}");
                 self.close_link(id, &why);
+                continue;
+            }
+            if let Some(deadline) = link.draining {
+                let drained = usbip::Wire::pending_tx(&link.wire).is_empty();
+                if drained || Instant::now() >= deadline {
+                    if let Some(link) = self.drop_link(id) {
+                        tracing::info!(parent: &link.span, drained, "USB/IP connection closed: device gone");
+                    }
+                }
                 continue;
             }
             if let Wire::Tcp(c) = &link.wire {

@@ -255,6 +255,8 @@ impl Daemon {
     /// Periodic work: grants waiting for the backend to unmap, stuck handshakes.
     fn tick(&mut self) {
         self.retired.retry();
+        // Connections of gone devices whose client stopped reading end at their deadline.
+        self.flush_links();
         let devids: Vec<u32> = self.ctrls.keys().copied().collect();
         for devid in devids {
             self.probe_backend(devid);

@@ -3,13 +3,14 @@
 
 use std::collections::BTreeMap;
 use std::os::fd::AsFd;
+use std::time::Instant;
 
 use pvusb_ring::urb::frontend::Handle;
 use pvusb_ring::urb::split::Shape;
 use pvusb_ring::urb::UrbResult;
 use pvusb_ring::wire::{Port, Speed as RingSpeed, XferType};
 
-use super::link::{Bound, Stream, Wire, MAX_IN_FLIGHT};
+use super::link::{Bound, Stream, Wire, DRAIN_TIMEOUT, MAX_IN_FLIGHT};
 use super::Daemon;
 use crate::bridge::{Bridge, Mapped};
 use crate::engine::{Kind, Output, Payload};
@@ -227,11 +228,12 @@ impl Daemon {
             if let Some(s) = link.wire.session() {
                 s.complete_all(status);
             }
-            let _ = crate::usbip::write_some(&mut link.stream, &mut link.wire);
+            // Contract 5: every outstanding URB is answered with the error before EOF. The
+            // answers may not fit the socket buffer now; the link drains them, then closes.
+            link.bound = None;
+            link.draining = Some(Instant::now() + DRAIN_TIMEOUT);
         }
-        if let Some(link) = self.drop_link(id) {
-            tracing::info!(parent: &link.span, "USB/IP connection closed: device gone");
-        }
+        self.flush_links();
     }
 
     /// Answers, from a dead engine, the transfers of ports that are about to close.
