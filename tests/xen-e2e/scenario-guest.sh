@@ -22,6 +22,10 @@ LOCAL=0; grep -q 'e2e\.local' /proc/cmdline && LOCAL=1
 
 log() { echo "guest-agent: $*"; }
 up() { cut -d' ' -f1 /proc/uptime; }
+# Deadlines by the clock, not by counting polls: under TCG one poll can take seconds.
+# deadline SECONDS: DL = uptime (whole seconds) + SECONDS; expired: the deadline has passed.
+deadline() { local u; read -r u _ </proc/uptime; DL=$((${u%.*} + $1)); }
+expired() { local u; read -r u _ </proc/uptime; [ "${u%.*}" -ge "$DL" ]; }
 mbps() { awk -v mb="$1" -v a="$2" -v b="$3" 'BEGIN { t = b - a; if (t <= 0) t = 0.01; printf "%.2f", mb / t }'; }
 xs_write() { if [ "$LOCAL" = 1 ]; then echo "E2E-XS $1 = $2"; else xenstore-write "$1" "$2"; fi; }
 put() { xs_write "$D/m/$1" "$2"; }
@@ -49,10 +53,10 @@ find_disk() {
 
 # wait_disk SECONDS
 wait_disk() {
-    local i=0 n; n=$(($1 * 5))
-    while [ "$i" -lt "$n" ]; do
+    deadline "$1"
+    until expired; do
         DISK=$(find_disk) && [ -b "/dev/$DISK" ] && return 0
-        i=$((i + 1)); sleep 0.2
+        sleep 0.5
     done
     return 1
 }
@@ -85,19 +89,20 @@ io_test() {
 # verify SECONDS: until the deadline, wait for the disk and read back (a VERIFY_MB prefix of)
 # what io_test wrote.
 verify() {
-    local n=$(($1 * 5)) i=0 mb sr t0 t1
+    local i=0 mb sr t0 t1
     [ -f /tmp/pattern.sha ] || { OUT="nothing written before"; return 1; }
     mb=$(cat /tmp/pattern.mb)
-    while [ "$i" -lt "$n" ]; do
+    deadline "$1"
+    until expired; do
         if DISK=$(find_disk) && [ -b "/dev/$DISK" ]; then
             t0=$(up)
             sr=$(dd if="/dev/$DISK" bs=1M count="$mb" iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)
             t1=$(up)
             if [ "$sr" = "$(cat /tmp/pattern.sha)" ]; then
-                OUT="dev=$DISK data intact (found after $((i / 5)).$((i % 5 * 2))s) read_mbps=$(mbps "$mb" "$t0" "$t1")"; return 0
+                OUT="dev=$DISK data intact (after $i polls) read_mbps=$(mbps "$mb" "$t0" "$t1")"; return 0
             fi
         fi
-        i=$((i + 1)); sleep 0.2
+        i=$((i + 1)); sleep 0.5
     done
     OUT="disk ${DISK:-absent}: data not readable/intact within $1 s"; return 1
 }
@@ -115,26 +120,29 @@ hold_open() {
 
 # check-gone SECONDS: the held disk must disappear and its reader must end (or be killable).
 check_gone() {
-    local n=$(($1 * 5)) i=0 pid st j=0
+    local pid st t0 t1 gone
     pid=$(cat /tmp/reader.pid 2>/dev/null)
-    while [ -e "/sys/block/$HELD" ] && [ "$i" -lt "$n" ]; do i=$((i + 1)); sleep 0.2; done
+    t0=$(up); deadline "$1"
+    while [ -e "/sys/block/$HELD" ] && ! expired; do sleep 0.2; done
     [ -e "/sys/block/$HELD" ] && { OUT="/dev/$HELD still present after $1 s"; return 1; }
-    while [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && [ "$j" -lt 50 ]; do j=$((j + 1)); sleep 0.2; done
+    t1=$(up); gone=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }')
+    deadline 10
+    while [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && ! expired; do sleep 0.2; done
     if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
         pkill -KILL -P "$pid"; kill -KILL "$pid"; sleep 2
         st=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)
-        [ -n "$st" ] && [ "$st" != Z ] && { OUT="$HELD gone after $((i / 5)) s but reader stuck (state $st)"; return 1; }
-        OUT="$HELD gone after $((i / 5)).$((i % 5 * 2)) s; reader had to be killed"
+        [ -n "$st" ] && [ "$st" != Z ] && { OUT="$HELD gone after ${gone}s but reader stuck (state $st)"; return 1; }
+        OUT="$HELD gone after ${gone}s; reader had to be killed"
     else
-        OUT="$HELD gone after $((i / 5)).$((i % 5 * 2)) s; reader ended by itself"
+        OUT="$HELD gone after ${gone}s; reader ended by itself"
     fi
     timeout 20 sync || { OUT="$OUT; sync hangs"; return 1; }
 }
 
 stop_frontend() {
     local p; p=$(pidof pvusb-frontend) || { OUT="frontend not running"; return 0; }
-    kill -TERM $p; i=0
-    while pidof pvusb-frontend >/dev/null && [ "$i" -lt 50 ]; do i=$((i + 1)); sleep 0.2; done
+    kill -TERM $p; deadline 10
+    while pidof pvusb-frontend >/dev/null && ! expired; do sleep 0.2; done
     pidof pvusb-frontend >/dev/null && { kill -KILL $p; OUT="frontend needed SIGKILL"; return 1; }
     OUT="frontend stopped"
 }
