@@ -64,6 +64,27 @@ impl Region {
         len: usize,
         access: Access,
     ) -> Result<Region, Errno> {
+        Self::mmap_shared(fd, offset, len, access, MapFlags::empty())
+    }
+
+    /// [`Region::map_shared`] with the pages populated up front (see [`Region::map_fixed`]):
+    /// the simulated mapper's one-run case, one mmap instead of a reservation plus a fill.
+    pub(crate) fn map_shared_populated(
+        fd: BorrowedFd<'_>,
+        offset: u64,
+        len: usize,
+        access: Access,
+    ) -> Result<Region, Errno> {
+        Self::mmap_shared(fd, offset, len, access, MapFlags::POPULATE)
+    }
+
+    fn mmap_shared(
+        fd: BorrowedFd<'_>,
+        offset: u64,
+        len: usize,
+        access: Access,
+        extra: MapFlags,
+    ) -> Result<Region, Errno> {
         if len == 0 {
             return Err(Errno::INVAL);
         }
@@ -74,7 +95,7 @@ impl Region {
                 std::ptr::null_mut(),
                 len,
                 prot(access),
-                MapFlags::SHARED,
+                MapFlags::SHARED | extra,
                 fd,
                 offset,
             )?

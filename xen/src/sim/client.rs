@@ -214,6 +214,31 @@ fn build_mapping(
     if usize::try_from(nfds).ok() != Some(fds.len()) || pages.len() != count {
         return Err(BrokerError::BadReply("page list or fds do not match").into());
     }
+    // The usual case (a request's pages granted together): one run of one memfd.
+    if let Some(first) = pages.first() {
+        let one_run = pages.iter().enumerate().all(|(i, p)| {
+            p.fd_index == first.fd_index
+                && u64::from(p.file_page) == u64::from(first.file_page) + i as u64
+        });
+        if one_run {
+            let fd = usize::try_from(first.fd_index)
+                .ok()
+                .and_then(|k| fds.get(k))
+                .ok_or(BrokerError::BadReply("fd index out of range"))?;
+            let offset = u64::from(first.file_page)
+                .checked_mul(PAGE_SIZE as u64)
+                .ok_or(BrokerError::BadReply("page offset"))?;
+            let len = count
+                .checked_mul(PAGE_SIZE)
+                .ok_or(BrokerError::BadReply("page count"))?;
+            return Region::map_shared_populated(fd.as_fd(), offset, len, access).map_err(
+                |errno| MapError::Os {
+                    op: "mmap grant",
+                    errno,
+                },
+            );
+        }
+    }
     let mut region = Region::reserve(count, access).map_err(|errno| MapError::Os {
         op: "mmap reserve",
         errno,
