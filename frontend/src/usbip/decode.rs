@@ -161,6 +161,18 @@ impl ByteQueue {
         self.start = end;
         Some(out)
     }
+
+    /// What follows a header: `data_len` bytes of data then `iso_len` bytes of iso
+    /// descriptors, once all of it arrived.
+    fn take_payload(
+        &mut self,
+        data_len: usize,
+        iso_len: usize,
+    ) -> Option<(Vec<u8>, Vec<IsoPacket>)> {
+        let payload = self.take(data_len.saturating_add(iso_len))?;
+        let (data, iso) = payload.split_at(data_len.min(payload.len()));
+        Some((data.to_vec(), read_iso(iso)))
+    }
 }
 
 fn read_header(q: &mut ByteQueue) -> Option<RawHeader> {
@@ -298,12 +310,9 @@ impl CmdDecoder {
         let Some(p) = &self.pending else {
             return Ok(None);
         };
-        let need = p.data_len.saturating_add(p.iso_len);
-        let Some(payload) = self.queue.take(need) else {
+        let Some((data, iso)) = self.queue.take_payload(p.data_len, p.iso_len) else {
             return Ok(None);
         };
-        let (data, iso) = payload.split_at(p.data_len.min(payload.len()));
-        let (data, iso) = (data.to_vec(), read_iso(iso));
         let Some(mut p) = self.pending.take() else {
             return Ok(None);
         };
@@ -439,12 +448,9 @@ impl RetDecoder {
         let Some(p) = &self.pending else {
             return Ok(None);
         };
-        let need = p.data_len.saturating_add(p.iso_len);
-        let Some(payload) = self.queue.take(need) else {
+        let Some((data, iso)) = self.queue.take_payload(p.data_len, p.iso_len) else {
             return Ok(None);
         };
-        let (data, iso) = payload.split_at(p.data_len.min(payload.len()));
-        let (data, iso) = (data.to_vec(), read_iso(iso));
         let Some(mut p) = self.pending.take() else {
             return Ok(None);
         };
