@@ -400,21 +400,8 @@ impl Model for Storage {
                     residue,
                     status,
                 },
-            ) => {
-                self.state = State::Csw {
-                    tag: *tag,
-                    residue: *residue,
-                    status: *status,
-                };
-                Poll::Stall
-            }
-            (EP_OUT, _) => {
-                // A CBW while a command is still open: the host lost track (§6.6.1).
-                self.state = State::NeedsReset;
-                Poll::Stall
-            }
-            (EP_IN, State::DataIn { .. }) => self.data_in(io),
-            (
+            )
+            | (
                 EP_IN,
                 State::StallIn {
                     tag,
@@ -429,6 +416,12 @@ impl Model for Storage {
                 };
                 Poll::Stall
             }
+            (EP_OUT, _) => {
+                // A CBW while a command is still open: the host lost track (§6.6.1).
+                self.state = State::NeedsReset;
+                Poll::Stall
+            }
+            (EP_IN, State::DataIn { .. }) => self.data_in(io),
             (
                 EP_IN,
                 State::Csw {
