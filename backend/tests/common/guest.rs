@@ -290,22 +290,10 @@ impl Guest {
         setup: Setup,
         out: &[u8],
     ) -> (UrbResponse, Vec<u8>) {
-        let len = usize::from(setup.length());
-        let buf = (len > 0).then(|| {
-            let b = self.alloc(len, !setup.is_in());
-            if !setup.is_in() {
-                b.pages.write_at(0, out).unwrap();
-            }
-            b
-        });
+        let buf = self.buffer(usize::from(setup.length()), setup.is_in(), out);
         let pipe = Pipe::new(port, dev, Ep::new(0, setup.is_in()), XferType::Ctrl);
         let id = self.submit(pipe, Transfer::Ctrl { setup: setup.0 }, buf, 0);
-        let (r, b) = self.wait(id);
-        let data = match b {
-            Some(b) if setup.is_in() => b.read(r.actual_length as usize),
-            _ => Vec::new(),
-        };
-        (r, data)
+        self.finish(id, setup.is_in())
     }
 
     /// A bulk (or interrupt) transfer on `ep`.
@@ -319,9 +307,25 @@ impl Guest {
         in_len: usize,
     ) -> (UrbResponse, Vec<u8>) {
         let id = self.start(port, dev, ep, ty, data, in_len, 0);
+        self.finish(id, ep & 0x80 != 0)
+    }
+
+    /// A buffer of `len` bytes (none for 0) for a transfer; an OUT one holds `out`.
+    fn buffer(&self, len: usize, is_in: bool, out: &[u8]) -> Option<Buf> {
+        (len > 0).then(|| {
+            let b = self.alloc(len, !is_in);
+            if !is_in {
+                b.pages.write_at(0, out).unwrap();
+            }
+            b
+        })
+    }
+
+    /// Waits for request `id`: its response and, for an IN transfer, the bytes it filled.
+    fn finish(&mut self, id: u16, is_in: bool) -> (UrbResponse, Vec<u8>) {
         let (r, b) = self.wait(id);
         let data = match b {
-            Some(b) if ep & 0x80 != 0 => b.read(r.actual_length as usize),
+            Some(b) if is_in => b.read(r.actual_length as usize),
             _ => Vec::new(),
         };
         (r, data)
@@ -340,13 +344,7 @@ impl Guest {
     ) -> u16 {
         let is_in = ep & 0x80 != 0;
         let len = if is_in { in_len } else { data.len() };
-        let buf = (len > 0).then(|| {
-            let b = self.alloc(len, !is_in);
-            if !is_in {
-                b.pages.write_at(0, data).unwrap();
-            }
-            b
-        });
+        let buf = self.buffer(len, is_in, data);
         let pipe = Pipe::new(port, dev, Ep::from_address(ep), ty);
         let xfer = match ty {
             XferType::Int => Transfer::Int { interval: 8 },
