@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::model::{Identity, Io, Model, Poll, Setup};
 use super::spec::Faults;
-use crate::host::desc::dt;
+use crate::host::desc::{dt, ConfigDescriptor};
 use crate::host::{
     errno, Completion, CtrlError, DiscardError, HostUrb, Refused, SubmitError, UrbFlags, XferKind,
 };
@@ -546,16 +546,20 @@ impl Core {
         Ok(())
     }
 
-    /// SET_INTERFACE: the interface's in-flight URBs end with -ESHUTDOWN.
-    pub fn set_interface(&mut self, iface: u8, alt: u8) -> Result<(), CtrlError> {
+    /// The configuration the device is in, for a request that needs one.
+    fn current_config(&self) -> Result<&ConfigDescriptor, CtrlError> {
         if self.gone {
             return Err(CtrlError::Gone);
         }
-        let cfg = self
-            .ident
+        self.ident
             .descriptors
             .config(self.config)
-            .ok_or(CtrlError::Invalid)?;
+            .ok_or(CtrlError::Invalid)
+    }
+
+    /// SET_INTERFACE: the interface's in-flight URBs end with -ESHUTDOWN.
+    pub fn set_interface(&mut self, iface: u8, alt: u8) -> Result<(), CtrlError> {
+        let cfg = self.current_config()?;
         if cfg.alt(iface, alt).is_none() {
             return Err(CtrlError::Invalid);
         }
@@ -573,14 +577,7 @@ impl Core {
 
     /// CLEAR_HALT: the endpoint runs again; the model hears of it.
     pub fn clear_halt(&mut self, ep: u8) -> Result<(), CtrlError> {
-        if self.gone {
-            return Err(CtrlError::Gone);
-        }
-        let cfg = self
-            .ident
-            .descriptors
-            .config(self.config)
-            .ok_or(CtrlError::Invalid)?;
+        let cfg = self.current_config()?;
         if ep & 0x7f != 0 && cfg.find_endpoint(|i| self.alt_of(i), ep).is_none() {
             return Err(CtrlError::Invalid);
         }
