@@ -65,11 +65,7 @@ impl Xenstored {
             actions: VecDeque::new(),
             pending_initial_event: None,
         };
-        let caller = Caller {
-            domid: 0,
-            privileged: true,
-            target: None,
-        };
+        let caller = Caller::DOM0;
         let mut view = View::new(&mut s.store, None);
         let mut ops = Ops::new(&mut view, caller, &s.quotas);
         for (path, value) in [

@@ -38,11 +38,7 @@ impl Xenstored {
         let home = domain_path(domid);
         let mut changes = Vec::new();
         if self.store.get(&home).is_none() {
-            let caller = Caller {
-                domid: 0,
-                privileged: true,
-                target: None,
-            };
+            let caller = Caller::DOM0;
             let mut view = View::new(&mut self.store, None);
             let mut ops = Ops::new(&mut view, caller, &self.quotas);
             let tool = Perms::owner(0, PermKind::None).with(PermKind::Read, domid);
@@ -96,11 +92,7 @@ impl Xenstored {
                 *t = None;
             }
         }
-        let caller = Caller {
-            domid: 0,
-            privileged: true,
-            target: None,
-        };
+        let caller = Caller::DOM0;
         let mut view = View::new(&mut self.store, None);
         let mut ops = Ops::new(&mut view, caller, &self.quotas);
         // ENOENT if the toolstack already removed the home: nothing to do.

@@ -16,6 +16,15 @@ pub struct Caller {
     pub target: Option<DomId>,
 }
 
+impl Caller {
+    /// The daemon itself acting as dom0 (initial nodes, domain homes and their removal).
+    pub const DOM0: Caller = Caller {
+        domid: 0,
+        privileged: true,
+        target: None,
+    };
+}
+
 /// Access rights of a caller on a node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Access {
@@ -193,15 +202,7 @@ impl<'v, 'a> Ops<'v, 'a> {
         match self.get_node(path, Need::Write) {
             Ok(mut node) => {
                 node.value = value;
-                self.check_size(&node)?;
-                let perms = node.perms.clone();
-                self.view.set(path, Some(node));
-                self.changes.push(Change {
-                    path: path.to_owned(),
-                    exact: false,
-                    perms,
-                });
-                Ok(())
+                self.replace(path, node)
             }
             Err(XsErrno::ENOENT) => self.create(path, value),
             Err(e) => Err(e),
@@ -320,8 +321,15 @@ impl<'v, 'a> Ops<'v, 'a> {
                 return Err(XsErrno::EPERM);
             }
         }
-        node.perms = perms.clone();
+        node.perms = perms;
+        self.replace(path, node)
+    }
+
+    /// Stores a changed existing node (within the size quota) and records the change for
+    /// the watches.
+    fn replace(&mut self, path: &str, node: Node) -> Result<(), XsErrno> {
         self.check_size(&node)?;
+        let perms = node.perms.clone();
         self.view.set(path, Some(node));
         self.changes.push(Change {
             path: path.to_owned(),
