@@ -13,7 +13,7 @@ use super::{Daemon, XS};
 /// How long the backends get to unmap the rings and data pages before we exit anyway.
 /// systemd's default stop timeout is 90 s; a backend that needs more than this is gone.
 const UNMAP_WAIT: Duration = Duration::from_secs(5);
-/// How often we look again while waiting (xenstore watch events wake us sooner).
+/// How often we look again while waiting (xenstore and socket events wake us sooner).
 const RECHECK: Duration = Duration::from_millis(50);
 
 impl Daemon {
@@ -29,7 +29,14 @@ impl Daemon {
         for &devid in &devids {
             self.teardown(devid, "shutting down");
         }
-        let ids: Vec<usize> = self.links.keys().copied().collect();
+        // Connections of the ports just closed drain the error answers they owe (bounded
+        // by their own deadline); the others (no device imported yet) close now.
+        let ids: Vec<usize> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.draining.is_none())
+            .map(|(&id, _)| id)
+            .collect();
         for id in ids {
             self.close_link(id, "shutting down");
         }
@@ -48,7 +55,8 @@ impl Daemon {
         loop {
             closing.retain(|&devid| !self.close_if_released(devid));
             let grants_ended = self.retired.retry();
-            if closing.is_empty() && grants_ended {
+            self.flush_links();
+            if closing.is_empty() && grants_ended && self.links.is_empty() {
                 break;
             }
             let now = Instant::now();
@@ -56,6 +64,7 @@ impl Daemon {
                 tracing::warn!(
                     controllers = closing.len(),
                     grants_left = !grants_ended,
+                    connections = self.links.len(),
                     "backend did not release everything in time; exiting anyway"
                 );
                 for devid in closing {
