@@ -1,4 +1,4 @@
-//! Engine tests over the in-process rig: data paths, address emulation, unlink, splitting,
+//! Engine tests (compiled only under #[cfg(test)], see engine/mod.rs) over the in-process rig: data paths, address emulation, unlink, splitting,
 //! protocol errors, and the fuzz body under proptest.
 
 use proptest::prelude::*;
