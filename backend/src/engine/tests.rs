@@ -1,5 +1,6 @@
-//! Engine tests (compiled only under #[cfg(test)], see engine/mod.rs) over the in-process rig: data paths, address emulation, unlink, splitting,
-//! protocol errors, and the fuzz body under proptest.
+//! Engine tests (compiled only under #[cfg(test)], see engine/mod.rs) over the in-process
+//! rig: data paths, address emulation, unlink, splitting, protocol errors, and the fuzz body
+//! under proptest.
 
 use proptest::prelude::*;
 use pvusb_ring::wire::{
