@@ -41,6 +41,7 @@ Configuration file (--config, TOML; every key optional):
   max-bulk-urb = 16384              split larger bulk transfers into usbfs URBs
                                     (BULK_CONTINUATION, as libusb does)
   feature-aca = true                offer per-endpoint error containment to frontends
+  feature-persistent = true         offer persistent grants (map each page once)
 
 Examples:
   pvusb-backend                                        # dom0 on Xen
@@ -58,6 +59,7 @@ fn parse_platform(s: &str) -> Result<PlatformKind, String> {
 /// allow = ["1-1", "0627:0001"]   # bus ids or vendor:product (hex); absent = allow all
 /// max-bulk-urb = 16384           # split bulk transfers into usbfs URBs of at most this
 /// feature-aca = true             # offer error containment (feature-aca) to frontends
+/// feature-persistent = true      # offer persistent grants (feature-persistent)
 /// ```
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -73,6 +75,9 @@ pub struct FileConfig {
     /// Offer per-endpoint error containment (`feature-aca`).
     #[serde(default = "yes")]
     pub feature_aca: bool,
+    /// Offer persistent grants (`feature-persistent`).
+    #[serde(default = "yes")]
+    pub feature_persistent: bool,
 }
 
 fn yes() -> bool {
@@ -85,6 +90,7 @@ impl Default for FileConfig {
             allow: None,
             max_bulk_urb: None,
             feature_aca: true,
+            feature_persistent: true,
         }
     }
 }

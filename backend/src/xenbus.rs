@@ -24,6 +24,7 @@ use xenstore_cfg::{Xs, XsOps};
 
 use crate::config::FileConfig;
 use crate::engine::memory::{Grants, GuestMemory};
+use crate::engine::persistent::{Persistent, FEATURE_PERSISTENT, MAX_PERSISTENT};
 use crate::engine::{DeviceState, Engine, EngineConfig, Link};
 use crate::host::{self, HostDevice, Readiness};
 use crate::logging::RateLimit;
@@ -85,6 +86,11 @@ impl Controller {
             env.xs
                 .write(&format!("{be_dir}/{FEATURE_ACA}"), b"1")
                 .context("offering feature-aca")?;
+        }
+        if env.file.feature_persistent {
+            env.xs
+                .write(&format!("{be_dir}/{FEATURE_PERSISTENT}"), b"1")
+                .context("offering feature-persistent")?;
         }
         env.xs
             .watch(&format!("{fe_dir}/{}", keys::STATE), &fe_token(&id))
@@ -207,12 +213,15 @@ impl Controller {
 
     fn connect(&mut self, env: &mut Env<'_>) -> anyhow::Result<()> {
         let rings = read_rings(env.xs, &self.fe_dir).context("reading the ring references")?;
-        let fe_aca = env
-            .xs
-            .try_read(&format!("{}/{FEATURE_ACA}", self.fe_dir))
-            .ok()
-            .flatten()
-            .is_some_and(|v| v.trim_ascii() == b"1");
+        let fe_flag = |env: &mut Env<'_>, key: &str| {
+            env.xs
+                .try_read(&format!("{}/{key}", self.fe_dir))
+                .ok()
+                .flatten()
+                .is_some_and(|v| v.trim_ascii() == b"1")
+        };
+        let fe_aca = fe_flag(env, FEATURE_ACA);
+        let persistent = env.file.feature_persistent && fe_flag(env, FEATURE_PERSISTENT);
         let domid = DomId(self.id.fe);
         let mapper: Arc<dyn GrantMapper> = env.hyp.clone();
         let mem = Grants { mapper, domid };
@@ -248,17 +257,24 @@ impl Controller {
             .add(ch.as_fd(), Readiness::Readable, Token::Evtchn(self.serial))
             .context("polling the event channel")?;
         let aca = env.file.feature_aca && fe_aca;
+        // Persistent grants: the pages stay mapped past their responses (the frontend
+        // promised not to revoke them while connected); a stock peer keeps map-per-request.
+        let mem: Box<dyn GuestMemory> = if persistent {
+            Box::new(Persistent::new(mem, MAX_PERSISTENT))
+        } else {
+            Box::new(mem)
+        };
         let link = Link::new(
             urb,
             conn,
             Box::new(ch.clone()),
-            Box::new(mem),
+            mem,
             self.engine.config().num_ports,
             aca,
         );
         self.engine.connect(link);
         self.evtchn = Some(ch);
-        debug!(parent: &self.span, ?rings, aca, "rings mapped");
+        debug!(parent: &self.span, ?rings, aca, persistent, "rings mapped");
         Ok(())
     }
 

@@ -7,6 +7,9 @@ use xenstore_cfg::vusb::{self, keys};
 use xenstore_cfg::xenbus::{RingInfo, XenbusState};
 use xenstore_cfg::{Xs, XsError, XsOps};
 
+/// Persistent grants (blkif-style): we offer it unconditionally, a backend opts in.
+pub const FEATURE_PERSISTENT: &str = "feature-persistent";
+
 /// Where a controller's two halves live.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Paths {
@@ -86,6 +89,9 @@ pub fn publish(xs: &mut Xs, fe_dir: &str, rings: &RingInfo, aca: bool) -> Result
         if aca {
             w(tx, FEATURE_ACA, "1".into())?;
         }
+        // Every data page comes from the two pools granted once per connection and kept
+        // granted until it ends, so the backend may map each page once.
+        w(tx, FEATURE_PERSISTENT, "1".into())?;
         w(tx, keys::STATE, XenbusState::Connected.as_u32().to_string())
     })
 }

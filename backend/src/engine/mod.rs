@@ -12,6 +12,7 @@
 
 pub mod memory;
 pub mod payload;
+pub mod persistent;
 pub mod port;
 pub mod request;
 #[cfg(any(test, feature = "fuzzing"))]
@@ -439,7 +440,8 @@ impl Engine {
                     payload,
                 } => {
                     // Unmap the grants *before* pushing the response: xen-hcd revokes them
-                    // on completion and treats a live mapping as fatal.
+                    // on completion and treats a live mapping as fatal. With persistent
+                    // grants this only drops the request's views of the cached pages.
                     drop(payload);
                     let rsp = UrbResponse {
                         id,

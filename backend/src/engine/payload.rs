@@ -7,7 +7,9 @@
 //! the writable mapping the host fills directly, OUT pieces slices of the read-only mapping
 //! it reads. The mapping then lives until the response (the slices hold it; every one is
 //! back from the host and dropped before the payload is), so it is still unmapped before the
-//! response is pushed (contract 7). A guest that rewrites an OUT page while the host reads
+//! response is pushed (contract 7; with persistent grants each page is its own cached
+//! mapping, so only a one-page buffer is zero copy and the pages outlive the response).
+//! A guest that rewrites an OUT page while the host reads
 //! it only changes its own data; the host copies bytes out before it parses them. Control,
 //! isochronous and scattered buffers are bounced through buffers owned by the host URBs.
 
@@ -22,8 +24,10 @@ use crate::host::{errno, Completion, HostUrb, IsoPacketResult, UrbBuf, UrbFlags,
 /// stream order, truncated to the transfer length.
 #[derive(Debug)]
 pub struct GuestBuf {
-    map: Shm,
-    spans: Vec<(usize, usize)>,
+    /// One mapping of all the pages, or (persistent grants) one mapping per page.
+    maps: Vec<Shm>,
+    /// `(mapping index, offset in it, length)` in stream order.
+    spans: Vec<(usize, usize, usize)>,
     len: usize,
 }
 
@@ -35,24 +39,29 @@ impl GuestBuf {
         segs: impl Iterator<Item = (u16, u16)>,
         len: usize,
     ) -> Option<Self> {
-        let map = map.into_data()?;
-        let mut spans: Vec<(usize, usize)> = Vec::new();
+        let maps = map.into_pages()?;
+        let per_page = maps.len() > 1;
+        let mut spans: Vec<(usize, usize, usize)> = Vec::new();
         let mut left = len;
         for (page, (off, seg_len)) in segs.enumerate() {
             if left == 0 {
                 break;
             }
             let take = usize::from(seg_len).min(left);
-            let start = page * pvusb_ring::wire::PAGE_SIZE + usize::from(off);
+            let (idx, start) = if per_page {
+                (page, usize::from(off))
+            } else {
+                (0, page * pvusb_ring::wire::PAGE_SIZE + usize::from(off))
+            };
             // Merge runs that continue each other, so a page-aligned buffer is one span.
             match spans.last_mut() {
-                Some((s, l)) if *s + *l == start => *l += take,
-                _ => spans.push((start, take)),
+                Some((i, s, l)) if *i == idx && *s + *l == start => *l += take,
+                _ => spans.push((idx, start, take)),
             }
             left -= take;
         }
         Some(GuestBuf {
-            map,
+            maps,
             spans,
             len: len - left,
         })
@@ -70,11 +79,11 @@ impl GuestBuf {
 
     /// Stream bytes `off..off+n` as a view of the mapping, when the stream is one run.
     pub fn window(&self, off: usize, n: usize) -> Option<Shm> {
-        let [(start, len)] = self.spans.as_slice() else {
+        let [(idx, start, len)] = self.spans.as_slice() else {
             return None;
         };
         let end = off.checked_add(n).filter(|&e| e <= *len)?;
-        self.map.slice(start + off, end - off).ok()
+        self.maps.get(*idx)?.slice(start + off, end - off).ok()
     }
 
     /// True when the stream is one contiguous run of the mapping (zero copy possible).
@@ -82,18 +91,30 @@ impl GuestBuf {
         self.spans.len() == 1
     }
 
-    /// Walks the spans covering stream bytes `off..off+n`, calling `f(map_off, buf_off, len)`.
-    fn walk(&self, off: usize, n: usize, mut f: impl FnMut(usize, usize, usize) -> bool) -> bool {
+    /// Walks the spans covering stream bytes `off..off+n`, calling
+    /// `f(mapping, map_off, buf_off, len)`.
+    fn walk(
+        &self,
+        off: usize,
+        n: usize,
+        mut f: impl FnMut(&Shm, usize, usize, usize) -> bool,
+    ) -> bool {
         let Some(end) = off.checked_add(n).filter(|&e| e <= self.len) else {
             return false;
         };
         let mut pos = 0;
-        for &(map_off, len) in &self.spans {
+        for &(idx, map_off, len) in &self.spans {
             let (s, e) = (pos, pos + len);
             pos = e;
             let lo = s.max(off);
             let hi = e.min(end);
-            if lo < hi && !f(map_off + (lo - s), lo - off, hi - lo) {
+            if lo >= hi {
+                continue;
+            }
+            let Some(map) = self.maps.get(idx) else {
+                return false;
+            };
+            if !f(map, map_off + (lo - s), lo - off, hi - lo) {
                 return false;
             }
         }
@@ -102,8 +123,7 @@ impl GuestBuf {
 
     /// Copies stream bytes `off..off+out.len()` out of the guest pages.
     pub fn gather(&self, off: usize, out: &mut [u8]) -> bool {
-        let map = &self.map;
-        self.walk(off, out.len(), |m, b, n| {
+        self.walk(off, out.len(), |map, m, b, n| {
             out.get_mut(b..b + n)
                 .is_some_and(|dst| map.read(m, dst).is_ok())
         })
@@ -111,8 +131,7 @@ impl GuestBuf {
 
     /// Copies `data` into stream bytes `off..off+data.len()` of the guest pages.
     pub fn scatter(&self, off: usize, data: &[u8]) -> bool {
-        let map = &self.map;
-        self.walk(off, data.len(), |m, b, n| {
+        self.walk(off, data.len(), |map, m, b, n| {
             data.get(b..b + n)
                 .is_some_and(|src| map.write(m, src).is_ok())
         })

@@ -68,6 +68,12 @@ impl Guest {
     /// Connects as frontend of controller `id`: waits for InitWait, grants and publishes the
     /// rings, primes the conn ring, goes Connected and waits for the backend to follow.
     pub fn connect(h: &mut Harness, id: VusbId, aca: bool) -> Guest {
+        Self::connect_with(h, id, aca, false)
+    }
+
+    /// [`Guest::connect`], offering `feature-persistent` too when `persistent`: the guest
+    /// then must keep its data pages granted (reuse the `Buf`s) while connected.
+    pub fn connect_with(h: &mut Harness, id: VusbId, aca: bool, persistent: bool) -> Guest {
         let plat = SimPlatform::connect(h.path(), DomId(id.fe)).unwrap();
         let sock = xenstore_cfg::daemon::domain_socket(h.path(), id.fe);
         let mut xs = Xs::connect(sock).unwrap();
@@ -86,6 +92,10 @@ impl Guest {
         let mut g = Self::attach_rings(plat, xs, id, num_ports);
         if aca {
             g.xs.write(&format!("{}/feature-aca", id.frontend_dir()), b"1")
+                .unwrap();
+        }
+        if persistent {
+            g.xs.write(&format!("{}/feature-persistent", id.frontend_dir()), b"1")
                 .unwrap();
         }
         g.publish();
