@@ -114,6 +114,10 @@ impl Daemon {
             c.span.clone(),
         );
         let connected = c.conn.is_some();
+        // Whether the backend was seen Connected on the rings we published: only then does a
+        // later InitWait mean it restarted. Right after we publish, the backend still reads
+        // InitWait until it has mapped the rings (slow under real Xen), which is no restart.
+        let be_was_connected = c.conn.as_ref().is_some_and(|c| c.be_connected);
         let be = match read_state(&mut self.xs, &be_dir) {
             Ok(s) => s,
             // The backend's directory went with its domain (we may no longer read there).
@@ -128,10 +132,13 @@ impl Daemon {
         tracing::debug!(parent: &span, ?be, connected, "backend state");
         use XenbusState as S;
         match (be, connected) {
-            (S::InitWait | S::Initialised, true) => {
+            (S::InitWait | S::Initialised, true) if be_was_connected => {
                 // The backend restarted and lost our rings: start over with fresh ones.
                 self.teardown(devid, "backend restarted");
                 self.connect(devid);
+            }
+            (S::InitWait | S::Initialised, true) => {
+                // Our rings are published; the backend has not mapped them yet.
             }
             (S::Connected, true) => {
                 if let Some(conn) = self.ctrls.get_mut(&devid).and_then(|c| c.conn.as_mut()) {
