@@ -15,6 +15,12 @@
 //! (the caller answers `-EINVAL`, as for any grant that does not map). Dropping the cache
 //! (disconnect, Closed, controller teardown) unmaps everything once the last in-flight view
 //! is gone.
+//!
+//! Each page is its own mapping, so a multi-page buffer is bounced through the cached pages
+//! (one copy) instead of handed to the host zero copy; that still beats a map/unmap round
+//! trip per request by far (sim bench, 64 KiB QD16: 161 → 516 MB/s), but large transfers
+//! gain least (1 MiB QD16: 214 → 341 MB/s). Mapping pool pages in contiguous runs would
+//! bring zero copy back for them.
 
 use std::collections::HashMap;
 use std::fmt;
