@@ -200,13 +200,19 @@ fn configured(addr: std::net::SocketAddr, busid: &str, logs: impl Fn() -> String
     c
 }
 
+/// The backend configuration of the stock usbif protocol (every request's pages mapped and
+/// unmapped by the backend) and of the negotiated persistent-grant extension.
+fn backend_config(persistent: bool) -> String {
+    format!("feature-persistent = {persistent}\n")
+}
+
 impl Stack {
-    fn new() -> Stack {
+    fn new(persistent: bool) -> Stack {
         let mut p = Platform::new(&[1]);
         let busid = p.plug_as_is(&DeviceSpec::new(ModelSpec::Loopback { capacity: CAPACITY }));
         let id = p.add_controller(1, 0, 4);
         p.assign(&id, 1, Some(&busid));
-        p.start_backend();
+        p.start_backend_with(&backend_config(persistent));
         let addr = p.start_frontend(1);
         let c = configured(addr, "1-1", || p.logs());
         Stack { p, c }
@@ -391,73 +397,94 @@ fn main() {
         return;
     }
     let dur = secs();
-    // PVUSB_BENCH_PROFILE=1: only the stack's 64 KiB QD16 cell (to run under `perf record`).
-    if std::env::var_os("PVUSB_BENCH_PROFILE").is_some() {
-        let c = Stack::new().echo(64 << 10, 16, dur);
+    // PVUSB_BENCH_PROFILE=1: only the stack's 64 KiB QD16 cell (to run under `perf record`);
+    // PVUSB_BENCH_PROFILE=persistent for the persistent-grant backend.
+    if let Some(v) = std::env::var_os("PVUSB_BENCH_PROFILE") {
+        let persistent = v == "persistent";
+        let c = Stack::new(persistent).echo(64 << 10, 16, dur);
         println!(
-            "stack 64K QD16: {:.0} MB/s, {:.2} s CPU/GiB",
+            "stack 64K QD16 (persistent grants: {persistent}): {:.0} MB/s, {:.2} s CPU/GiB",
             c.mb_s, c.cpu_s_per_gib
         );
         return;
     }
     let mut direct = Direct::new();
-    let mut stack = Stack::new();
+    let mut stock = Stack::new(false);
+    let mut pgnt = Stack::new(true);
     println!("pvusb issue-8 benchmark: {dur:?} per cell, sim bulk loopback, echoed MB/s (10^6 B)");
+    println!("stock = usbif as specified (backend maps and unmaps every request's pages);");
+    println!("pgnt = negotiated feature-persistent (each granted page mapped once per connection)");
     println!(
-        "{:>8} {:>3} | {:>9} {:>9} {:>6} | {:>9} {:>9} | {:>11} {:>11}",
+        "{:>8} {:>3} | {:>8} {:>8} {:>6} {:>8} {:>6} | {:>8} {:>8} {:>8} | {:>7} {:>7} {:>7}",
         "size",
         "qd",
         "direct",
-        "stack",
+        "stock",
+        "ratio",
+        "pgnt",
         "ratio",
         "dir URB/s",
         "stk URB/s",
-        "dir cpu/GiB",
-        "stk cpu/GiB"
+        "pg URB/s",
+        "dir c/G",
+        "stk c/G",
+        "pg c/G"
     );
     let mut rows = Vec::new();
     for &size in &SIZES {
         for &qd in &DEPTHS {
             let d = direct.echo(size, qd, dur);
-            let s = stack.echo(size, qd, dur);
+            let s = stock.echo(size, qd, dur);
+            let g = pgnt.echo(size, qd, dur);
             println!(
-                "{:>7}K {:>3} | {:>9.0} {:>9.0} {:>5.1}% | {:>9.0} {:>9.0} | {:>10.2}s {:>10.2}s",
+                "{:>7}K {:>3} | {:>8.0} {:>8.0} {:>5.1}% {:>8.0} {:>5.1}% | {:>8.0} {:>8.0} {:>8.0} | {:>6.2}s {:>6.2}s {:>6.2}s",
                 size >> 10,
                 qd,
                 d.mb_s,
                 s.mb_s,
                 100.0 * s.mb_s / d.mb_s,
+                g.mb_s,
+                100.0 * g.mb_s / d.mb_s,
                 d.urbs_s,
                 s.urbs_s,
+                g.urbs_s,
                 d.cpu_s_per_gib,
-                s.cpu_s_per_gib
+                s.cpu_s_per_gib,
+                g.cpu_s_per_gib
             );
-            rows.push(
-                json!({"size": size, "qd": qd, "direct_mb_s": d.mb_s, "stack_mb_s": s.mb_s,
-                "ratio": s.mb_s / d.mb_s, "direct_cpu_s_per_gib": d.cpu_s_per_gib,
-                "stack_cpu_s_per_gib": s.cpu_s_per_gib}),
-            );
+            rows.push(json!({"size": size, "qd": qd, "direct_mb_s": d.mb_s,
+                "stock_mb_s": s.mb_s, "stock_ratio": s.mb_s / d.mb_s,
+                "persistent_mb_s": g.mb_s, "persistent_ratio": g.mb_s / d.mb_s,
+                "direct_cpu_s_per_gib": d.cpu_s_per_gib,
+                "stock_cpu_s_per_gib": s.cpu_s_per_gib,
+                "persistent_cpu_s_per_gib": g.cpu_s_per_gib}));
         }
     }
-    let (dp, sp) = (direct.ping(LAT_N), stack.ping(LAT_N));
-    let (dc, sc) = (direct.control(LAT_N), stack.control(LAT_N));
-    println!("latency, QD1, µs          p50      p99     p999");
-    for (name, l) in [
-        ("64 B bulk, direct", dp),
-        ("64 B bulk, stack", sp),
-        ("64 B control, direct", dc),
-        ("64 B control, stack", sc),
-    ] {
-        println!("{name:<22} {:>8.1} {:>8.1} {:>8.1}", l.p50, l.p99, l.p999);
-    }
-    println!(
-        "added latency: bulk p50 {:.1} µs p99 {:.1} µs; control p50 {:.1} µs p99 {:.1} µs",
-        sp.p50 - dp.p50,
-        sp.p99 - dp.p99,
-        sc.p50 - dc.p50,
-        sc.p99 - dc.p99
+    let (dp, sp, gp) = (direct.ping(LAT_N), stock.ping(LAT_N), pgnt.ping(LAT_N));
+    let (dc, sc, gc) = (
+        direct.control(LAT_N),
+        stock.control(LAT_N),
+        pgnt.control(LAT_N),
     );
-    drop(stack);
+    println!("latency, QD1, µs          p50      p99     p999   added p50 added p99");
+    for (name, l, base) in [
+        ("64 B bulk, direct", dp, dp),
+        ("64 B bulk, stock", sp, dp),
+        ("64 B bulk, pgnt", gp, dp),
+        ("64 B control, direct", dc, dc),
+        ("64 B control, stock", sc, dc),
+        ("64 B control, pgnt", gc, dc),
+    ] {
+        println!(
+            "{name:<22} {:>8.1} {:>8.1} {:>8.1} {:>9.1} {:>9.1}",
+            l.p50,
+            l.p99,
+            l.p999,
+            l.p50 - base.p50,
+            l.p99 - base.p99
+        );
+    }
+    drop((stock, pgnt));
     let full = std::env::var_os("PVUSB_BENCH_FULL").is_some();
     let devs = if full { 31 } else { 2 };
     println!(
@@ -478,8 +505,10 @@ fn main() {
         );
     }
     let j = json!({"bench": "pvusb-stack", "secs_per_cell": dur.as_secs_f64(), "throughput": rows,
-        "latency_us": {"bulk64_direct": [dp.p50, dp.p99, dp.p999], "bulk64_stack": [sp.p50, sp.p99, sp.p999],
-        "control64_direct": [dc.p50, dc.p99, dc.p999], "control64_stack": [sc.p50, sc.p99, sc.p999]},
+        "latency_us": {"bulk64_direct": [dp.p50, dp.p99, dp.p999],
+        "bulk64_stock": [sp.p50, sp.p99, sp.p999], "bulk64_persistent": [gp.p50, gp.p99, gp.p999],
+        "control64_direct": [dc.p50, dc.p99, dc.p999], "control64_stock": [sc.p50, sc.p99, sc.p999],
+        "control64_persistent": [gc.p50, gc.p99, gc.p999]},
         "scaling": scale});
     println!("{j}");
 }

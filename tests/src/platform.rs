@@ -179,9 +179,15 @@ impl Platform {
 
     /// Starts (or restarts) `pvusb-backend` in dom0.
     pub fn start_backend(&mut self) {
+        self.start_backend_with("");
+    }
+
+    /// Starts (or restarts) `pvusb-backend` in dom0 with `config` (TOML, see
+    /// `pvusb-backend --help`) as its configuration file.
+    pub fn start_backend_with(&mut self, config: &str) {
         self.backend_starts += 1;
         let name = format!("backend{}", self.backend_starts);
-        let args = vec![
+        let mut args = vec![
             "--platform".into(),
             "sim".into(),
             "--sim-dir".into(),
@@ -189,6 +195,11 @@ impl Platform {
             "--domid".into(),
             "0".into(),
         ];
+        if !config.is_empty() {
+            let file = self.path().join(format!("{name}.toml"));
+            std::fs::write(&file, config).expect("writing the backend configuration");
+            args.extend(["--config".into(), file.display().to_string()]);
+        }
         self.backend = Some(Daemon::spawn(
             self.path(),
             &name,
