@@ -192,6 +192,51 @@ mod imp {
     // SAFETY: as above.
     unsafe impl Sync for AtomicWord {}
 
+    /// Copies at least this long go through [`opaque_copy`] (on x86-64): below it the
+    /// word loop is as fast, above it `rep movsb` runs at memcpy speed (64 KiB, cache-hot,
+    /// this VM: 2.2 µs, memcpy 2.8 µs, the volatile word loop 6.0 µs).
+    const REP_MOVSB_MIN: usize = if cfg!(target_arch = "x86_64") {
+        256
+    } else {
+        usize::MAX
+    };
+
+    /// A copy the compiler cannot see into: one `rep movsb`, which reads each source byte
+    /// once and touches nothing outside the two ranges, like the volatile loops, but moves
+    /// cache lines at a time (ERMS). Inline assembly is opaque to the optimiser, so no
+    /// reference to the shared bytes is formed and nothing is assumed about them.
+    ///
+    /// # Safety
+    /// `src..src+len` must be readable and `dst..dst+len` writable, and they must not
+    /// overlap.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn opaque_copy(dst: *mut u8, src: *const u8, len: usize) {
+        // SAFETY: the caller guarantees both ranges; the System V ABI guarantees DF=0 on
+        // entry (forward copy); rcx/rsi/rdi are declared clobbered and the asm may touch
+        // memory (no `nomem`), so the compiler orders it with the surrounding accesses.
+        unsafe {
+            core::arch::asm!(
+                "rep movsb",
+                inout("rcx") len => _,
+                inout("rdi") dst => _,
+                inout("rsi") src => _,
+                options(nostack, preserves_flags)
+            );
+        }
+    }
+
+    /// Not reached off x86-64 ([`REP_MOVSB_MIN`] is `usize::MAX` there).
+    ///
+    /// # Safety
+    /// As for the x86-64 version.
+    #[cfg(not(target_arch = "x86_64"))]
+    unsafe fn opaque_copy(dst: *mut u8, src: *const u8, len: usize) {
+        for i in 0..len {
+            // SAFETY: `i < len`: inside both ranges the caller guarantees.
+            unsafe { ptr::write_volatile(dst.add(i), ptr::read_volatile(src.add(i))) };
+        }
+    }
+
     /// Volatile copy out of shared memory, 8 bytes at a time where aligned.
     ///
     /// The one copy routine for peer-writable memory (xen's grant mappings use it too). It
@@ -205,6 +250,11 @@ mod imp {
     /// # Safety
     /// `src..src+dst.len()` must be mapped and readable.
     unsafe fn volatile_read(src: *const u8, dst: &mut [u8]) {
+        if dst.len() >= REP_MOVSB_MIN {
+            // SAFETY: the caller's range is mapped and readable; `dst` is our own buffer.
+            unsafe { opaque_copy(dst.as_mut_ptr(), src, dst.len()) };
+            return;
+        }
         let head = src.align_offset(8).min(dst.len());
         let (h, rest) = dst.split_at_mut(head);
         for (i, b) in h.iter_mut().enumerate() {
@@ -232,6 +282,11 @@ mod imp {
     /// # Safety
     /// `dst..dst+src.len()` must be mapped and writable.
     unsafe fn volatile_write(dst: *mut u8, src: &[u8]) {
+        if src.len() >= REP_MOVSB_MIN {
+            // SAFETY: the caller's range is mapped and writable; `src` is our own buffer.
+            unsafe { opaque_copy(dst, src.as_ptr(), src.len()) };
+            return;
+        }
         let head = dst.align_offset(8).min(src.len());
         let (h, rest) = src.split_at(head);
         for (i, b) in h.iter().enumerate() {
@@ -566,6 +621,31 @@ mod tests {
             let mut back = vec![0u8; 100 + off];
             shm.read(off, &mut back).unwrap();
             assert_eq!(back, &src[..100 + off]);
+        }
+    }
+
+    #[test]
+    fn long_copies_are_exact_and_stay_in_their_range() {
+        // Around and above the rep-movsb threshold, at every alignment: the bytes around
+        // the copied range must be untouched.
+        let shm = Shm::heap(3 * 4096);
+        let src: Vec<u8> = (0..9000u32).map(|i| (i * 7 + 3) as u8).collect();
+        for len in [255, 256, 257, 1000, 4096, 8191] {
+            for off in [0, 1, 7, 8, 63, 4095] {
+                shm.write(0, &vec![0xee; 3 * 4096]).unwrap();
+                shm.write(off, &src[..len]).unwrap();
+                let mut all = vec![0u8; 3 * 4096];
+                shm.read(0, &mut all).unwrap();
+                assert!(all[..off].iter().all(|&b| b == 0xee), "before {off}+{len}");
+                assert_eq!(&all[off..off + len], &src[..len], "{off}+{len}");
+                assert!(
+                    all[off + len..].iter().all(|&b| b == 0xee),
+                    "after {off}+{len}"
+                );
+                let mut back = vec![0u8; len];
+                shm.read(off, &mut back).unwrap();
+                assert_eq!(back, &src[..len]);
+            }
         }
     }
 
