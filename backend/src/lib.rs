@@ -19,7 +19,8 @@
 //!   nothing a guest writes panics the process or reaches another guest's controller;
 //! - a request's grants are mapped in one call (read-only for OUT) and unmapped before its
 //!   response is pushed — unless both ends negotiated `feature-persistent`: then each
-//!   page is mapped once per ring connection (at most `MAX_PERSISTENT`) and all are
+//!   request's run of pages is mapped once per ring connection and reused by later
+//!   requests naming it or a prefix of it (at most `MAX_PERSISTENT` pages) and all are
 //!   unmapped when the connection ends;
 //! - one endpoint's URBs reach the host in ring order; a bulk transfer larger than the
 //!   host's URB limit is split like libusb does (BULK_CONTINUATION / SHORT_NOT_OK) and

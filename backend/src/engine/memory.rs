@@ -18,11 +18,6 @@ pub trait Mapped: Send + Sync + fmt::Debug {
     /// copies through it and hands slices of it to the host as URB buffers. The mapping is
     /// unmapped when the last view is dropped.
     fn into_data(self: Box<Self>) -> Option<Shm>;
-    /// The data views: one for a contiguous mapping (its pages back to back), or one per
-    /// page, in request order (persistent grants map each page on its own).
-    fn into_pages(self: Box<Self>) -> Option<Vec<Shm>> {
-        self.into_data().map(|s| vec![s])
-    }
     /// Length in bytes (pages × 4096).
     fn len(&self) -> usize;
     /// Never true for a real mapping (at least one page).

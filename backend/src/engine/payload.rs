@@ -7,8 +7,8 @@
 //! the writable mapping the host fills directly, OUT pieces slices of the read-only mapping
 //! it reads. The mapping then lives until the response (the slices hold it; every one is
 //! back from the host and dropped before the payload is), so it is still unmapped before the
-//! response is pushed (contract 7; with persistent grants each page is its own cached
-//! mapping, so only a one-page buffer is zero copy and the pages outlive the response).
+//! response is pushed (contract 7; with persistent grants the mapping is a cached run that
+//! outlives the response).
 //! A guest that rewrites an OUT page while the host reads
 //! it only changes its own data; the host copies bytes out before it parses them. Control,
 //! isochronous and scattered buffers are bounced through buffers owned by the host URBs.
@@ -24,10 +24,10 @@ use crate::host::{errno, Completion, HostUrb, IsoPacketResult, UrbBuf, UrbFlags,
 /// stream order, truncated to the transfer length.
 #[derive(Debug)]
 pub struct GuestBuf {
-    /// One mapping of all the pages, or (persistent grants) one mapping per page.
-    maps: Vec<Shm>,
-    /// `(mapping index, offset in it, length)` in stream order.
-    spans: Vec<(usize, usize, usize)>,
+    /// All the request's pages, back to back.
+    map: Shm,
+    /// `(offset in the mapping, length)` in stream order.
+    spans: Vec<(usize, usize)>,
     len: usize,
 }
 
@@ -39,29 +39,24 @@ impl GuestBuf {
         segs: impl Iterator<Item = (u16, u16)>,
         len: usize,
     ) -> Option<Self> {
-        let maps = map.into_pages()?;
-        let per_page = maps.len() > 1;
-        let mut spans: Vec<(usize, usize, usize)> = Vec::new();
+        let map = map.into_data()?;
+        let mut spans: Vec<(usize, usize)> = Vec::new();
         let mut left = len;
         for (page, (off, seg_len)) in segs.enumerate() {
             if left == 0 {
                 break;
             }
             let take = usize::from(seg_len).min(left);
-            let (idx, start) = if per_page {
-                (page, usize::from(off))
-            } else {
-                (0, page * pvusb_ring::wire::PAGE_SIZE + usize::from(off))
-            };
+            let start = page * pvusb_ring::wire::PAGE_SIZE + usize::from(off);
             // Merge runs that continue each other, so a page-aligned buffer is one span.
             match spans.last_mut() {
-                Some((i, s, l)) if *i == idx && *s + *l == start => *l += take,
-                _ => spans.push((idx, start, take)),
+                Some((s, l)) if *s + *l == start => *l += take,
+                _ => spans.push((start, take)),
             }
             left -= take;
         }
         Some(GuestBuf {
-            maps,
+            map,
             spans,
             len: len - left,
         })
@@ -79,11 +74,11 @@ impl GuestBuf {
 
     /// Stream bytes `off..off+n` as a view of the mapping, when the stream is one run.
     pub fn window(&self, off: usize, n: usize) -> Option<Shm> {
-        let [(idx, start, len)] = self.spans.as_slice() else {
+        let [(start, len)] = self.spans.as_slice() else {
             return None;
         };
         let end = off.checked_add(n).filter(|&e| e <= *len)?;
-        self.maps.get(*idx)?.slice(start + off, end - off).ok()
+        self.map.slice(start + off, end - off).ok()
     }
 
     /// True when the stream is one contiguous run of the mapping (zero copy possible).
@@ -103,7 +98,7 @@ impl GuestBuf {
             return false;
         };
         let mut pos = 0;
-        for &(idx, map_off, len) in &self.spans {
+        for &(map_off, len) in &self.spans {
             let (s, e) = (pos, pos + len);
             pos = e;
             let lo = s.max(off);
@@ -111,10 +106,7 @@ impl GuestBuf {
             if lo >= hi {
                 continue;
             }
-            let Some(map) = self.maps.get(idx) else {
-                return false;
-            };
-            if !f(map, map_off + (lo - s), lo - off, hi - lo) {
+            if !f(&self.map, map_off + (lo - s), lo - off, hi - lo) {
                 return false;
             }
         }
