@@ -9,6 +9,7 @@
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -51,6 +52,11 @@ struct Shared {
     wake: Condvar,
     efd: OwnedFd,
     stop: std::sync::atomic::AtomicBool,
+    /// When the worker's current wait ends, in nanoseconds after `epoch`. Written by the
+    /// worker and read by submitters only under the `core` lock, so a submitter knows
+    /// whether the worker would wake too late for the core's new deadline.
+    worker_until: AtomicU64,
+    epoch: Instant,
 }
 
 impl Shared {
@@ -61,6 +67,10 @@ impl Shared {
 
     fn signal(&self) {
         let _ = rustix::io::write(&self.efd, &1u64.to_ne_bytes());
+    }
+
+    fn nanos(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 }
 
@@ -134,6 +144,8 @@ impl SimDevice {
             wake: Condvar::new(),
             efd,
             stop: std::sync::atomic::AtomicBool::new(false),
+            worker_until: AtomicU64::new(0),
+            epoch: Instant::now(),
         });
         let watch = Watch {
             faults_text: std::fs::read_to_string(dev.sysdir.join(FAULTS_FILE)).ok(),
@@ -175,18 +187,29 @@ impl SimDevice {
         &self.busid
     }
 
-    /// Runs `f` on the core, then signals completions and wakes the worker.
+    /// Runs `f` on the core, then signals completions and wakes the worker if the core
+    /// now needs it earlier than it would wake anyway (a futex wake and a thread switch
+    /// per URB otherwise: most transfers complete right here).
     fn with_core<T>(&self, f: impl FnOnce(&mut Core, Instant) -> T) -> T {
         let mut core = self.shared.lock();
         let now = Instant::now();
         let r = f(&mut core, now);
         core.process(now);
         let signal = core.has_done();
+        // The worker recomputes its deadline every time it takes the lock, so only a
+        // waiting worker can oversleep; it published when its wait ends before waiting.
+        let until = self.shared.worker_until.load(Ordering::Relaxed);
+        let wake = core.unplug_requested
+            || core
+                .next_deadline(now)
+                .is_some_and(|d| self.shared.nanos(d) < until);
         drop(core);
         if signal {
             self.shared.signal();
         }
-        self.shared.wake.notify_one();
+        if wake {
+            self.shared.wake.notify_one();
+        }
         r
     }
 }
@@ -235,6 +258,9 @@ fn run_worker(shared: &Shared, mut watch: Watch) {
             .next_deadline(now)
             .map_or(next_watch, |d| d.min(next_watch));
         let timeout = deadline.saturating_duration_since(Instant::now());
+        shared
+            .worker_until
+            .store(shared.nanos(deadline), Ordering::Relaxed);
         core = match shared.wake.wait_timeout(core, timeout) {
             Ok((g, _)) => g,
             Err(p) => p.into_inner().0,
