@@ -308,3 +308,32 @@ fn a_grantee_cannot_resize_granted_memory() {
     // The granter's pages are still all there.
     pages.write_at(4095, b"z").unwrap();
 }
+
+#[test]
+fn a_one_way_unmap_gets_no_reply_even_when_it_fails() {
+    let sim = Sim::new();
+    let fd = raw(&sim, DomId::DOM0);
+    send(&fd, &Request::UnmapOneway { map_id: 4242 }.emit(1));
+    send(&fd, &Request::Counters.emit(2));
+    // The first datagram back answers the second request.
+    assert!(matches!(answer(&fd), Some((2, Reply::Counters(_)))));
+}
+
+#[test]
+fn a_malformed_one_way_message_is_still_answered() {
+    let sim = Sim::new();
+    let fd = raw(&sim, DomId::DOM0);
+    let mut bad = Request::UnmapOneway { map_id: 1 }.emit(5);
+    bad.push(0);
+    send(&fd, &bad);
+    assert_eq!(
+        answer(&fd),
+        Some((
+            5,
+            Reply::Error {
+                op: Request::UnmapOneway { map_id: 1 }.op(),
+                status: Status::BadRequest
+            }
+        ))
+    );
+}

@@ -161,6 +161,38 @@ fn end_access_is_refused_while_mapped() {
     assert_eq!(sim.broker.counters().grants, 0);
 }
 
+/// Unmaps are one-way messages: the granter, told by the mapper (here: program order across
+/// two threads joined by a channel) that the mapping is gone, must never see StillMapped.
+#[test]
+fn end_access_after_a_one_way_unmap_is_never_refused() {
+    let sim = Sim::new();
+    let dom0 = sim.dom0();
+    let dom1 = sim.domain(1);
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<GrantRef>>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let mapper = std::thread::spawn(move || {
+        for refs in rx {
+            // Several mappings of the same grant, dropped in a burst: a queue of one-way
+            // unmaps for the broker to drain.
+            let maps: Vec<_> = (0..8)
+                .map(|_| dom0.map(DomId(1), &refs, Access::Writable).unwrap())
+                .collect();
+            drop(maps);
+            done_tx.send(()).unwrap();
+        }
+    });
+    for _ in 0..200 {
+        let pages = dom1.alloc(DomId(0), 2, Access::Writable).unwrap();
+        tx.send(pages.grefs().to_vec()).unwrap();
+        done_rx.recv().unwrap();
+        pages.end_access().unwrap();
+    }
+    drop(tx);
+    mapper.join().unwrap();
+    let c = sim.broker.counters();
+    assert_eq!((c.grants, c.mappings), (0, 0));
+}
+
 #[test]
 fn dropping_granted_pages_revokes_once_unmapped() {
     let sim = Sim::new();

@@ -79,7 +79,7 @@ pub struct Broker {
 impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Broker")
-            .field("counters", &self.counters())
+            .field("counters", &lock(&self.shared).state.counters())
             .finish()
     }
 }
@@ -137,9 +137,20 @@ impl Broker {
         })
     }
 
-    /// The live-object counters.
+    /// The live-object counters, after handling every message already queued on any
+    /// connection (so a one-way unmap sent before this call is counted).
     pub fn counters(&self) -> Counters {
-        lock(&self.shared).state.counters()
+        let mut released = Vec::new();
+        let counters = {
+            let mut inner = lock(&self.shared);
+            let conns: Vec<ConnId> = inner.conns.keys().copied().collect();
+            for c in conns {
+                drain(&self.shared, &mut inner, c, &mut released);
+            }
+            inner.state.counters()
+        };
+        fire(&self.shared, released);
+        counters
     }
 
     /// Creates domain `domid` and its socket (what dom0's DOMAIN_CREATE does).
@@ -307,7 +318,7 @@ fn run(shared: &Shared) {
                 accept(shared, &mut lock(shared), domid);
                 continue;
             }
-            let (released, reply) = serve(shared, &mut lock(shared), token);
+            let Served { released, reply } = serve(shared, &mut lock(shared), token);
             // Release hooks run before the reply: when dom0's destroy returns, xenstored has
             // already been told.
             fire(shared, released);
@@ -352,47 +363,104 @@ fn accept(shared: &Shared, inner: &mut Inner, domid: DomId) {
     inner.conns.insert(conn, fd);
 }
 
-/// Reads and answers one request, closing the connection on any misbehaviour. Effects are
-/// applied before the reply is sent: a client told "domain created" can connect at once.
-fn serve(shared: &Shared, inner: &mut Inner, conn: ConnId) -> (Vec<DomId>, Option<PendingReply>) {
-    let close = |inner: &mut Inner| {
-        (
-            apply(shared, inner, vec![Effect::CloseConn(conn)]).unwrap_or_default(),
-            None,
-        )
+/// What serving messages produced: domains released (their hooks run without the lock),
+/// and the reply owed to the connection being served.
+#[derive(Default)]
+struct Served {
+    released: Vec<DomId>,
+    reply: Option<PendingReply>,
+}
+
+/// The most queued messages one drain handles: a connection's queue is bounded by its
+/// sender's socket buffer (a few hundred small datagrams); this only stops a client that
+/// keeps sending while we drain.
+const MAX_DRAIN: usize = 1024;
+
+/// Reads and answers one request of `conn`, closing the connection on any misbehaviour.
+/// Effects are applied before the reply is sent: a client told "domain created" can connect
+/// at once.
+fn serve(shared: &Shared, inner: &mut Inner, conn: ConnId) -> Served {
+    let mut out = Served::default();
+    serve_one(shared, inner, conn, &mut out, true);
+    out
+}
+
+/// Handles every message queued on `conn`, answering each at once (see
+/// [`State::drain_before`] for why).
+fn drain(shared: &Shared, inner: &mut Inner, conn: ConnId, released: &mut Vec<DomId>) {
+    for _ in 0..MAX_DRAIN {
+        let mut out = Served::default();
+        let handled = serve_one(shared, inner, conn, &mut out, false);
+        released.append(&mut out.released);
+        if let Some(reply) = out.reply {
+            released.extend(send_reply(shared, inner, conn, reply));
+        }
+        if !handled {
+            return;
+        }
+    }
+}
+
+/// Handles one queued message of `conn`; false when there was none (or the connection was
+/// closed). `may_drain`: first drain the connections [`State::drain_before`] names.
+fn serve_one(
+    shared: &Shared,
+    inner: &mut Inner,
+    conn: ConnId,
+    out: &mut Served,
+    may_drain: bool,
+) -> bool {
+    let close = |inner: &mut Inner, out: &mut Served| {
+        out.released
+            .extend(apply(shared, inner, vec![Effect::CloseConn(conn)]).unwrap_or_default());
+        false
     };
     let Some(fd) = inner.conns.get(&conn) else {
-        return (Vec::new(), None);
+        return false;
     };
     let mut buf = [0u8; MAX_MESSAGE];
     // Room for one fd, so that a client passing fds is detected (and the fds closed).
     let got = match fdpass::recv(fd.as_fd(), &mut buf, 1, RecvFlags::DONTWAIT) {
         Ok(got) => got,
-        Err(Errno::AGAIN) | Err(Errno::INTR) => return (Vec::new(), None),
-        Err(_) => return close(inner),
+        Err(Errno::AGAIN) | Err(Errno::INTR) => return false,
+        Err(_) => return close(inner, out),
     };
     // Zero bytes is the peer's close (a zero-length datagram is refused the same way).
     let Some(bytes) = buf.get(..got.len).filter(|b| !b.is_empty()) else {
-        return close(inner);
+        return close(inner, out);
     };
     let Ok((header, body)) = Request::parse_header(bytes) else {
-        return close(inner);
+        return close(inner, out);
     };
     let parsed = if got.truncated || got.fds_truncated || !got.fds.is_empty() {
         Err(Status::BadRequest)
     } else {
         Request::parse_body(header.op, body).map_err(|_| Status::BadRequest)
     };
+    // A message that does not parse is answered even if its op is a one-way one.
+    let wants_reply = parsed.as_ref().map_or(true, Request::wants_reply);
+    if let (Ok(req), true) = (&parsed, may_drain) {
+        for other in inner.state.drain_before(conn, req) {
+            drain(shared, inner, other, &mut out.released);
+        }
+    }
     let (result, effects) = match parsed {
         Ok(req) => inner.state.handle(conn, req),
         Err(s) => (Err(s), Vec::new()),
     };
-    let (applied, released) = match apply(shared, inner, effects) {
-        Ok(released) => (Ok(()), released),
-        Err(status) => (Err(status), Vec::new()),
+    let applied = match apply(shared, inner, effects) {
+        Ok(released) => {
+            out.released.extend(released);
+            Ok(())
+        }
+        Err(status) => Err(status),
     };
     let (reply, fds) = match result.and_then(|ok| applied.map(|()| ok)) {
         Ok(ok) => ok,
+        Err(status) if !wants_reply => {
+            debug!(conn, op = header.op, %status, "one-way request failed");
+            return true;
+        }
         Err(status) => (
             Reply::Error {
                 op: header.op,
@@ -401,7 +469,10 @@ fn serve(shared: &Shared, inner: &mut Inner, conn: ConnId) -> (Vec<DomId>, Optio
             Vec::new(),
         ),
     };
-    (released, Some((reply.emit(header.seq), fds)))
+    if wants_reply {
+        out.reply = Some((reply.emit(header.seq), fds));
+    }
+    true
 }
 
 /// A reply's bytes and the fds to pass with it.

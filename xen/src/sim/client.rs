@@ -27,18 +27,29 @@ struct Conn {
     sock: Mutex<(OwnedFd, u32)>,
 }
 
+fn send_error(e: Errno) -> BrokerError {
+    match e {
+        Errno::PIPE | Errno::CONNRESET => BrokerError::Closed,
+        e => BrokerError::Io(e),
+    }
+}
+
 impl Conn {
+    /// Sends a one-way request (no reply comes). It takes a sequence number like any call,
+    /// so a reply can never be mistaken for another's.
+    fn send_oneway(&self, req: &Request) -> Result<(), BrokerError> {
+        let mut guard = self.sock.lock().unwrap_or_else(|p| p.into_inner());
+        let (sock, seq) = &mut *guard;
+        *seq = seq.wrapping_add(1);
+        fdpass::send(sock.as_fd(), &req.emit(*seq), &[], SendFlags::empty()).map_err(send_error)
+    }
+
     fn call(&self, req: &Request, max_fds: usize) -> Result<(Reply, Vec<OwnedFd>), BrokerError> {
         let mut guard = self.sock.lock().unwrap_or_else(|p| p.into_inner());
         let (sock, seq) = &mut *guard;
         *seq = seq.wrapping_add(1);
         let seq = *seq;
-        fdpass::send(sock.as_fd(), &req.emit(seq), &[], SendFlags::empty()).map_err(
-            |e| match e {
-                Errno::PIPE | Errno::CONNRESET => BrokerError::Closed,
-                e => BrokerError::Io(e),
-            },
-        )?;
+        fdpass::send(sock.as_fd(), &req.emit(seq), &[], SendFlags::empty()).map_err(send_error)?;
         let mut buf = [0u8; MAX_MESSAGE];
         loop {
             let got = match fdpass::recv(sock.as_fd(), &mut buf, max_fds, RecvFlags::empty()) {
@@ -136,8 +147,12 @@ struct SimUnmap {
 }
 
 impl Unmap for SimUnmap {
+    /// Runs after the munmap: nothing here can touch the pages any more, so the broker is
+    /// told without waiting for an answer. The broker handles our connection's messages in
+    /// order, and drains them before refusing an end of access or reporting counters, so
+    /// whoever learns (through us) that the pages are unmapped sees the broker agree.
     fn unmap(self: Box<Self>) {
-        if let Err(e) = self.conn.call_done(&Request::Unmap {
+        if let Err(e) = self.conn.send_oneway(&Request::UnmapOneway {
             map_id: self.map_id,
         }) {
             // The broker also counts our connection's close as the unmap.

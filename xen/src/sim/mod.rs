@@ -6,7 +6,12 @@
 //! - Grants are memfd pages passed with SCM_RIGHTS; a read-only grant (or a read-only mapping)
 //!   is passed as a read-only file description, so the kernel refuses PROT_WRITE.
 //! - Ending access is refused while the grantee maps a page; the broker learns of unmaps from
-//!   the mapper (and counts a closed connection as unmapping everything it mapped).
+//!   the mapper (and counts a closed connection as unmapping everything it mapped). The
+//!   mapper munmaps, then reports the unmap as a one-way message without waiting. Messages of
+//!   one connection are handled in order, and before refusing an end of access (or reporting
+//!   counters) the broker handles every message already queued by the grantee's connections,
+//!   so an unmap that happened before the granter asked (e.g. the backend unmapped, then
+//!   pushed the response the frontend reacts to) is always seen: no spurious StillMapped.
 //! - Event channels are two eventfds per channel handed to both ends: a notify is one
 //!   `write`, with no broker hop. Differences from Xen: ports are per-connection objects with
 //!   their own fd (as if each channel had its own /dev/xen/evtchn open); a notify sent before

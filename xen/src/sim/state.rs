@@ -5,7 +5,7 @@
 //! connection releases everything it owned, as closing /dev/xen/{gntalloc,gntdev,evtchn}
 //! does on real Xen.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
 
@@ -62,6 +62,14 @@ struct Alloc {
     revoking: bool,
 }
 
+/// One client connection: its domain and (for O(1) limits and O(own) cleanup) the
+/// mappings it owns.
+#[derive(Debug)]
+struct Client {
+    domid: DomId,
+    mappings: HashSet<u32>,
+}
+
 #[derive(Debug)]
 struct Mapping {
     owner: ConnId,
@@ -92,7 +100,7 @@ struct Port {
 #[derive(Debug, Default)]
 pub struct State {
     domains: HashMap<DomId, Domain>,
-    conns: HashMap<ConnId, DomId>,
+    conns: HashMap<ConnId, Client>,
     next_conn: ConnId,
     allocs: HashMap<u32, Alloc>,
     next_handle: u32,
@@ -170,7 +178,13 @@ impl State {
         let conn = self.next_conn;
         dom.conns.insert(conn);
         dom.ever_connected = true;
-        self.conns.insert(conn, domid);
+        self.conns.insert(
+            conn,
+            Client {
+                domid,
+                mappings: HashSet::new(),
+            },
+        );
         Some(conn)
     }
 
@@ -210,16 +224,11 @@ impl State {
     /// A connection closed (or was closed): release everything it owned. The domain dies
     /// with its last connection (dom0 never dies).
     pub fn disconnect(&mut self, conn: ConnId) -> Vec<Effect> {
-        let Some(domid) = self.conns.remove(&conn) else {
+        let Some(client) = self.conns.remove(&conn) else {
             return Vec::new();
         };
-        let maps: Vec<u32> = self
-            .mappings
-            .iter()
-            .filter(|(_, m)| m.owner == conn)
-            .map(|(&id, _)| id)
-            .collect();
-        for id in maps {
+        let domid = client.domid;
+        for id in client.mappings {
             self.unmap(id);
         }
         let handles: Vec<u32> = self
@@ -251,9 +260,34 @@ impl State {
         Vec::new()
     }
 
+    /// The connections whose queued messages the broker must handle before `req` from
+    /// `conn`, so that `req` sees every one-way message sent before it was (causally) sent.
+    ///
+    /// A mapper reports unmaps one-way and may answer its peer (push a ring response) right
+    /// after; a GRANT_END(refuse) from the granter that follows must not report StillMapped
+    /// for a mapping that is already gone. So when it would, the grantee's connections are
+    /// drained first; COUNTERS drains everyone. Both are rare, so the O(connections) is fine.
+    pub fn drain_before(&self, conn: ConnId, req: &Request) -> Vec<ConnId> {
+        match req {
+            Request::Counters => self.conns.keys().copied().filter(|&c| c != conn).collect(),
+            Request::GrantEnd {
+                handle,
+                mode: EndMode::Refuse,
+            } => match self.allocs.get(handle) {
+                Some(a) if a.owner == conn && a.mapped_by > 0 => self
+                    .domains
+                    .get(&a.grantee)
+                    .map(|d| d.conns.iter().copied().filter(|&c| c != conn).collect())
+                    .unwrap_or_default(),
+                _ => Vec::new(),
+            },
+            _ => Vec::new(),
+        }
+    }
+
     /// Handles one request from `conn`.
     pub fn handle(&mut self, conn: ConnId, req: Request) -> (Result<Outcome, Status>, Vec<Effect>) {
-        let Some(&me) = self.conns.get(&conn) else {
+        let Some(me) = self.conns.get(&conn).map(|c| c.domid) else {
             return (Err(Status::NoSuchDomain), Vec::new());
         };
         let op = req.op();
@@ -294,7 +328,7 @@ impl State {
                 access,
                 refs,
             } => (self.map(conn, me, domid, access, &refs), Vec::new()),
-            Request::Unmap { map_id } => {
+            Request::Unmap { map_id } | Request::UnmapOneway { map_id } => {
                 let r = match self.mappings.get(&map_id) {
                     Some(m) if m.owner == conn => {
                         self.unmap(map_id);
@@ -418,7 +452,8 @@ impl State {
         if !self.is_live(domid) {
             return Err(Status::NoSuchDomain);
         }
-        if self.mappings.values().filter(|m| m.owner == conn).count() >= MAX_MAPPINGS_PER_CONN {
+        let client = self.conns.get(&conn).ok_or(Status::NoSuchDomain)?;
+        if client.mappings.len() >= MAX_MAPPINGS_PER_CONN {
             return Err(Status::Resource);
         }
         let mut handles: Vec<u32> = Vec::new();
@@ -469,6 +504,9 @@ impl State {
                 allocs: handles,
             },
         );
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.mappings.insert(map_id);
+        }
         let nfds = u32::try_from(fds.len()).map_err(|_| Status::TooManyFiles)?;
         Ok((
             Reply::Mapped {
@@ -484,6 +522,9 @@ impl State {
         let Some(m) = self.mappings.remove(&map_id) else {
             return;
         };
+        if let Some(c) = self.conns.get_mut(&m.owner) {
+            c.mappings.remove(&map_id);
+        }
         for h in m.allocs {
             let Some(a) = self.allocs.get_mut(&h) else {
                 continue;

@@ -17,6 +17,11 @@
 //! | 8 DOMAIN_CREATE (dom0) | domid | — | — |
 //! | 9 DOMAIN_DESTROY (dom0) | domid | — | — |
 //! | 10 COUNTERS (dom0) | — | grants, mappings, channels, domains, connections | — |
+//! | 11 UNMAP_ONEWAY | map_id | *none* (one-way: no reply, not even an error) | — |
+//!
+//! One-way messages still take a sequence number, so no reply can ever match a later call.
+//! The broker handles the messages of one connection in order, so a one-way message is seen
+//! by every later request of that connection.
 //!
 //! `parse` is total (any bytes give a value or a [`BadMessage`]) and `parse(emit(x)) == x`.
 
@@ -62,6 +67,7 @@ mod op {
     pub const DOMAIN_CREATE: u32 = 8;
     pub const DOMAIN_DESTROY: u32 = 9;
     pub const COUNTERS: u32 = 10;
+    pub const UNMAP_ONEWAY: u32 = 11;
 }
 
 /// A request that does not parse.
@@ -197,6 +203,8 @@ pub enum Request {
     },
     /// Report that a mapping is gone.
     Unmap { map_id: u32 },
+    /// Report that a mapping is gone, without a reply.
+    UnmapOneway { map_id: u32 },
     /// Allocate a port `remote` may bind.
     EvtchnAllocUnbound { remote: DomId },
     /// Bind to `remote`'s unbound port.
@@ -328,6 +336,7 @@ impl Request {
             Request::GrantEnd { .. } => op::GRANT_END,
             Request::Map { .. } => op::MAP,
             Request::Unmap { .. } => op::UNMAP,
+            Request::UnmapOneway { .. } => op::UNMAP_ONEWAY,
             Request::EvtchnAllocUnbound { .. } => op::EVTCHN_ALLOC_UNBOUND,
             Request::EvtchnBind { .. } => op::EVTCHN_BIND,
             Request::EvtchnUnbind { .. } => op::EVTCHN_UNBIND,
@@ -335,6 +344,11 @@ impl Request {
             Request::DomainDestroy { .. } => op::DOMAIN_DESTROY,
             Request::Counters => op::COUNTERS,
         }
+    }
+
+    /// Whether the broker answers this request (one-way messages get no reply at all).
+    pub fn wants_reply(&self) -> bool {
+        !matches!(self, Request::UnmapOneway { .. })
     }
 
     /// Parses a request datagram into its sequence number and request. The header is parsed
@@ -390,6 +404,7 @@ impl Request {
                 }
             }
             op::UNMAP
+            | op::UNMAP_ONEWAY
             | op::EVTCHN_ALLOC_UNBOUND
             | op::EVTCHN_UNBIND
             | op::DOMAIN_CREATE
@@ -398,6 +413,7 @@ impl Request {
                 end(rest)?;
                 match op {
                     op::UNMAP => Request::Unmap { map_id: v },
+                    op::UNMAP_ONEWAY => Request::UnmapOneway { map_id: v },
                     op::EVTCHN_ALLOC_UNBOUND => Request::EvtchnAllocUnbound { remote: domid(v)? },
                     op::EVTCHN_UNBIND => Request::EvtchnUnbind {
                         port: EvtchnPort(v),
@@ -441,7 +457,9 @@ impl Request {
                 push_u32s(&mut out, [u32::from(domid.0), n, access_flags(*access)]);
                 push_u32s(&mut out, refs.iter().map(|r| r.0));
             }
-            Request::Unmap { map_id } => push_u32s(&mut out, [*map_id]),
+            Request::Unmap { map_id } | Request::UnmapOneway { map_id } => {
+                push_u32s(&mut out, [*map_id])
+            }
             Request::EvtchnAllocUnbound { remote } => push_u32s(&mut out, [u32::from(remote.0)]),
             Request::EvtchnBind {
                 remote,

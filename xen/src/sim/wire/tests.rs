@@ -42,6 +42,7 @@ fn request() -> impl Strategy<Value = Request> {
                 refs: refs.into_iter().map(GrantRef).collect()
             }),
         any::<u32>().prop_map(|map_id| Request::Unmap { map_id }),
+        any::<u32>().prop_map(|map_id| Request::UnmapOneway { map_id }),
         domid().prop_map(|remote| Request::EvtchnAllocUnbound { remote }),
         (domid(), any::<u32>()).prop_map(|(remote, p)| Request::EvtchnBind {
             remote,
