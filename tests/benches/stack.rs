@@ -4,7 +4,8 @@
 //! asserts nothing.
 //!
 //! `cargo bench -p pvusb-tests` · `PVUSB_BENCH_SECS` (per cell, default 1) ·
-//! `PVUSB_BENCH_FULL=1` for the full 8 controllers × 31 ports scaling run.
+//! `PVUSB_BENCH_FULL=1` for the full 8 controllers × 31 ports scaling run ·
+//! `PVUSB_BENCH_SKIP=throughput,scaling` to leave sections out.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -22,6 +23,11 @@ const DEPTHS: [usize; 3] = [1, 4, 16];
 const LAT_N: usize = 3000;
 /// GET_DESCRIPTOR(configuration), wLength 64.
 const CTRL_SETUP: [u8; 8] = [0x80, 6, 0, 2, 0, 0, 64, 0];
+
+/// `PVUSB_BENCH_SKIP=throughput,scaling` leaves those sections out (latency only).
+fn skip(section: &str) -> bool {
+    std::env::var("PVUSB_BENCH_SKIP").is_ok_and(|v| v.split(',').any(|s| s == section))
+}
 
 fn secs() -> Duration {
     let s: f64 = std::env::var("PVUSB_BENCH_SECS")
@@ -431,7 +437,7 @@ fn main() {
         "pg c/G"
     );
     let mut rows = Vec::new();
-    for &size in &SIZES {
+    for &size in SIZES.iter().filter(|_| !skip("throughput")) {
         for &qd in &DEPTHS {
             let d = direct.echo(size, qd, dur);
             let s = stock.echo(size, qd, dur);
@@ -496,7 +502,7 @@ fn main() {
         }
     );
     let mut scale = Vec::new();
-    for ctrls in [1u32, 2, 4, 8] {
+    for ctrls in [1u32, 2, 4, 8].into_iter().filter(|_| !skip("scaling")) {
         let (urbs_s, cpu_us) = scaling(ctrls, devs, dur);
         println!("  {ctrls} controller(s): {urbs_s:>9.0} URB/s, {cpu_us:>6.1} µs CPU per URB");
         scale.push(
