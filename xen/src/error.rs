@@ -27,7 +27,7 @@ pub enum DeviceError {
 }
 
 /// Talking to the simulated hypervisor broker failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BrokerError {
     /// The domain's broker socket could not be reached.
     #[error("cannot connect to the broker socket {path}: {errno}")]

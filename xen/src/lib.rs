@@ -5,6 +5,8 @@
 //! - [`GrantMapper`] (backend side): map N grant references of a domain as one contiguous
 //!   mapping; the returned [`GrantMapping`] unmaps on drop (munmap, *then* the grant unmap —
 //!   the order gntdev requires).
+//!   [`GrantMapper::map_batch`] maps several requests' references at once (one broker
+//!   round trip on the sim; one map each on real Xen).
 //! - [`GrantAllocator`] (frontend side): allocate N pages granted to a domain;
 //!   [`GrantedPages::end_access`] fails while the peer still maps a page on the simulated
 //!   platform (the real gntalloc defers the free instead; see [`xen::gntalloc`]).
@@ -23,6 +25,11 @@
 //!   views ([`GrantMapping::shm`]), because the peer may change them at any moment;
 //! - a read-only grant is never mapped writable (the sim hands over a read-only file
 //!   description, so even `mprotect` cannot make it writable);
+//! - a [`GrantMapping`] is really unmapped (munmap) when dropped, before the grant is
+//!   released, so a use after unmap faults instead of silently reaching the peer's pages;
+//!   on the sim the broker is then told with a one-way message, which it always handles
+//!   before answering a later end of access, so the granter never sees a mapping that is
+//!   already gone (see [`sim`] for what the sim's isolation does and does not cover);
 //! - every mapping, grant and port has exactly one owner whose drop releases it; nothing the
 //!   broker tracks outlives the connection that created it;
 //! - no input from a socket or a peer panics: the broker answers bad requests with an error
@@ -94,6 +101,15 @@ pub enum Access {
     Writable,
 }
 
+/// One mapping of a [`GrantMapper::map_batch`] call.
+#[derive(Clone, Copy, Debug)]
+pub struct MapRequest<'a> {
+    /// The references, page by page.
+    pub refs: &'a [GrantRef],
+    /// How to map them.
+    pub access: Access,
+}
+
 /// Backend side of the grant table: maps pages other domains granted to this one.
 pub trait GrantMapper: Send + Sync + fmt::Debug {
     /// Maps `refs`, all granted by `domid`, as one contiguous mapping of `refs.len()` pages, in
@@ -104,6 +120,21 @@ pub trait GrantMapper: Send + Sync + fmt::Debug {
         refs: &[GrantRef],
         access: Access,
     ) -> Result<GrantMapping, MapError>;
+
+    /// Maps several independent sets of references of `domid`, as [`GrantMapper::map`] would
+    /// one by one: one result per request, in order; one request failing does not affect
+    /// the others. The simulated platform does the whole batch in one broker round trip (a
+    /// backend can map every request it took off the ring at once); the default (and real
+    /// gntdev, where each map is an ioctl and an mmap anyway) calls `map` for each.
+    fn map_batch(
+        &self,
+        domid: DomId,
+        reqs: &[MapRequest<'_>],
+    ) -> Vec<Result<GrantMapping, MapError>> {
+        reqs.iter()
+            .map(|r| self.map(domid, r.refs, r.access))
+            .collect()
+    }
 }
 
 /// Frontend side of the grant table: grants pages of this domain to another.

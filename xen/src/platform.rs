@@ -8,7 +8,7 @@ use crate::sim::SimPlatform;
 use crate::xen::XenPlatform;
 use crate::{
     Access, AllocError, DomId, EventChannel, EventChannels, EvtchnError, EvtchnPort,
-    GrantAllocator, GrantMapper, GrantMapping, GrantRef, GrantedPages, MapError,
+    GrantAllocator, GrantMapper, GrantMapping, GrantRef, GrantedPages, MapError, MapRequest,
 };
 
 /// Which platform a daemon runs on (`--platform xen|sim`).
@@ -80,6 +80,17 @@ impl GrantMapper for Platform {
         match self {
             Platform::Xen(p) => p.map(domid, refs, access),
             Platform::Sim(p) => p.map(domid, refs, access),
+        }
+    }
+
+    fn map_batch(
+        &self,
+        domid: DomId,
+        reqs: &[MapRequest<'_>],
+    ) -> Vec<Result<GrantMapping, MapError>> {
+        match self {
+            Platform::Xen(p) => p.map_batch(domid, reqs),
+            Platform::Sim(p) => p.map_batch(domid, reqs),
         }
     }
 }

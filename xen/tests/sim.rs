@@ -439,3 +439,102 @@ fn mappings_convert_into_ring_shm_views() {
     Arc::try_unwrap(pages).unwrap().end_access().unwrap();
     assert_eq!(sim.broker.counters().grants, 0);
 }
+
+#[test]
+fn map_batch_maps_each_request_on_its_own() {
+    use pvusb_xen::MapRequest;
+    let sim = Sim::new();
+    let dom0 = sim.dom0();
+    let dom1 = sim.domain(1);
+    let rw = dom1.alloc(DomId(0), 3, Access::Writable).unwrap();
+    let ro = dom1.alloc(DomId(0), 1, Access::ReadOnly).unwrap();
+    rw.write_at(PAGE_SIZE, b"second").unwrap();
+    let bad = [GrantRef(4242)];
+    let two = [rw.grefs()[1], ro.grefs()[0]];
+    let reqs = [
+        MapRequest {
+            refs: rw.grefs(),
+            access: Access::Writable,
+        },
+        MapRequest {
+            refs: &[],
+            access: Access::ReadOnly,
+        },
+        MapRequest {
+            refs: ro.grefs(),
+            access: Access::Writable,
+        },
+        MapRequest {
+            refs: &bad,
+            access: Access::ReadOnly,
+        },
+        MapRequest {
+            refs: &two,
+            access: Access::ReadOnly,
+        },
+    ];
+    let mut got = dom0.map_batch(DomId(1), &reqs).into_iter();
+    let whole = got.next().unwrap().unwrap();
+    assert!(matches!(got.next(), Some(Err(MapError::BadCount(0)))));
+    assert!(matches!(
+        got.next(),
+        Some(Err(MapError::ReadOnlyGrant { .. }))
+    ));
+    assert!(matches!(got.next(), Some(Err(MapError::NotGranted { .. }))));
+    let mixed = got.next().unwrap().unwrap();
+    assert!(got.next().is_none());
+    let mut buf = [0u8; 6];
+    whole.read_at(PAGE_SIZE, &mut buf).unwrap();
+    assert_eq!(&buf, b"second");
+    mixed.read_at(0, &mut buf).unwrap();
+    assert_eq!(&buf, b"second");
+    assert_eq!(mixed.access(), Access::ReadOnly);
+    assert_eq!(sim.broker.counters().mappings, 2);
+    drop((whole, mixed));
+    assert_eq!(sim.broker.counters().mappings, 0);
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// The client keeps the grant files the broker sent, but boundedly, and closes those of
+/// dead allocations once the broker reports them.
+#[test]
+fn cached_grant_files_stay_bounded_and_close_when_the_grant_dies() {
+    use pvusb_xen::sim::files::FD_CACHE_MAX;
+    let sim = Sim::new();
+    let dom0 = sim.dom0();
+    let dom1 = sim.domain(1);
+    // Other tests of this binary run in parallel threads: allow for their fds.
+    let before = open_fds();
+    let allocs: Vec<_> = (0..FD_CACHE_MAX + 60)
+        .map(|_| dom1.alloc(DomId(0), 1, Access::Writable).unwrap())
+        .collect();
+    for (i, a) in allocs.iter().enumerate() {
+        let m = dom0.map(DomId(1), a.grefs(), Access::Writable).unwrap();
+        m.write_at(0, &(i as u32).to_ne_bytes()).unwrap();
+    }
+    // Every page still maps (some files were evicted and get sent again).
+    for (i, a) in allocs.iter().enumerate() {
+        let m = dom0.map(DomId(1), a.grefs(), Access::ReadOnly).unwrap();
+        let mut b = [0u8; 4];
+        m.read_at(0, &mut b).unwrap();
+        assert_eq!(u32::from_ne_bytes(b), i as u32);
+    }
+    // (The in-process broker holds two files per allocation itself.)
+    assert!(dom0.cached_files() <= FD_CACHE_MAX);
+    assert!(dom0.cached_files() > FD_CACHE_MAX / 2);
+    for a in allocs {
+        a.end_access().unwrap();
+    }
+    // The next maps' replies report the dead serials (at most MAX_DEAD per reply).
+    let last = dom1.alloc(DomId(0), 1, Access::Writable).unwrap();
+    for _ in 0..3 {
+        drop(dom0.map(DomId(1), last.grefs(), Access::Writable).unwrap());
+    }
+    assert_eq!(dom0.cached_files(), 1);
+    drop(last);
+    let left = open_fds().saturating_sub(before);
+    assert!(left <= 40, "{left} more fds still open");
+}

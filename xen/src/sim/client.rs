@@ -3,7 +3,7 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use rustix::event::epoll;
 use rustix::io::Errno;
@@ -11,20 +11,29 @@ use rustix::net::{RecvFlags, SendFlags};
 
 use super::broker::socket_path;
 use super::fdpass;
-use super::wire::{Counters, EndMode, Reply, Request, Status, MAX_MESSAGE};
+use super::files::FileCache;
+use super::wire::{
+    Counters, EndMode, Reply, Request, Status, MAX_BATCH, MAX_BATCH_PAGES, MAX_MESSAGE,
+};
 use crate::error::{BrokerError, RevokeError};
-use crate::mem::{GrantOwner, Region, Unmap};
+use crate::mem::{GrantOwner, Region};
 use crate::{
     Access, AllocError, DomId, EndAccessError, EventChannel, EventChannels, EvtchnError,
     EvtchnPort, GrantAllocator, GrantMapper, GrantMapping, GrantRef, GrantedPages, MapError,
-    MAX_PAGES_PER_CALL, PAGE_SIZE,
+    MapRequest, MAX_PAGES_PER_CALL, PAGE_SIZE,
 };
 
+mod mapper;
+
+/// The connection's socket and everything that must change in step with the messages on it.
 #[derive(Debug)]
-struct Conn {
-    domid: DomId,
-    /// The socket and the last sequence number; one request is in flight at a time.
-    sock: Mutex<(OwnedFd, u32)>,
+struct Wire {
+    sock: OwnedFd,
+    /// The last sequence number used; one call is in flight at a time.
+    seq: u32,
+    /// Grant files the broker handed over on this connection.
+    files: FileCache,
+    buf: Box<[u8]>,
 }
 
 fn send_error(e: Errno) -> BrokerError {
@@ -34,25 +43,35 @@ fn send_error(e: Errno) -> BrokerError {
     }
 }
 
-impl Conn {
-    /// Sends a one-way request (no reply comes). It takes a sequence number like any call,
-    /// so a reply can never be mistaken for another's.
-    fn send_oneway(&self, req: &Request) -> Result<(), BrokerError> {
-        let mut guard = self.sock.lock().unwrap_or_else(|p| p.into_inner());
-        let (sock, seq) = &mut *guard;
-        *seq = seq.wrapping_add(1);
-        fdpass::send(sock.as_fd(), &req.emit(*seq), &[], SendFlags::empty()).map_err(send_error)
+impl Wire {
+    /// Sends a request with the next sequence number. One-way requests take one too, so a
+    /// reply can never be mistaken for another's.
+    fn send(&mut self, req: &Request) -> Result<u32, BrokerError> {
+        self.seq = self.seq.wrapping_add(1);
+        fdpass::send(
+            self.sock.as_fd(),
+            &req.emit(self.seq),
+            &[],
+            SendFlags::empty(),
+        )
+        .map_err(send_error)?;
+        Ok(self.seq)
     }
 
-    fn call(&self, req: &Request, max_fds: usize) -> Result<(Reply, Vec<OwnedFd>), BrokerError> {
-        let mut guard = self.sock.lock().unwrap_or_else(|p| p.into_inner());
-        let (sock, seq) = &mut *guard;
-        *seq = seq.wrapping_add(1);
-        let seq = *seq;
-        fdpass::send(sock.as_fd(), &req.emit(seq), &[], SendFlags::empty()).map_err(send_error)?;
-        let mut buf = [0u8; MAX_MESSAGE];
+    /// Waits for the reply to request `seq` (of operation `op`).
+    fn reply(
+        &mut self,
+        seq: u32,
+        op: u32,
+        max_fds: usize,
+    ) -> Result<(Reply, Vec<OwnedFd>), BrokerError> {
         loop {
-            let got = match fdpass::recv(sock.as_fd(), &mut buf, max_fds, RecvFlags::empty()) {
+            let got = match fdpass::recv(
+                self.sock.as_fd(),
+                &mut self.buf,
+                max_fds,
+                RecvFlags::empty(),
+            ) {
                 Ok(got) => got,
                 Err(Errno::INTR) => continue,
                 Err(Errno::CONNRESET) => return Err(BrokerError::Closed),
@@ -64,20 +83,49 @@ impl Conn {
             if got.truncated || got.fds_truncated {
                 return Err(BrokerError::BadReply("reply or its fds truncated"));
             }
-            let bytes = buf.get(..got.len).ok_or(BrokerError::BadReply("length"))?;
+            let bytes = self
+                .buf
+                .get(..got.len)
+                .ok_or(BrokerError::BadReply("length"))?;
             let (rseq, reply) =
                 Reply::parse(bytes).map_err(|_| BrokerError::BadReply("unparsable"))?;
             if rseq != seq {
                 // A reply to an earlier request whose caller gave up: not ours.
                 continue;
             }
-            if let Reply::Error { op, .. } | Reply::Port { op, .. } | Reply::Done { op } = reply {
-                if op != req.op() {
+            if let Reply::Error { op: rop, .. }
+            | Reply::Port { op: rop, .. }
+            | Reply::Done { op: rop } = reply
+            {
+                if rop != op {
                     return Err(BrokerError::BadReply("reply to another operation"));
                 }
             }
             return Ok((reply, got.fds));
         }
+    }
+}
+
+#[derive(Debug)]
+struct Conn {
+    domid: DomId,
+    wire: Mutex<Wire>,
+}
+
+impl Conn {
+    fn lock(&self) -> MutexGuard<'_, Wire> {
+        self.wire.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends a one-way request (no reply comes).
+    fn send_oneway(&self, req: &Request) -> Result<(), BrokerError> {
+        self.lock().send(req).map(|_| ())
+    }
+
+    fn call(&self, req: &Request, max_fds: usize) -> Result<(Reply, Vec<OwnedFd>), BrokerError> {
+        let mut wire = self.lock();
+        let seq = wire.send(req)?;
+        wire.reply(seq, req.op(), max_fds)
     }
 
     /// A request whose only successful reply is `Done`.
@@ -109,9 +157,20 @@ impl SimPlatform {
         Ok(SimPlatform {
             conn: Arc::new(Conn {
                 domid,
-                sock: Mutex::new((sock, 0)),
+                wire: Mutex::new(Wire {
+                    sock,
+                    seq: 0,
+                    files: FileCache::default(),
+                    buf: vec![0; MAX_MESSAGE].into_boxed_slice(),
+                }),
             }),
         })
+    }
+
+    /// How many grant files (memfds the broker handed over) this connection keeps open;
+    /// at most [`super::files::FD_CACHE_MAX`].
+    pub fn cached_files(&self) -> usize {
+        self.conn.lock().files.len()
     }
 
     /// The domain this connection speaks for.
@@ -140,27 +199,6 @@ impl SimPlatform {
     }
 }
 
-#[derive(Debug)]
-struct SimUnmap {
-    conn: Arc<Conn>,
-    map_id: u32,
-}
-
-impl Unmap for SimUnmap {
-    /// Runs after the munmap: nothing here can touch the pages any more, so the broker is
-    /// told without waiting for an answer. The broker handles our connection's messages in
-    /// order, and drains them before refusing an end of access or reporting counters, so
-    /// whoever learns (through us) that the pages are unmapped sees the broker agree.
-    fn unmap(self: Box<Self>) {
-        if let Err(e) = self.conn.send_oneway(&Request::UnmapOneway {
-            map_id: self.map_id,
-        }) {
-            // The broker also counts our connection's close as the unmap.
-            tracing::debug!(map_id = self.map_id, error = %e, "unmap report failed");
-        }
-    }
-}
-
 fn check_count(n: usize) -> bool {
     n > 0 && n <= MAX_PAGES_PER_CALL
 }
@@ -172,115 +210,41 @@ impl GrantMapper for SimPlatform {
         refs: &[GrantRef],
         access: Access,
     ) -> Result<GrantMapping, MapError> {
-        if !check_count(refs.len()) {
-            return Err(MapError::BadCount(refs.len()));
-        }
-        let req = Request::Map {
-            domid,
-            access,
-            refs: refs.to_vec(),
-        };
-        let (reply, fds) = self.conn.call(&req, fdpass::MAX_FDS)?;
-        let (map_id, nfds, pages) = match reply {
-            Reply::Mapped {
-                map_id,
-                nfds,
-                pages,
-            } => (map_id, nfds, pages),
-            Reply::Error { status, .. } => {
-                return Err(match status {
-                    Status::NotGranted => MapError::NotGranted {
-                        domid,
-                        refs: refs.to_vec(),
-                    },
-                    Status::ReadOnlyGrant => MapError::ReadOnlyGrant {
-                        domid,
-                        refs: refs.to_vec(),
-                    },
-                    Status::NoSuchDomain => MapError::NoSuchDomain(domid),
-                    s => MapError::Broker(BrokerError::Refused(s)),
-                })
-            }
-            _ => return Err(BrokerError::BadReply("unexpected reply").into()),
-        };
-        // From here the broker counts the mapping: release it on every failure path.
-        let unmap = Box::new(SimUnmap {
-            conn: self.conn.clone(),
-            map_id,
-        });
-        let built = build_mapping(&fds, nfds, &pages, refs.len(), access);
-        match built {
-            Ok(region) => Ok(GrantMapping::new(region, domid, refs, unmap)),
-            Err(e) => {
-                unmap.unmap();
-                Err(e)
-            }
-        }
+        self.map_batch(domid, &[MapRequest { refs, access }])
+            .pop()
+            .unwrap_or(Err(BrokerError::BadReply("no outcome").into()))
     }
-}
 
-fn build_mapping(
-    fds: &[OwnedFd],
-    nfds: u32,
-    pages: &[super::wire::PageLoc],
-    count: usize,
-    access: Access,
-) -> Result<Region, MapError> {
-    if usize::try_from(nfds).ok() != Some(fds.len()) || pages.len() != count {
-        return Err(BrokerError::BadReply("page list or fds do not match").into());
-    }
-    // The usual case (a request's pages granted together): one run of one memfd.
-    if let Some(first) = pages.first() {
-        let one_run = pages.iter().enumerate().all(|(i, p)| {
-            p.fd_index == first.fd_index
-                && u64::from(p.file_page) == u64::from(first.file_page) + i as u64
-        });
-        if one_run {
-            let fd = usize::try_from(first.fd_index)
-                .ok()
-                .and_then(|k| fds.get(k))
-                .ok_or(BrokerError::BadReply("fd index out of range"))?;
-            let offset = u64::from(first.file_page)
-                .checked_mul(PAGE_SIZE as u64)
-                .ok_or(BrokerError::BadReply("page offset"))?;
-            let len = count
-                .checked_mul(PAGE_SIZE)
-                .ok_or(BrokerError::BadReply("page count"))?;
-            return Region::map_shared_populated(fd.as_fd(), offset, len, access).map_err(
-                |errno| MapError::Os {
-                    op: "mmap grant",
-                    errno,
-                },
-            );
+    /// One MAP round trip per [`MAX_BATCH`] requests (or [`MAX_BATCH_PAGES`] pages).
+    fn map_batch(
+        &self,
+        domid: DomId,
+        reqs: &[MapRequest<'_>],
+    ) -> Vec<Result<GrantMapping, MapError>> {
+        let mut out = Vec::with_capacity(reqs.len());
+        let mut chunk: Vec<MapRequest<'_>> = Vec::new();
+        let mut pages = 0;
+        for r in reqs {
+            let n = r.refs.len();
+            if !check_count(n) {
+                // Keep the order: what was queued is sent first.
+                out.extend(mapper::map_chunk(&self.conn, domid, &chunk));
+                chunk.clear();
+                pages = 0;
+                out.push(Err(MapError::BadCount(n)));
+                continue;
+            }
+            if chunk.len() == MAX_BATCH || pages + n > MAX_BATCH_PAGES {
+                out.extend(mapper::map_chunk(&self.conn, domid, &chunk));
+                chunk.clear();
+                pages = 0;
+            }
+            chunk.push(*r);
+            pages += n;
         }
+        out.extend(mapper::map_chunk(&self.conn, domid, &chunk));
+        out
     }
-    let mut region = Region::reserve(count, access).map_err(|errno| MapError::Os {
-        op: "mmap reserve",
-        errno,
-    })?;
-    // Map runs of consecutive pages of one memfd with one mmap.
-    let mut i = 0;
-    while let Some(first) = pages.get(i) {
-        let mut run = 1;
-        while pages.get(i + run).is_some_and(|p| {
-            p.fd_index == first.fd_index
-                && u64::from(p.file_page) == u64::from(first.file_page) + run as u64
-        }) {
-            run += 1;
-        }
-        let fd = usize::try_from(first.fd_index)
-            .ok()
-            .and_then(|k| fds.get(k))
-            .ok_or(BrokerError::BadReply("fd index out of range"))?;
-        region
-            .map_fixed(i, fd.as_fd(), u64::from(first.file_page), run)
-            .map_err(|errno| MapError::Os {
-                op: "mmap grant",
-                errno,
-            })?;
-        i += run;
-    }
-    Ok(region)
 }
 
 #[derive(Debug)]

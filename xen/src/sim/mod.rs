@@ -16,11 +16,20 @@
 //!   `write`, with no broker hop. Differences from Xen: ports are per-connection objects with
 //!   their own fd (as if each channel had its own /dev/xen/evtchn open); a notify sent before
 //!   the peer binds is dropped when it binds (Xen drops it at send time).
+//! - MAP is batched (several mappings per round trip, each refused or granted on its own) and
+//!   a grant's memfd is passed to a connection once: the broker remembers which files
+//!   (allocation serial × access) each connection holds, the client caches them
+//!   ([`files::FileCache`], bounded, evicted with a one-way FORGET) and closes those the
+//!   broker reports dead in a later MAP reply.
 //! - Limits of the model: the simulation is not a security boundary between processes of one
-//!   host. A mapper is handed the memfd itself; the broker's accounting assumes it closes the
-//!   fd after mapping (our client does), since a process that kept it could still reach the
-//!   pages after access ended. Memfds are sealed against resizing, so a peer cannot make the
-//!   other side's mapping fault.
+//!   host. A mapper is handed the memfd itself, and a process that kept it could reach the
+//!   pages without asking — before and after access ended. That was true when every MAP
+//!   passed the fd again (nothing stops a client from keeping it), so caching the files does
+//!   not weaken what the sim enforces. What it enforces is the accounting of mappings made
+//!   through MAP: grant and read-only checks, StillMapped while mapped, revocation once
+//!   unmapped, cleanup on death. Memfds are sealed against resizing, so a peer cannot make
+//!   the other side's mapping fault, and a read-only grant is only ever passed as a
+//!   read-only file description.
 //! - A domain dies when the last connection of its processes closes (or dom0 destroys it):
 //!   its grants are revoked once peers unmap, its ports are closed, and the release hook
 //!   runs (the `pvusb-simhyp` binary sends XS_RELEASE to the embedded xenstored).
@@ -28,6 +37,7 @@
 pub mod broker;
 pub mod client;
 pub mod fdpass;
+pub mod files;
 pub mod release;
 pub mod state;
 pub mod wire;

@@ -6,14 +6,15 @@
 //! does on real Xen.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use rustix::event::EventfdFlags;
-use rustix::fs::{MemfdFlags, Mode, OFlags, SealFlags};
 
-use super::wire::{Counters, EndMode, PageLoc, Reply, Request, Status};
-use crate::{Access, DomId, EvtchnPort, GrantRef, PAGE_SIZE};
+use super::wire::{Counters, EndMode, FileKey, Reply, Request, Status};
+use crate::{Access, DomId, EvtchnPort};
+
+mod grants;
 
 /// Identifies one client connection.
 pub type ConnId = u64;
@@ -22,10 +23,11 @@ pub type ConnId = u64;
 const MAX_GRANTED_PAGES: usize = 16 * 1024;
 const MAX_PORTS: usize = 4096;
 const MAX_MAPPINGS_PER_CONN: usize = 16 * 1024;
+/// Files a connection holds plus dead serials not yet reported to it (a well-behaved
+/// client keeps a few hundred at most; see `client::FD_CACHE_MAX`).
+const MAX_HELD_PER_CONN: usize = 4096;
 /// Xen reserves the first grant entries for the toolstack (console, xenstore).
 const FIRST_GREF: u32 = 8;
-/// SCM_MAX_FD is 253; keep a margin.
-const MAX_FDS_PER_REPLY: usize = 250;
 
 /// Something the broker shell must do after a state change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +51,10 @@ struct Domain {
 
 #[derive(Debug)]
 struct Alloc {
+    /// Names this allocation's files to clients; never reused.
+    serial: u64,
+    /// Connections that were sent one of its files (some may have forgotten it since).
+    holders: HashSet<ConnId>,
     owner: ConnId,
     granter: DomId,
     grantee: DomId,
@@ -62,12 +68,14 @@ struct Alloc {
     revoking: bool,
 }
 
-/// One client connection: its domain and (for O(1) limits and O(own) cleanup) the
-/// mappings it owns.
+/// One client connection: its domain, the mappings it owns (for O(1) limits and O(own)
+/// cleanup), the files it holds and the dead serials it has not been told about.
 #[derive(Debug)]
 struct Client {
     domid: DomId,
     mappings: HashSet<u32>,
+    held: HashSet<FileKey>,
+    dead: Vec<u64>,
 }
 
 #[derive(Debug)]
@@ -108,6 +116,7 @@ pub struct State {
     grants: HashMap<(DomId, u32), (u32, u32)>,
     mappings: HashMap<u32, Mapping>,
     next_map: u32,
+    next_serial: u64,
     ports: HashMap<(DomId, u32), Port>,
 }
 
@@ -183,6 +192,8 @@ impl State {
             Client {
                 domid,
                 mappings: HashSet::new(),
+                held: HashSet::new(),
+                dead: Vec::new(),
             },
         );
         Some(conn)
@@ -323,11 +334,11 @@ impl State {
                 };
                 (done(r), Vec::new())
             }
-            Request::Map {
-                domid,
-                access,
-                refs,
-            } => (self.map(conn, me, domid, access, &refs), Vec::new()),
+            Request::Map { domid, maps } => (self.map_batch(conn, me, domid, &maps), Vec::new()),
+            Request::Forget { files } => {
+                self.forget(conn, &files);
+                (Ok((Reply::Done { op }, Vec::new())), Vec::new())
+            }
             Request::Unmap { map_id } | Request::UnmapOneway { map_id } => {
                 let r = match self.mappings.get(&map_id) {
                     Some(m) if m.owner == conn => {
@@ -354,184 +365,6 @@ impl State {
                     _ => Err(Status::NoSuchObject),
                 };
                 (done(r), Vec::new())
-            }
-        }
-    }
-
-    fn grant(
-        &mut self,
-        conn: ConnId,
-        me: DomId,
-        grantee: DomId,
-        count: u32,
-        access: Access,
-    ) -> Result<Outcome, Status> {
-        if !self.is_live(grantee) {
-            return Err(Status::NoSuchDomain);
-        }
-        let pages = usize::try_from(count).map_err(|_| Status::BadRequest)?;
-        let dom = self.domains.get_mut(&me).ok_or(Status::NoSuchDomain)?;
-        if dom.granted_pages.saturating_add(pages) > MAX_GRANTED_PAGES {
-            return Err(Status::Resource);
-        }
-        let flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING;
-        let memfd = rustix::fs::memfd_create("pvusb-grant", flags).map_err(os)?;
-        let bytes = u64::from(count)
-            .checked_mul(PAGE_SIZE as u64)
-            .ok_or(Status::BadRequest)?;
-        rustix::fs::ftruncate(&memfd, bytes).map_err(os)?;
-        // A hostile peer holding the fd must not shrink it: the other side's mapping would
-        // fault (SIGBUS) on the missing pages.
-        let seals = SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL;
-        rustix::fs::fcntl_add_seals(&memfd, seals).map_err(os)?;
-        let mut grefs = Vec::with_capacity(pages);
-        for _ in 0..pages {
-            let g = dom.next_gref;
-            dom.next_gref = g.checked_add(1).ok_or(Status::Resource)?;
-            grefs.push(g);
-        }
-        dom.granted_pages += pages;
-        let handle = next_id(&mut self.next_handle, |h| self.allocs.contains_key(&h))?;
-        for (i, &g) in grefs.iter().enumerate() {
-            let page = u32::try_from(i).map_err(|_| Status::BadRequest)?;
-            self.grants.insert((me, g), (handle, page));
-        }
-        let memfd = Arc::new(memfd);
-        let reply = Reply::Granted {
-            handle,
-            grefs: grefs.iter().map(|&g| GrantRef(g)).collect(),
-        };
-        let alloc = Alloc {
-            owner: conn,
-            granter: me,
-            grantee,
-            access,
-            memfd: memfd.clone(),
-            ro_fd: None,
-            grefs,
-            mapped_by: 0,
-            revoking: false,
-        };
-        self.allocs.insert(handle, alloc);
-        Ok((reply, vec![memfd]))
-    }
-
-    fn end_grant(&mut self, handle: u32, mode: EndMode) -> Result<(), Status> {
-        let alloc = self.allocs.get_mut(&handle).ok_or(Status::NoSuchObject)?;
-        if alloc.mapped_by > 0 && mode == EndMode::Refuse {
-            return Err(Status::StillMapped);
-        }
-        if !alloc.revoking {
-            alloc.revoking = true;
-            for g in &alloc.grefs {
-                self.grants.remove(&(alloc.granter, *g));
-            }
-        }
-        if alloc.mapped_by == 0 {
-            self.free_alloc(handle);
-        }
-        Ok(())
-    }
-
-    fn free_alloc(&mut self, handle: u32) {
-        if let Some(a) = self.allocs.remove(&handle) {
-            if let Some(d) = self.domains.get_mut(&a.granter) {
-                d.granted_pages = d.granted_pages.saturating_sub(a.grefs.len());
-            }
-        }
-    }
-
-    fn map(
-        &mut self,
-        conn: ConnId,
-        me: DomId,
-        domid: DomId,
-        access: Access,
-        refs: &[GrantRef],
-    ) -> Result<Outcome, Status> {
-        if !self.is_live(domid) {
-            return Err(Status::NoSuchDomain);
-        }
-        let client = self.conns.get(&conn).ok_or(Status::NoSuchDomain)?;
-        if client.mappings.len() >= MAX_MAPPINGS_PER_CONN {
-            return Err(Status::Resource);
-        }
-        let mut handles: Vec<u32> = Vec::new();
-        let mut pages = Vec::with_capacity(refs.len());
-        for r in refs {
-            let &(handle, file_page) = self.grants.get(&(domid, r.0)).ok_or(Status::NotGranted)?;
-            let alloc = self.allocs.get(&handle).ok_or(Status::NotGranted)?;
-            if alloc.grantee != me || alloc.revoking {
-                return Err(Status::NotGranted);
-            }
-            if access == Access::Writable && alloc.access == Access::ReadOnly {
-                return Err(Status::ReadOnlyGrant);
-            }
-            let fd_index = match handles.iter().position(|&h| h == handle) {
-                Some(i) => i,
-                None => {
-                    handles.push(handle);
-                    handles.len() - 1
-                }
-            };
-            let fd_index = u32::try_from(fd_index).map_err(|_| Status::TooManyFiles)?;
-            pages.push(PageLoc {
-                fd_index,
-                file_page,
-            });
-        }
-        if handles.len() > MAX_FDS_PER_REPLY {
-            return Err(Status::TooManyFiles);
-        }
-        let mut fds = Vec::with_capacity(handles.len());
-        for h in &handles {
-            let alloc = self.allocs.get_mut(h).ok_or(Status::NotGranted)?;
-            fds.push(match access {
-                Access::Writable => alloc.memfd.clone(),
-                Access::ReadOnly => read_only(alloc)?,
-            });
-        }
-        let map_id = next_id(&mut self.next_map, |m| self.mappings.contains_key(&m))?;
-        for h in &handles {
-            if let Some(a) = self.allocs.get_mut(h) {
-                a.mapped_by += 1;
-            }
-        }
-        self.mappings.insert(
-            map_id,
-            Mapping {
-                owner: conn,
-                allocs: handles,
-            },
-        );
-        if let Some(c) = self.conns.get_mut(&conn) {
-            c.mappings.insert(map_id);
-        }
-        let nfds = u32::try_from(fds.len()).map_err(|_| Status::TooManyFiles)?;
-        Ok((
-            Reply::Mapped {
-                map_id,
-                nfds,
-                pages,
-            },
-            fds,
-        ))
-    }
-
-    fn unmap(&mut self, map_id: u32) {
-        let Some(m) = self.mappings.remove(&map_id) else {
-            return;
-        };
-        if let Some(c) = self.conns.get_mut(&m.owner) {
-            c.mappings.remove(&map_id);
-        }
-        for h in m.allocs {
-            let Some(a) = self.allocs.get_mut(&h) else {
-                continue;
-            };
-            a.mapped_by = a.mapped_by.saturating_sub(1);
-            if a.revoking && a.mapped_by == 0 {
-                self.free_alloc(h);
             }
         }
     }
@@ -635,19 +468,6 @@ impl State {
             }
         }
     }
-}
-
-/// A read-only file description of the allocation's memfd: mmap(PROT_WRITE) and
-/// mprotect(PROT_WRITE) of it fail with EACCES, so a read-only grant stays read-only.
-fn read_only(alloc: &mut Alloc) -> Result<Arc<OwnedFd>, Status> {
-    if let Some(fd) = &alloc.ro_fd {
-        return Ok(fd.clone());
-    }
-    let path = format!("/proc/self/fd/{}", alloc.memfd.as_fd().as_raw_fd());
-    let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).map_err(os)?;
-    let fd = Arc::new(fd);
-    alloc.ro_fd = Some(fd.clone());
-    Ok(fd)
 }
 
 #[cfg(test)]

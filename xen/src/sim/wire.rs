@@ -2,14 +2,14 @@
 //!
 //! Every message is host-local, so integers are native-endian `u32`.
 //!
-//! Request  = `RawHeader { op, seq }` + the op's fixed body + (MAP only) `u32 refs[count]`.
+//! Request  = `RawHeader { op, seq }` + the op's body.
 //! Reply    = `RawReplyHeader { seq, op, status }` + (status 0 only) the op's reply body.
 //!
 //! | op | request body | reply body | fds in reply |
 //! |----|--------------|------------|--------------|
 //! | 1 GRANT_ALLOC | grantee, count, flags(bit0 writable) | handle, count, `u32 grefs[count]` | memfd (rw) |
 //! | 2 GRANT_END | handle, mode (0 refuse if mapped, 1 defer) | — | — |
-//! | 3 MAP | domid, count, flags, `u32 refs[count]` | map_id, count, nfds, `{fd_index, file_page}[count]` | nfds memfds |
+//! | 3 MAP | domid, nmaps, then per map: count, flags, `u32 refs[count]` | see below | one per attached file |
 //! | 4 UNMAP | map_id | — | — |
 //! | 5 EVTCHN_ALLOC_UNBOUND | remote | port | rx eventfd, tx eventfd |
 //! | 6 EVTCHN_BIND | remote, remote_port | port | rx eventfd, tx eventfd |
@@ -18,6 +18,16 @@
 //! | 9 DOMAIN_DESTROY (dom0) | domid | — | — |
 //! | 10 COUNTERS (dom0) | — | grants, mappings, channels, domains, connections | — |
 //! | 11 UNMAP_ONEWAY | map_id | *none* (one-way: no reply, not even an error) | — |
+//! | 12 FORGET | count, `{serial_lo, serial_hi, flags}[count]` | *none* (one-way) | — |
+//!
+//! MAP is a batch: each map succeeds or fails on its own. Its reply body is
+//! `nmaps, nfiles, ndead`, then `files[nfiles]` = `{serial_lo, serial_hi, flags}` (flags bit 0:
+//! writable file description, bit 1: its fd is attached to this reply, in list order), then
+//! `dead[ndead]` = `{serial_lo, serial_hi}`, then per map `{status, map_id, count}` followed
+//! (status 0 only) by `{file, file_page}[count]`, `file` indexing `files`. A file is named by
+//! its allocation's serial (64 bits, never reused) and access: the broker attaches a file's
+//! fd only the first time a connection needs it; the client keeps it until the serial is
+//! reported `dead` (the allocation is gone) or it sends FORGET (and closes its copy).
 //!
 //! One-way messages still take a sequence number, so no reply can ever match a later call.
 //! The broker handles the messages of one connection in order, so a one-way message is seen
@@ -31,8 +41,19 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::{Access, DomId, EvtchnPort, GrantRef, MAX_PAGES_PER_CALL};
 
-/// The largest datagram either side sends or accepts.
-pub const MAX_MESSAGE: usize = 4096;
+/// The largest datagram either side sends or accepts (a full MAP reply is about 14 KiB).
+pub const MAX_MESSAGE: usize = 16384;
+
+/// The most maps one MAP request carries.
+pub const MAX_BATCH: usize = 64;
+/// The most pages one MAP request carries, over all its maps.
+pub const MAX_BATCH_PAGES: usize = 1024;
+/// The most distinct files one MAP reply names (the attached fds stay below SCM_MAX_FD).
+pub const MAX_FILES: usize = 250;
+/// The most dead serials one MAP reply reports (more follow in later replies).
+pub const MAX_DEAD: usize = 256;
+/// The most files one FORGET names.
+pub const MAX_FORGET: usize = 256;
 
 /// Request header.
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
@@ -68,6 +89,7 @@ mod op {
     pub const DOMAIN_DESTROY: u32 = 9;
     pub const COUNTERS: u32 = 10;
     pub const UNMAP_ONEWAY: u32 = 11;
+    pub const FORGET: u32 = 12;
 }
 
 /// A request that does not parse.
@@ -195,16 +217,14 @@ pub enum Request {
     },
     /// End access to an allocation.
     GrantEnd { handle: u32, mode: EndMode },
-    /// Map references of `domid`.
-    Map {
-        domid: DomId,
-        access: Access,
-        refs: Vec<GrantRef>,
-    },
+    /// Map references of `domid`: each entry of `maps` is one mapping.
+    Map { domid: DomId, maps: Vec<MapSpec> },
     /// Report that a mapping is gone.
     Unmap { map_id: u32 },
     /// Report that a mapping is gone, without a reply.
     UnmapOneway { map_id: u32 },
+    /// The client closed its copies of these files (no reply).
+    Forget { files: Vec<FileKey> },
     /// Allocate a port `remote` may bind.
     EvtchnAllocUnbound { remote: DomId },
     /// Bind to `remote`'s unbound port.
@@ -222,14 +242,52 @@ pub enum Request {
     Counters,
 }
 
-/// One page of a MAP reply: which of the passed fds, and which page of it.
+/// One mapping of a MAP request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapSpec {
+    /// How to map.
+    pub access: Access,
+    /// The references, page by page.
+    pub refs: Vec<GrantRef>,
+}
+
+/// A file the broker hands out: an allocation's memfd, through a writable or a read-only
+/// file description.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FileKey {
+    /// The allocation's serial number (never reused while the broker runs).
+    pub serial: u64,
+    /// The file description's access.
+    pub access: Access,
+}
+
+/// A file named in a MAP reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileRef {
+    /// Which file.
+    pub key: FileKey,
+    /// Its fd is attached to this reply (the next one in order); otherwise the client holds
+    /// it from an earlier reply.
+    pub attached: bool,
+}
+
+/// One page of a MAP reply: which file of the reply, and which page of it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
 #[repr(C)]
 pub struct PageLoc {
-    /// Index into the fds passed with the reply.
-    pub fd_index: u32,
+    /// Index into the reply's files.
+    pub file: u32,
     /// Page number inside that memfd.
     pub file_page: u32,
+}
+
+/// The outcome of one mapping of a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MapOutcome {
+    /// Mapped: the broker counts it until UNMAP.
+    Mapped { map_id: u32, pages: Vec<PageLoc> },
+    /// Refused (never [`Status::Ok`]).
+    Failed(Status),
 }
 
 /// A parsed reply.
@@ -239,11 +297,11 @@ pub enum Reply {
     Error { op: u32, status: Status },
     /// GRANT_ALLOC succeeded (one memfd attached).
     Granted { handle: u32, grefs: Vec<GrantRef> },
-    /// MAP succeeded (`nfds` memfds attached).
+    /// MAP was handled (one fd attached per `attached` file); each map has its outcome.
     Mapped {
-        map_id: u32,
-        nfds: u32,
-        pages: Vec<PageLoc>,
+        files: Vec<FileRef>,
+        dead: Vec<u64>,
+        maps: Vec<MapOutcome>,
     },
     /// A port was bound (rx and tx eventfds attached).
     Port { op: u32, port: EvtchnPort },
@@ -308,6 +366,47 @@ fn access_flags(a: Access) -> u32 {
     }
 }
 
+fn serial_words(v: u64) -> [u32; 2] {
+    let b = v.to_ne_bytes();
+    let w = |i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    if cfg!(target_endian = "little") {
+        [w(0), w(4)]
+    } else {
+        [w(4), w(0)]
+    }
+}
+
+fn serial(lo: u32, hi: u32) -> u64 {
+    u64::from(lo) | (u64::from(hi) << 32)
+}
+
+/// A count in `0..=max` (`1..=max` when `nonzero`).
+fn bounded(v: u32, max: usize, nonzero: bool) -> Result<usize, BadMessage> {
+    usize::try_from(v)
+        .ok()
+        .filter(|&n| n <= max && (n > 0 || !nonzero))
+        .ok_or(BadMessage::BadField)
+}
+
+/// A file key's flags word: bit 0 writable; `attached` adds bit 1.
+fn file_flags(key: FileKey, attached: bool) -> u32 {
+    access_flags(key.access) | if attached { 2 } else { 0 }
+}
+
+fn parse_file(t: Three, allow_attached: bool) -> Result<FileRef, BadMessage> {
+    let attached = t.c & 2 != 0;
+    if attached && !allow_attached {
+        return Err(BadMessage::BadField);
+    }
+    Ok(FileRef {
+        key: FileKey {
+            serial: serial(t.a, t.b),
+            access: access(t.c & !2)?,
+        },
+        attached,
+    })
+}
+
 /// Reads `n` native u32s.
 fn u32s(bytes: &[u8], n: usize) -> Result<(Vec<u32>, &[u8]), BadMessage> {
     let len = n.checked_mul(4).ok_or(BadMessage::BadField)?;
@@ -320,6 +419,11 @@ fn u32s(bytes: &[u8], n: usize) -> Result<(Vec<u32>, &[u8]), BadMessage> {
         .map(|c| u32::read_from_bytes(c).map_err(|_| BadMessage::Truncated))
         .collect::<Result<Vec<_>, _>>()?;
     Ok((v, rest))
+}
+
+/// A length as a wire count; lengths beyond u32 cannot parse back anyway.
+fn len32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 fn push_u32s(out: &mut Vec<u8>, vals: impl IntoIterator<Item = u32>) {
@@ -337,6 +441,7 @@ impl Request {
             Request::Map { .. } => op::MAP,
             Request::Unmap { .. } => op::UNMAP,
             Request::UnmapOneway { .. } => op::UNMAP_ONEWAY,
+            Request::Forget { .. } => op::FORGET,
             Request::EvtchnAllocUnbound { .. } => op::EVTCHN_ALLOC_UNBOUND,
             Request::EvtchnBind { .. } => op::EVTCHN_BIND,
             Request::EvtchnUnbind { .. } => op::EVTCHN_UNBIND,
@@ -348,7 +453,7 @@ impl Request {
 
     /// Whether the broker answers this request (one-way messages get no reply at all).
     pub fn wants_reply(&self) -> bool {
-        !matches!(self, Request::UnmapOneway { .. })
+        !matches!(self, Request::UnmapOneway { .. } | Request::Forget { .. })
     }
 
     /// Parses a request datagram into its sequence number and request. The header is parsed
@@ -381,15 +486,41 @@ impl Request {
                 Request::GrantEnd { handle: t.a, mode }
             }
             op::MAP => {
-                let (t, rest) = take::<Three>(body)?;
-                let n = count(t.b)?;
-                let (refs, rest) = u32s(rest, n)?;
+                let (t, mut rest) = take::<Two>(body)?;
+                let nmaps = bounded(t.b, MAX_BATCH, true)?;
+                let mut maps = Vec::with_capacity(nmaps);
+                let mut total = 0usize;
+                for _ in 0..nmaps {
+                    let (m, r) = take::<Two>(rest)?;
+                    let n = count(m.a)?;
+                    total += n;
+                    if total > MAX_BATCH_PAGES {
+                        return Err(BadMessage::BadField);
+                    }
+                    let (refs, r) = u32s(r, n)?;
+                    rest = r;
+                    maps.push(MapSpec {
+                        access: access(m.b)?,
+                        refs: refs.into_iter().map(GrantRef).collect(),
+                    });
+                }
                 end(rest)?;
                 Request::Map {
                     domid: domid(t.a)?,
-                    access: access(t.c)?,
-                    refs: refs.into_iter().map(GrantRef).collect(),
+                    maps,
                 }
+            }
+            op::FORGET => {
+                let (n, mut rest) = take::<u32>(body)?;
+                let n = bounded(n, MAX_FORGET, true)?;
+                let mut files = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let (t, r) = take::<Three>(rest)?;
+                    rest = r;
+                    files.push(parse_file(t, false)?.key);
+                }
+                end(rest)?;
+                Request::Forget { files }
             }
             op::COUNTERS => {
                 end(body)?;
@@ -448,14 +579,19 @@ impl Request {
             Request::GrantEnd { handle, mode } => {
                 push_u32s(&mut out, [*handle, u32::from(*mode == EndMode::Defer)])
             }
-            Request::Map {
-                domid,
-                access,
-                refs,
-            } => {
-                let n = u32::try_from(refs.len()).unwrap_or(u32::MAX);
-                push_u32s(&mut out, [u32::from(domid.0), n, access_flags(*access)]);
-                push_u32s(&mut out, refs.iter().map(|r| r.0));
+            Request::Map { domid, maps } => {
+                push_u32s(&mut out, [u32::from(domid.0), len32(maps.len())]);
+                for m in maps {
+                    push_u32s(&mut out, [len32(m.refs.len()), access_flags(m.access)]);
+                    push_u32s(&mut out, m.refs.iter().map(|r| r.0));
+                }
+            }
+            Request::Forget { files } => {
+                push_u32s(&mut out, [len32(files.len())]);
+                for &f in files {
+                    let [lo, hi] = serial_words(f.serial);
+                    push_u32s(&mut out, [lo, hi, file_flags(f, false)]);
+                }
             }
             Request::Unmap { map_id } | Request::UnmapOneway { map_id } => {
                 push_u32s(&mut out, [*map_id])
@@ -498,15 +634,31 @@ impl Reply {
                 push_u32s(&mut out, [*handle, n]);
                 push_u32s(&mut out, grefs.iter().map(|g| g.0));
             }
-            Reply::Mapped {
-                map_id,
-                nfds,
-                pages,
-            } => {
-                let n = u32::try_from(pages.len()).unwrap_or(u32::MAX);
-                push_u32s(&mut out, [*map_id, n, *nfds]);
-                for p in pages {
-                    out.extend_from_slice(p.as_bytes());
+            Reply::Mapped { files, dead, maps } => {
+                push_u32s(
+                    &mut out,
+                    [len32(maps.len()), len32(files.len()), len32(dead.len())],
+                );
+                for f in files {
+                    let [lo, hi] = serial_words(f.key.serial);
+                    push_u32s(&mut out, [lo, hi, file_flags(f.key, f.attached)]);
+                }
+                for &d in dead {
+                    push_u32s(&mut out, serial_words(d));
+                }
+                for m in maps {
+                    match m {
+                        MapOutcome::Mapped { map_id, pages } => {
+                            push_u32s(
+                                &mut out,
+                                [Status::Ok.to_wire(), *map_id, len32(pages.len())],
+                            );
+                            for p in pages {
+                                out.extend_from_slice(p.as_bytes());
+                            }
+                        }
+                        MapOutcome::Failed(status) => push_u32s(&mut out, [status.to_wire(), 0, 0]),
+                    }
                 }
             }
             Reply::Port { port, .. } => push_u32s(&mut out, [port.0]),
@@ -514,6 +666,53 @@ impl Reply {
             Reply::Error { .. } | Reply::Done { .. } => {}
         }
         out
+    }
+
+    fn parse_mapped(body: &[u8]) -> Result<Reply, BadMessage> {
+        let (t, mut rest) = take::<Three>(body)?;
+        let nmaps = bounded(t.a, MAX_BATCH, true)?;
+        let nfiles = bounded(t.b, MAX_FILES, false)?;
+        let ndead = bounded(t.c, MAX_DEAD, false)?;
+        let mut files = Vec::with_capacity(nfiles);
+        for _ in 0..nfiles {
+            let (f, r) = take::<Three>(rest)?;
+            rest = r;
+            files.push(parse_file(f, true)?);
+        }
+        let mut dead = Vec::with_capacity(ndead);
+        for _ in 0..ndead {
+            let (d, r) = take::<Two>(rest)?;
+            rest = r;
+            dead.push(serial(d.a, d.b));
+        }
+        let mut maps = Vec::with_capacity(nmaps);
+        let mut total = 0usize;
+        for _ in 0..nmaps {
+            let (m, r) = take::<Three>(rest)?;
+            rest = r;
+            let status = Status::from_wire(m.a)?;
+            if status != Status::Ok {
+                if m.b != 0 || m.c != 0 {
+                    return Err(BadMessage::BadField);
+                }
+                maps.push(MapOutcome::Failed(status));
+                continue;
+            }
+            let n = count(m.c)?;
+            total += n;
+            if total > MAX_BATCH_PAGES {
+                return Err(BadMessage::BadField);
+            }
+            let mut pages = Vec::with_capacity(n);
+            for _ in 0..n {
+                let (p, r) = take::<PageLoc>(rest)?;
+                rest = r;
+                pages.push(p);
+            }
+            maps.push(MapOutcome::Mapped { map_id: m.b, pages });
+        }
+        end(rest)?;
+        Ok(Reply::Mapped { files, dead, maps })
     }
 
     /// Parses a reply datagram into its sequence number and reply.
@@ -534,22 +733,7 @@ impl Reply {
                     grefs: grefs.into_iter().map(GrantRef).collect(),
                 }
             }
-            op::MAP => {
-                let (t, mut rest) = take::<Three>(body)?;
-                let n = count(t.b)?;
-                let mut pages = Vec::with_capacity(n);
-                for _ in 0..n {
-                    let (p, r) = take::<PageLoc>(rest)?;
-                    pages.push(p);
-                    rest = r;
-                }
-                end(rest)?;
-                Reply::Mapped {
-                    map_id: t.a,
-                    nfds: t.c,
-                    pages,
-                }
-            }
+            op::MAP => Self::parse_mapped(body)?,
             op::EVTCHN_ALLOC_UNBOUND | op::EVTCHN_BIND => {
                 let (port, rest) = take::<u32>(body)?;
                 end(rest)?;

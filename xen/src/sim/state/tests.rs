@@ -1,4 +1,45 @@
 use super::*;
+use crate::sim::wire::{FileRef, MapOutcome, MapSpec};
+use crate::GrantRef;
+
+fn map_req(domid: DomId, access: Access, refs: Vec<GrantRef>) -> Request {
+    Request::Map {
+        domid,
+        maps: vec![MapSpec { access, refs }],
+    }
+}
+
+/// The files, dead serials, map ids (None for a failed map) and fd count of a MAP answer.
+fn mapped(
+    r: (Result<Outcome, Status>, Vec<Effect>),
+) -> (Vec<FileRef>, Vec<u64>, Vec<Option<u32>>, usize) {
+    let (reply, fds) = r.0.unwrap();
+    let Reply::Mapped { files, dead, maps } = reply else {
+        panic!("{reply:?}")
+    };
+    let ids = maps
+        .into_iter()
+        .map(|m| match m {
+            MapOutcome::Mapped { map_id, .. } => Some(map_id),
+            MapOutcome::Failed(_) => None,
+        })
+        .collect();
+    (files, dead, ids, fds.len())
+}
+
+fn alloc(s: &mut State, conn: ConnId, count: u32, access: Access) -> (u32, Vec<GrantRef>) {
+    let Reply::Granted { handle, grefs } = ok(s.handle(
+        conn,
+        Request::GrantAlloc {
+            grantee: DomId(0),
+            count,
+            access,
+        },
+    )) else {
+        panic!()
+    };
+    (handle, grefs)
+}
 
 fn setup() -> (State, ConnId, ConnId) {
     let mut s = State::new();
@@ -26,16 +67,8 @@ fn another_connection_cannot_touch_my_objects() {
     )) else {
         panic!()
     };
-    let Reply::Mapped { map_id, .. } = ok(s.handle(
-        c0,
-        Request::Map {
-            domid: DomId(1),
-            access: Access::Writable,
-            refs: grefs,
-        },
-    )) else {
-        panic!()
-    };
+    let (_, _, ids, _) = mapped(s.handle(c0, map_req(DomId(1), Access::Writable, grefs)));
+    let map_id = ids[0].unwrap();
     let Reply::Port { port, .. } =
         ok(s.handle(c1, Request::EvtchnAllocUnbound { remote: DomId(0) }))
     else {
@@ -81,14 +114,7 @@ fn closing_connections_releases_everything_and_kills_the_domain() {
     )) else {
         panic!()
     };
-    ok(s.handle(
-        c0,
-        Request::Map {
-            domid: DomId(1),
-            access: Access::ReadOnly,
-            refs: grefs,
-        },
-    ));
+    ok(s.handle(c0, map_req(DomId(1), Access::ReadOnly, grefs)));
     let Reply::Port { port, .. } =
         ok(s.handle(c1, Request::EvtchnAllocUnbound { remote: DomId(0) }))
     else {
@@ -149,4 +175,90 @@ fn grant_refs_start_after_the_reserved_entries() {
         panic!()
     };
     assert_eq!(grefs, vec![GrantRef(FIRST_GREF), GrantRef(FIRST_GREF + 1)]);
+}
+
+#[test]
+fn a_file_is_attached_once_per_connection_and_access() {
+    let (mut s, c0, c1) = setup();
+    let other = s.connect(DomId(0)).unwrap();
+    let (_, grefs) = alloc(&mut s, c1, 2, Access::Writable);
+    let (files, _, ids, nfds) =
+        mapped(s.handle(c0, map_req(DomId(1), Access::Writable, grefs.clone())));
+    assert_eq!((files.len(), nfds), (1, 1));
+    assert!(files[0].attached && ids[0].is_some());
+    let (files2, _, _, nfds) =
+        mapped(s.handle(c0, map_req(DomId(1), Access::Writable, grefs.clone())));
+    assert_eq!(
+        (files2[0].key, files2[0].attached, nfds),
+        (files[0].key, false, 0)
+    );
+    // Read-only is another file description; another connection gets its own copy.
+    let (ro, _, _, nfds) = mapped(s.handle(c0, map_req(DomId(1), Access::ReadOnly, grefs.clone())));
+    assert!(ro[0].attached && ro[0].key.serial == files[0].key.serial && nfds == 1);
+    let (_, _, _, nfds) = mapped(s.handle(other, map_req(DomId(1), Access::Writable, grefs)));
+    assert_eq!(nfds, 1);
+}
+
+#[test]
+fn forgotten_files_are_attached_again_and_dead_serials_reported_once() {
+    let (mut s, c0, c1) = setup();
+    let (h, grefs) = alloc(&mut s, c1, 1, Access::Writable);
+    let (_, _, ids, _) = mapped(s.handle(c0, map_req(DomId(1), Access::Writable, grefs.clone())));
+    let (files, _, _, _) = mapped(s.handle(c0, map_req(DomId(1), Access::Writable, grefs.clone())));
+    let key = files[0].key;
+    ok(s.handle(c0, Request::Forget { files: vec![key] }));
+    let (files, _, _, nfds) = mapped(s.handle(c0, map_req(DomId(1), Access::Writable, grefs)));
+    assert!(files[0].attached && nfds == 1);
+    // End access; the grant dies once all three mappings are gone.
+    ok(s.handle(
+        c1,
+        Request::GrantEnd {
+            handle: h,
+            mode: EndMode::Defer,
+        },
+    ));
+    for id in 1..=3 {
+        let _ = s.handle(c0, Request::UnmapOneway { map_id: id });
+    }
+    assert!(ids[0].is_some());
+    assert_eq!(s.counters().grants, 0);
+    let (_, g2) = alloc(&mut s, c1, 1, Access::Writable);
+    let (_, dead, _, _) = mapped(s.handle(c0, map_req(DomId(1), Access::Writable, g2.clone())));
+    assert_eq!(dead, vec![key.serial]);
+    let (_, dead, _, _) = mapped(s.handle(c0, map_req(DomId(1), Access::Writable, g2)));
+    assert!(dead.is_empty());
+}
+
+#[test]
+fn each_map_of_a_batch_succeeds_or_fails_on_its_own() {
+    let (mut s, c0, c1) = setup();
+    let (_, rw) = alloc(&mut s, c1, 2, Access::Writable);
+    let (_, ro) = alloc(&mut s, c1, 1, Access::ReadOnly);
+    let spec = |access, refs| MapSpec { access, refs };
+    let (r, _) = s.handle(
+        c0,
+        Request::Map {
+            domid: DomId(1),
+            maps: vec![
+                spec(Access::Writable, rw.clone()),
+                spec(Access::Writable, ro.clone()),
+                spec(Access::ReadOnly, vec![GrantRef(9999)]),
+                spec(Access::ReadOnly, vec![ro[0], rw[1]]),
+            ],
+        },
+    );
+    let (reply, fds) = r.unwrap();
+    let Reply::Mapped { files, maps, .. } = reply else {
+        panic!()
+    };
+    assert!(matches!(maps[0], MapOutcome::Mapped { .. }));
+    assert_eq!(maps[1], MapOutcome::Failed(Status::ReadOnlyGrant));
+    assert_eq!(maps[2], MapOutcome::Failed(Status::NotGranted));
+    let MapOutcome::Mapped { pages, .. } = &maps[3] else {
+        panic!()
+    };
+    // rw writable, ro read-only, rw read-only: three files, all new.
+    assert_eq!((files.len(), fds.len()), (3, 3));
+    assert_ne!(pages[0].file, pages[1].file);
+    assert_eq!(s.counters().mappings, 2);
 }

@@ -18,6 +18,53 @@ fn access() -> impl Strategy<Value = Access> {
     prop_oneof![Just(Access::ReadOnly), Just(Access::Writable)]
 }
 
+/// At most 128 pages each, so 8 of them stay within MAX_BATCH_PAGES.
+fn map_spec() -> impl Strategy<Value = MapSpec> {
+    (access(), proptest::collection::vec(any::<u32>(), 1..=128)).prop_map(|(access, refs)| {
+        MapSpec {
+            access,
+            refs: refs.into_iter().map(GrantRef).collect(),
+        }
+    })
+}
+
+fn file_key() -> impl Strategy<Value = FileKey> {
+    (any::<u64>(), access()).prop_map(|(serial, access)| FileKey { serial, access })
+}
+
+fn map_outcome() -> impl Strategy<Value = MapOutcome> {
+    prop_oneof![
+        status().prop_map(MapOutcome::Failed),
+        (
+            any::<u32>(),
+            proptest::collection::vec(any::<(u32, u32)>(), 1..=128)
+        )
+            .prop_map(|(map_id, p)| MapOutcome::Mapped {
+                map_id,
+                pages: p
+                    .into_iter()
+                    .map(|(file, file_page)| PageLoc { file, file_page })
+                    .collect()
+            }),
+    ]
+}
+
+fn mapped() -> impl Strategy<Value = Reply> {
+    (
+        proptest::collection::vec((file_key(), any::<bool>()), 0..=MAX_FILES),
+        proptest::collection::vec(any::<u64>(), 0..=MAX_DEAD),
+        proptest::collection::vec(map_outcome(), 1..=8),
+    )
+        .prop_map(|(files, dead, maps)| Reply::Mapped {
+            files: files
+                .into_iter()
+                .map(|(key, attached)| FileRef { key, attached })
+                .collect(),
+            dead,
+            maps,
+        })
+}
+
 fn request() -> impl Strategy<Value = Request> {
     prop_oneof![
         (domid(), 1..=MAX_PAGES_PER_CALL as u32, access()).prop_map(|(grantee, count, access)| {
@@ -31,16 +78,10 @@ fn request() -> impl Strategy<Value = Request> {
             handle,
             mode: if d { EndMode::Defer } else { EndMode::Refuse }
         }),
-        (
-            domid(),
-            access(),
-            proptest::collection::vec(any::<u32>(), 1..=MAX_PAGES_PER_CALL)
-        )
-            .prop_map(|(domid, access, refs)| Request::Map {
-                domid,
-                access,
-                refs: refs.into_iter().map(GrantRef).collect()
-            }),
+        (domid(), proptest::collection::vec(map_spec(), 1..=8),)
+            .prop_map(|(domid, maps)| Request::Map { domid, maps }),
+        proptest::collection::vec(file_key(), 1..=MAX_FORGET)
+            .prop_map(|files| Request::Forget { files }),
         any::<u32>().prop_map(|map_id| Request::Unmap { map_id }),
         any::<u32>().prop_map(|map_id| Request::UnmapOneway { map_id }),
         domid().prop_map(|remote| Request::EvtchnAllocUnbound { remote }),
@@ -72,22 +113,7 @@ fn reply() -> impl Strategy<Value = Reply> {
                 handle,
                 grefs: g.into_iter().map(GrantRef).collect()
             }),
-        (
-            any::<u32>(),
-            any::<u32>(),
-            proptest::collection::vec(any::<(u32, u32)>(), 1..=64)
-        )
-            .prop_map(|(map_id, nfds, p)| Reply::Mapped {
-                map_id,
-                nfds,
-                pages: p
-                    .into_iter()
-                    .map(|(fd_index, file_page)| PageLoc {
-                        fd_index,
-                        file_page
-                    })
-                    .collect()
-            }),
+        mapped(),
         (
             prop_oneof![Just(op::EVTCHN_ALLOC_UNBOUND), Just(op::EVTCHN_BIND)],
             any::<u32>()
@@ -200,7 +226,7 @@ fn parse_rejects_bad_flags_and_modes() {
     }
     .as_bytes()
     .to_vec();
-    push_u32s(&mut bytes, [1, 1, 2, 8]);
+    push_u32s(&mut bytes, [1, 1, 1, 2, 8]);
     assert_eq!(Request::parse(&bytes), Err(BadMessage::BadField));
     let mut bytes = RawHeader {
         op: op::GRANT_END,
@@ -245,4 +271,89 @@ fn status_numbers_are_stable() {
         assert_eq!(s.to_wire(), i as u32);
         assert_eq!(Status::from_wire(i as u32), Ok(*s));
     }
+}
+
+#[test]
+fn map_batches_are_bounded_in_maps_and_pages() {
+    let spec = |n: usize| MapSpec {
+        access: Access::Writable,
+        refs: vec![GrantRef(9); n],
+    };
+    let req = |maps: Vec<MapSpec>| Request::Map {
+        domid: DomId(1),
+        maps,
+    };
+    let full = req((0..4).map(|_| spec(MAX_PAGES_PER_CALL)).collect());
+    assert!(full.emit(1).len() <= MAX_MESSAGE);
+    assert!(Request::parse(&full.emit(1)).is_ok());
+    let too_many_pages = req((0..5).map(|_| spec(MAX_PAGES_PER_CALL)).collect());
+    assert_eq!(
+        Request::parse(&too_many_pages.emit(1)),
+        Err(BadMessage::BadField)
+    );
+    let too_many_maps = req((0..=MAX_BATCH).map(|_| spec(1)).collect());
+    assert_eq!(
+        Request::parse(&too_many_maps.emit(1)),
+        Err(BadMessage::BadField)
+    );
+    assert_eq!(
+        Request::parse(&req(Vec::new()).emit(1)),
+        Err(BadMessage::BadField)
+    );
+}
+
+#[test]
+fn the_largest_map_reply_fits_a_message() {
+    let key = FileKey {
+        serial: u64::MAX,
+        access: Access::Writable,
+    };
+    let mut maps: Vec<MapOutcome> = (0..4)
+        .map(|_| MapOutcome::Mapped {
+            map_id: 1,
+            pages: vec![
+                PageLoc {
+                    file: 0,
+                    file_page: 0
+                };
+                MAX_PAGES_PER_CALL
+            ],
+        })
+        .collect();
+    maps.extend((4..MAX_BATCH).map(|_| MapOutcome::Failed(Status::NotGranted)));
+    let reply = Reply::Mapped {
+        files: vec![
+            FileRef {
+                key,
+                attached: true
+            };
+            MAX_FILES
+        ],
+        dead: vec![u64::MAX; MAX_DEAD],
+        maps,
+    };
+    let bytes = reply.emit(1);
+    assert!(bytes.len() <= MAX_MESSAGE, "{} bytes", bytes.len());
+    assert_eq!(Reply::parse(&bytes), Ok((1, reply)));
+}
+
+#[test]
+fn a_failed_map_carries_no_id_or_pages_and_forget_never_attaches() {
+    let mut bytes = RawReplyHeader {
+        seq: 1,
+        op: op::MAP,
+        status: 0,
+    }
+    .as_bytes()
+    .to_vec();
+    push_u32s(&mut bytes, [1, 0, 0, Status::NotGranted.to_wire(), 7, 0]);
+    assert_eq!(Reply::parse(&bytes), Err(BadMessage::BadField));
+    let mut bytes = RawHeader {
+        op: op::FORGET,
+        seq: 1,
+    }
+    .as_bytes()
+    .to_vec();
+    push_u32s(&mut bytes, [1, 5, 0, 3]);
+    assert_eq!(Request::parse(&bytes), Err(BadMessage::BadField));
 }
