@@ -194,8 +194,8 @@ struct Stack {
     c: UsbipClient,
 }
 
-fn configured(addr: std::net::SocketAddr, busid: &str, logs: impl Fn() -> String) -> UsbipClient {
-    let mut c = UsbipClient::import_when_ready(addr, busid, Duration::from_secs(30), logs);
+/// `c` after SET_CONFIGURATION(1).
+fn configured(mut c: UsbipClient) -> UsbipClient {
     let a = c
         .transfer(
             control([0, 9, 1, 0, 0, 0, 0, 0], vec![]),
@@ -212,6 +212,12 @@ fn backend_config(persistent: bool) -> String {
     format!("feature-persistent = {persistent}\n")
 }
 
+/// `PVUSB_BENCH_TCP=1`: reach the frontend over `--usbip-listen` (TCP) instead of the
+/// AF_UNIX socket it hands to vhci_hcd in a guest (the production path, the default).
+fn over_tcp() -> bool {
+    std::env::var("PVUSB_BENCH_TCP").is_ok_and(|v| v == "1")
+}
+
 impl Stack {
     fn new(persistent: bool) -> Stack {
         let mut p = Platform::new(&[1]);
@@ -219,8 +225,14 @@ impl Stack {
         let id = p.add_controller(1, 0, 4);
         p.assign(&id, 1, Some(&busid));
         p.start_backend_with(&backend_config(persistent));
-        let addr = p.start_frontend(1);
-        let c = configured(addr, "1-1", || p.logs());
+        let c = if over_tcp() {
+            let addr = p.start_frontend(1);
+            UsbipClient::import_when_ready(addr, "1-1", Duration::from_secs(30), || p.logs())
+        } else {
+            let (attach, sock) = p.start_frontend_vhci(1);
+            UsbipClient::attached(sock, attach.devid, &busid)
+        };
+        let c = configured(c);
         Stack { p, c }
     }
 
@@ -353,7 +365,14 @@ fn scaling(ctrls: u32, devs: u8, dur: Duration) -> (f64, f64) {
     );
     let mut clients: Vec<UsbipClient> = list
         .iter()
-        .map(|d| configured(addr, &d.busid, || p.logs()))
+        .map(|d| {
+            configured(UsbipClient::import_when_ready(
+                addr,
+                &d.busid,
+                Duration::from_secs(30),
+                || p.logs(),
+            ))
+        })
         .collect();
     let children = |p: &Platform| {
         let mut t = Duration::ZERO;
@@ -418,6 +437,14 @@ fn main() {
     let mut stock = Stack::new(false);
     let mut pgnt = Stack::new(true);
     println!("pvusb issue-8 benchmark: {dur:?} per cell, sim bulk loopback, echoed MB/s (10^6 B)");
+    println!(
+        "guest transport: {}",
+        if over_tcp() {
+            "USB/IP over TCP (--usbip-listen)"
+        } else {
+            "USB/IP over the AF_UNIX socket vhci_hcd holds (--vhci)"
+        }
+    );
     println!("stock = usbif as specified (backend maps and unmaps every request's pages);");
     println!("pgnt = negotiated feature-persistent (each granted page mapped once per connection)");
     println!(

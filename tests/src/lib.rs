@@ -20,6 +20,7 @@ pub mod rig;
 pub mod rng;
 pub mod storage;
 pub mod usbip;
+pub mod vhci;
 pub mod wait;
 
 /// Bytes each data-verifying test moves: `PVUSB_E2E_MIB` MiB (default 256).

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -237,6 +238,34 @@ impl Platform {
             || is_listening(addr).then_some(()),
         );
         addr
+    }
+
+    /// Starts `pvusb-frontend` in guest `domid` attaching devices to a vhci_hcd look-alike
+    /// (see [`crate::vhci`]) and returns the first device's socket as vhci_hcd would hold
+    /// it: the production path (AF_UNIX socketpair) rather than `--usbip-listen`'s TCP.
+    pub fn start_frontend_vhci(&mut self, domid: u16) -> (crate::vhci::Attach, UnixStream) {
+        let vhci = crate::vhci::mimic(&self.path().join(format!("guest{domid}")));
+        let args = vec![
+            "--platform".into(),
+            "sim".into(),
+            "--sim-dir".into(),
+            self.path().display().to_string(),
+            "--domid".into(),
+            domid.to_string(),
+            "--vhci".into(),
+            vhci.display().to_string(),
+        ];
+        let d = Daemon::spawn(
+            self.path(),
+            &format!("frontend-{domid}"),
+            &bins::path("pvusb-frontend"),
+            &args,
+        );
+        let pid = d.pid().expect("frontend pid");
+        // Not reachable over TCP: the address is only a placeholder.
+        let none = SocketAddr::from(([127, 0, 0, 1], 0));
+        self.frontends.insert(domid, (d, none));
+        crate::vhci::take_attached(&vhci, pid, || self.logs())
     }
 
     /// The device trace file of simulated device `busid` (its serial's state directory).

@@ -3,8 +3,10 @@
 //! every URB is answered exactly once.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use pvusb_frontend::usbip::{
@@ -130,10 +132,47 @@ pub enum Gone {
     Timeout(Duration),
 }
 
+/// The connection: TCP to `--usbip-listen`, or the AF_UNIX socket vhci_hcd would hold.
+#[derive(Debug)]
+enum Sock {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Read for Sock {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Sock::Tcp(s) => s.read(buf),
+            Sock::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Sock {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Sock::Tcp(s) => s.write(buf),
+            Sock::Unix(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl AsFd for Sock {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Sock::Tcp(s) => s.as_fd(),
+            Sock::Unix(s) => s.as_fd(),
+        }
+    }
+}
+
 /// An imported device: pipelined submits and unlinks, answers in any order.
 #[derive(Debug)]
 pub struct UsbipClient {
-    sock: TcpStream,
+    sock: Sock,
     conn: ClientConn,
     answers: VecDeque<Answer>,
     buf: Vec<u8>,
@@ -170,6 +209,10 @@ pub fn devlist(addr: SocketAddr) -> Vec<ExportedDevice> {
 
 impl UsbipClient {
     fn raw(sock: TcpStream, conn: ClientConn) -> UsbipClient {
+        UsbipClient::over(Sock::Tcp(sock), conn)
+    }
+
+    fn over(sock: Sock, conn: ClientConn) -> UsbipClient {
         UsbipClient {
             sock,
             conn,
@@ -179,6 +222,20 @@ impl UsbipClient {
             ledger: Ledger::default(),
             device: ExportedDevice::default(),
         }
+    }
+
+    /// The device `busid` vhci_hcd was given on `sock` as `devid` (see [`crate::vhci`]):
+    /// no import handshake, URBs straight away.
+    pub fn attached(sock: UnixStream, devid: u32, busid: &str) -> UsbipClient {
+        sock.set_nonblocking(true).expect("nonblocking");
+        let mut c = UsbipClient::over(
+            Sock::Unix(sock),
+            ClientConn::attached(devid, Limits::default()),
+        );
+        c.device.busid = busid.to_string();
+        c.device.busnum = devid >> 16;
+        c.device.devnum = devid & 0xffff;
+        c
     }
 
     /// Imports `busid` from the server at `addr`; `None` if refused or closed.
