@@ -1,7 +1,8 @@
 //! USB/IP connections: vhci socket pairs and accepted TCP clients, their I/O, and the
 //! OP_REQ_DEVLIST / OP_REQ_IMPORT answers.
 
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpStream, UnixStream};
@@ -10,7 +11,7 @@ use mio::{Interest, Token};
 use super::{Daemon, Src};
 use crate::logging::peer_warn;
 use crate::usbip::{
-    self, ConnError, ConnEvent, Event, Limits, OpStatus, ReadStatus, ServerConn, Session,
+    self, ConnError, ConnEvent, Event, FeedError, Limits, OpStatus, ReadStatus, ServerConn, Session,
 };
 
 /// Most URBs one client may have outstanding.
@@ -48,11 +49,26 @@ impl Read for Stream {
     }
 }
 
+impl AsFd for Stream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Stream::Unix(s) => s.as_fd(),
+            Stream::Tcp(s) => s.as_fd(),
+        }
+    }
+}
+
 impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Stream::Unix(s) => s.write(buf),
             Stream::Tcp(s) => s.write(buf),
+        }
+    }
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.write_vectored(bufs),
+            Stream::Tcp(s) => s.write_vectored(bufs),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -76,10 +92,28 @@ impl usbip::Wire for Wire {
             Wire::Tcp(c) => c.feed(bytes),
         }
     }
+    fn feed_direct(
+        &mut self,
+        read: usbip::DirectRead<'_>,
+    ) -> Option<Result<usize, FeedError<io::Error, ConnError>>> {
+        match self {
+            Wire::Vhci(s) => Some(s.feed_direct(read)?.map_err(|e| match e {
+                FeedError::Read(e) => FeedError::Read(e),
+                FeedError::Protocol(e) => FeedError::Protocol(ConnError::from(e)),
+            })),
+            Wire::Tcp(c) => c.feed_direct(read),
+        }
+    }
     fn pending_tx(&self) -> &[u8] {
         match self {
             Wire::Vhci(s) => s.pending_tx(),
             Wire::Tcp(c) => c.pending_tx(),
+        }
+    }
+    fn pending_tx_slices<'a>(&'a self, out: &mut [IoSlice<'a>]) -> usize {
+        match self {
+            Wire::Vhci(s) => s.pending_tx_slices(out),
+            Wire::Tcp(c) => c.pending_tx_slices(out),
         }
     }
     fn consume_tx(&mut self, n: usize) {

@@ -475,7 +475,7 @@ impl Daemon {
     }
 
     /// A CMD_SUBMIT from the connection serving `b`.
-    pub(super) fn client_submit(&mut self, b: Bound, cmd: CmdSubmit) {
+    pub(super) fn client_submit(&mut self, b: Bound, mut cmd: CmdSubmit) {
         let seq = cmd.seqnum;
         let Some(conn) = self.ctrls.get_mut(&b.devid).and_then(|c| c.conn.as_mut()) else {
             return;
@@ -503,7 +503,7 @@ impl Daemon {
                 let buf = if dir_in {
                     vec![0; usize::try_from(cmd.length).unwrap_or(0)]
                 } else {
-                    cmd.data.clone()
+                    std::mem::take(&mut cmd.data)
                 };
                 let payload = Payload {
                     dir_in: t.pipe.is_in(),

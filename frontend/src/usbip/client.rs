@@ -4,12 +4,14 @@
 //! stray RET_UNLINK, this client reports it.
 
 use std::collections::{HashMap, VecDeque};
+use std::io::IoSlice;
 
 use super::decode::{DecodeError, Limits, ReplyShape, RetDecoder};
 use super::device::ExportedDevice;
 use super::op::{self, OpError, OpStatus};
 use super::pdu::{CmdSubmit, CmdUnlink, Direction, Reply, RetSubmit};
 use super::session::TxBuf;
+use super::shell::FeedError;
 use super::wire::ECONNRESET;
 
 /// What the server answered. Drain with [`ClientConn::poll_event`].
@@ -150,8 +152,9 @@ impl ClientConn {
                 iso_packets,
             },
         );
-        cmd.encode(self.tx.out());
-        Ok(cmd.seqnum)
+        let seqnum = cmd.seqnum;
+        cmd.encode_to(&mut self.tx);
+        Ok(seqnum)
     }
 
     /// Queues a CMD_UNLINK of `victim`. Returns the unlink's own seqnum.
@@ -200,6 +203,27 @@ impl ClientConn {
                 self.drain_replies()
             }
         }
+    }
+
+    /// When the stream's next bytes are the rest of a RET_SUBMIT's IN data, lets `read`
+    /// append them straight to its buffer (see [`RetDecoder::read_payload`]) and processes
+    /// them. `None`: nothing is awaited that way now; use [`feed`](Self::feed).
+    pub fn feed_direct<E>(
+        &mut self,
+        read: impl FnOnce(&mut Vec<u8>, usize) -> Result<usize, E>,
+    ) -> Option<Result<usize, FeedError<E, ClientError>>> {
+        if !matches!(self.state, State::Urb { .. }) {
+            return None;
+        }
+        let n = match self.decoder.read_payload(read)? {
+            Ok(n) => n,
+            Err(e) => return Some(Err(FeedError::Read(e))),
+        };
+        Some(
+            self.drain_replies()
+                .map(|()| n)
+                .map_err(FeedError::Protocol),
+        )
     }
 
     fn handshake(&mut self) -> Result<(), ClientError> {
@@ -287,12 +311,18 @@ impl ClientConn {
         self.events.pop_front()
     }
 
-    /// Bytes waiting to be written.
+    /// The first bytes waiting to be written (empty only when none are).
     pub fn pending_tx(&self) -> &[u8] {
         self.tx.pending()
     }
 
-    /// Marks the first `n` bytes of [`pending_tx`](Self::pending_tx) as written.
+    /// All the bytes waiting to be written, in order, as slices for one `writev`; returns
+    /// how many slices were filled.
+    pub fn pending_tx_slices<'a>(&'a self, out: &mut [IoSlice<'a>]) -> usize {
+        self.tx.slices(out)
+    }
+
+    /// Marks the first `n` pending bytes as written.
     pub fn consume_tx(&mut self, n: usize) {
         self.tx.consume(n);
     }

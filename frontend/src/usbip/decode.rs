@@ -162,17 +162,41 @@ impl ByteQueue {
         Some(out)
     }
 
-    /// What follows a header: `data_len` bytes of data then `iso_len` bytes of iso
-    /// descriptors, once all of it arrived.
-    fn take_payload(
-        &mut self,
-        data_len: usize,
-        iso_len: usize,
-    ) -> Option<(Vec<u8>, Vec<IsoPacket>)> {
-        let payload = self.take(data_len.saturating_add(iso_len))?;
-        let (data, iso) = payload.split_at(data_len.min(payload.len()));
-        Some((data.to_vec(), read_iso(iso)))
+    /// Moves queued bytes into `data` until it holds `data_len` bytes; true once it does.
+    fn fill(&mut self, data: &mut Vec<u8>, data_len: usize) -> bool {
+        let need = data_len.saturating_sub(data.len());
+        let n = need.min(self.available().len());
+        if let Some(b) = self.take(n) {
+            data.extend_from_slice(b);
+        }
+        data.len() >= data_len
     }
+}
+
+/// Appends to `data` what `bytes` holds of its missing part; returns the rest.
+fn absorb<'a>(data: &mut Vec<u8>, data_len: usize, bytes: &'a [u8]) -> &'a [u8] {
+    let n = data_len.saturating_sub(data.len()).min(bytes.len());
+    let (mine, rest) = bytes.split_at(n);
+    data.extend_from_slice(mine);
+    rest
+}
+
+/// Lets `read` append at most `want` bytes to `data` (it may append more: the excess is
+/// handed back in `excess`).
+fn read_into<E>(
+    data: &mut Vec<u8>,
+    data_len: usize,
+    excess: &mut ByteQueue,
+    read: impl FnOnce(&mut Vec<u8>, usize) -> Result<usize, E>,
+) -> Option<Result<usize, E>> {
+    let want = data_len.checked_sub(data.len()).filter(|&n| n > 0)?;
+    let r = read(data, want);
+    if data.len() > data_len {
+        // Bytes beyond the payload belong to the next PDU.
+        let extra = data.split_off(data_len);
+        excess.push(&extra);
+    }
+    Some(r)
 }
 
 fn read_header(q: &mut ByteQueue) -> Option<RawHeader> {
@@ -269,12 +293,36 @@ impl CmdDecoder {
 
     /// Appends received bytes.
     pub fn push(&mut self, bytes: &[u8]) {
-        self.queue.push(bytes);
+        let rest = match &mut self.pending {
+            Some(p) if self.queue.available().is_empty() => {
+                absorb(&mut p.cmd.data, p.data_len, bytes)
+            }
+            _ => bytes,
+        };
+        self.queue.push(rest);
+    }
+
+    /// When the stream's next bytes are the rest of an OUT payload (a CMD_SUBMIT header
+    /// was decoded, nothing after it is buffered), lets `read` append them straight to the
+    /// payload's buffer: it gets the buffer and how many bytes are still missing, and
+    /// returns what it read (0 for end of stream). Bytes it appends beyond the payload are
+    /// kept for the next PDU. `None` if no payload is awaited that way: read elsewhere and
+    /// [`push`](Self::push). Call [`next_command`](Self::next_command) afterwards.
+    pub fn read_payload<E>(
+        &mut self,
+        read: impl FnOnce(&mut Vec<u8>, usize) -> Result<usize, E>,
+    ) -> Option<Result<usize, E>> {
+        if self.failed.is_some() || !self.queue.available().is_empty() {
+            return None;
+        }
+        let p = self.pending.as_mut()?;
+        read_into(&mut p.cmd.data, p.data_len, &mut self.queue, read)
     }
 
     /// Bytes received but not yet decoded (a partial PDU).
     pub fn buffered(&self) -> usize {
-        self.queue.available().len()
+        let data = self.pending.as_ref().map_or(0, |p| p.cmd.data.len());
+        self.queue.available().len().saturating_add(data)
     }
 
     /// The next complete command, `Ok(None)` if more bytes are needed.
@@ -307,16 +355,17 @@ impl CmdDecoder {
                 c => return Err(DecodeError::UnknownCommand(c)),
             }
         }
-        let Some(p) = &self.pending else {
+        let Some(p) = &mut self.pending else {
             return Ok(None);
         };
-        let Some((data, iso)) = self.queue.take_payload(p.data_len, p.iso_len) else {
+        if !self.queue.fill(&mut p.cmd.data, p.data_len) || self.queue.available().len() < p.iso_len
+        {
             return Ok(None);
-        };
+        }
+        let iso = read_iso(self.queue.take(p.iso_len).unwrap_or_default());
         let Some(mut p) = self.pending.take() else {
             return Ok(None);
         };
-        p.cmd.data = data;
         check_iso_inside(p.cmd.seqnum, &iso, p.cmd.length, false)?;
         p.cmd.iso = iso;
         Ok(Some(Command::Submit(p.cmd)))
@@ -341,6 +390,11 @@ impl CmdDecoder {
             });
         }
         let np = packet_count(seqnum, h.number_of_packets.get(), &self.limits)?;
+        let data_len = if dir == Direction::Out {
+            to_usize(length)
+        } else {
+            0
+        };
         let cmd = CmdSubmit {
             seqnum,
             devid: h.devid.get(),
@@ -351,13 +405,9 @@ impl CmdDecoder {
             start_frame: h.start_frame.get(),
             interval: h.word4.get(),
             setup: h.setup,
-            data: Vec::new(),
+            // Bounded by `max_transfer_len` above; sized once so the payload never moves.
+            data: Vec::with_capacity(data_len),
             iso: Vec::new(),
-        };
-        let data_len = if dir == Direction::Out {
-            to_usize(length)
-        } else {
-            0
         };
         Ok(PendingSubmit {
             cmd,
@@ -407,7 +457,25 @@ impl RetDecoder {
 
     /// Appends received bytes.
     pub fn push(&mut self, bytes: &[u8]) {
-        self.queue.push(bytes);
+        let rest = match &mut self.pending {
+            Some(p) if self.queue.available().is_empty() => {
+                absorb(&mut p.ret.data, p.data_len, bytes)
+            }
+            _ => bytes,
+        };
+        self.queue.push(rest);
+    }
+
+    /// As [`CmdDecoder::read_payload`], for the IN data of a RET_SUBMIT.
+    pub fn read_payload<E>(
+        &mut self,
+        read: impl FnOnce(&mut Vec<u8>, usize) -> Result<usize, E>,
+    ) -> Option<Result<usize, E>> {
+        if self.failed.is_some() || !self.queue.available().is_empty() {
+            return None;
+        }
+        let p = self.pending.as_mut()?;
+        read_into(&mut p.ret.data, p.data_len, &mut self.queue, read)
     }
 
     /// The next complete reply, `Ok(None)` if more bytes are needed.
@@ -445,12 +513,14 @@ impl RetDecoder {
                 c => return Err(DecodeError::UnknownCommand(c)),
             }
         }
-        let Some(p) = &self.pending else {
+        let Some(p) = &mut self.pending else {
             return Ok(None);
         };
-        let Some((data, iso)) = self.queue.take_payload(p.data_len, p.iso_len) else {
+        if !self.queue.fill(&mut p.ret.data, p.data_len) || self.queue.available().len() < p.iso_len
+        {
             return Ok(None);
-        };
+        }
+        let iso = read_iso(self.queue.take(p.iso_len).unwrap_or_default());
         let Some(mut p) = self.pending.take() else {
             return Ok(None);
         };
@@ -466,7 +536,6 @@ impl RetDecoder {
                 });
             }
         }
-        p.ret.data = data;
         p.ret.iso = iso;
         Ok(Some(Reply::Submit(p.ret)))
     }
@@ -495,19 +564,20 @@ impl RetDecoder {
                 got,
             });
         }
+        let data_len = if shape.dir == Direction::In {
+            to_usize(actual)
+        } else {
+            0
+        };
         let ret = RetSubmit {
             seqnum,
             status: i32::from_be_bytes(h.word0.get().to_be_bytes()),
             actual_length: actual,
             start_frame: h.start_frame.get(),
             error_count: h.word4.get(),
-            data: Vec::new(),
+            // `actual <= shape.length`, a length this client itself submitted.
+            data: Vec::with_capacity(data_len),
             iso: Vec::new(),
-        };
-        let data_len = if shape.dir == Direction::In {
-            to_usize(actual)
-        } else {
-            0
         };
         Ok(PendingRet {
             ret,

@@ -9,7 +9,8 @@ use super::device::{ExportedDevice, InterfaceClass, Speed};
 use super::op::OpStatus;
 use super::pdu::{CmdSubmit, CmdUnlink, Command, IsoPacket, Reply};
 use super::server::{ConnEvent, ServerConn};
-use super::session::{CompleteError, Completion, Event, Session, SessionConfig};
+use super::session::{CompleteError, Completion, Event, Session, SessionConfig, SessionError};
+use super::shell::FeedError;
 use super::wire::ECONNRESET;
 
 /// What vhci_rx.c knows about one connection: the URBs it sent and is waiting for, and its
@@ -200,6 +201,21 @@ pub struct Outcome {
     pub cancelled: usize,
 }
 
+/// Hands `bytes` to `session`: with `direct`, as far as possible the way a shell reads a
+/// payload straight into its buffer ([`Session::feed_direct`], appending the whole chunk even
+/// past the payload's end), the rest with [`Session::feed`].
+fn feed(session: &mut Session, mut bytes: &[u8], direct: bool) -> Result<(), SessionError> {
+    while direct && !bytes.is_empty() {
+        let appended = session.feed_direct(|buf, _want| append(buf, bytes));
+        match appended {
+            Some(Ok(_)) => bytes = &[],
+            Some(Err(FeedError::Protocol(e))) => return Err(e),
+            Some(Err(FeedError::Read(()))) | None => break,
+        }
+    }
+    session.feed(bytes)
+}
+
 /// Feeds `stream` (the client's bytes) to a [`Session`] for [`FUZZ_DEVID`] in chunks of
 /// the sizes in `chunks` (cycled; 0 means 1), answering events as `steer` says: complete
 /// now, fail, defer, cancel, or complete-then-cancel (the race). Every byte the session
@@ -237,7 +253,7 @@ pub fn run_session(stream: &[u8], chunks: &[u8], steer: &[u8]) -> Result<Outcome
                 Command::Unlink(u) => model.unlink_sent(u),
             }
         }
-        if session.feed(bytes).is_err() {
+        if feed(&mut session, bytes, c % 2 == 0).is_err() {
             outcome.rejected = true;
             break;
         }
@@ -365,6 +381,12 @@ pub fn drive(data: &[u8]) {
     }
 }
 
+/// A direct read that appends all of `piece`, whatever the decoder still needs.
+fn append(buf: &mut Vec<u8>, piece: &[u8]) -> Result<usize, ()> {
+    buf.extend_from_slice(piece);
+    Ok(piece.len())
+}
+
 /// The decoder fuzz target: the first byte sets the chunk size and the shape the reply
 /// decoder assumes; the rest goes through both URB decoders and the OP_* decoders.
 pub fn decoders(data: &[u8]) {
@@ -386,14 +408,46 @@ pub fn decoders(data: &[u8]) {
         length: u32::from(knob) * 97,
         iso_packets: u32::from(knob >> 6),
     };
-    let mut cmds = CmdDecoder::new(limits);
-    let mut rets = RetDecoder::new(limits);
-    for piece in rest.chunks(chunk) {
-        cmds.push(piece);
-        while let Ok(Some(_)) = cmds.next_command() {}
-        rets.push(piece);
-        while let Ok(Some(_)) = rets.next_reply(|_| Some(shape)) {}
-    }
+    // Each decoder twice: fed by `push` only, and by direct payload reads where possible
+    // (appending whole chunks, possibly past the payload). Both must agree.
+    let cmds = |direct| {
+        let mut d = CmdDecoder::new(limits);
+        let mut out = Vec::new();
+        for piece in rest.chunks(chunk) {
+            let took = direct && d.read_payload(|buf, _| append(buf, piece)).is_some();
+            if !took {
+                d.push(piece);
+            }
+            while let Ok(Some(c)) = d.next_command() {
+                out.push(c);
+            }
+        }
+        (out, d.next_command().err())
+    };
+    assert_eq!(
+        cmds(false),
+        cmds(true),
+        "direct payload reads changed the commands"
+    );
+    let rets = |direct| {
+        let mut d = RetDecoder::new(limits);
+        let mut out = Vec::new();
+        for piece in rest.chunks(chunk) {
+            let took = direct && d.read_payload(|buf, _| append(buf, piece)).is_some();
+            if !took {
+                d.push(piece);
+            }
+            while let Ok(Some(r)) = d.next_reply(|_| Some(shape)) {
+                out.push(r);
+            }
+        }
+        (out, d.next_reply(|_| Some(shape)).err())
+    };
+    assert_eq!(
+        rets(false),
+        rets(true),
+        "direct payload reads changed the replies"
+    );
     let _ = super::op::decode_request(rest);
     let _ = super::op::decode_rep_import(rest);
     let _ = super::op::decode_rep_devlist(rest);

@@ -9,6 +9,7 @@ pub mod pdu;
 pub mod server;
 pub mod session;
 pub mod shell;
+mod tx;
 pub mod wire;
 
 #[doc(hidden)]
@@ -23,7 +24,7 @@ pub use pdu::{
 };
 pub use server::{ConnError, ConnEvent, NotAwaiting, ServerConn};
 pub use session::{CompleteError, Completion, Event, Session, SessionConfig, SessionError};
-pub use shell::{read_some, write_some, PumpError, ReadStatus, Wire};
+pub use shell::{read_some, write_some, DirectRead, FeedError, PumpError, ReadStatus, Wire};
 
 #[cfg(test)]
 mod client_tests;

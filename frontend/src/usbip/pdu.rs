@@ -3,6 +3,7 @@
 
 use zerocopy::IntoBytes;
 
+use super::tx::TxBuf;
 use super::wire::{self, RawHeader, RawIsoPacket};
 
 /// Direction of a transfer, from the host's point of view (`USBIP_DIR_*`).
@@ -198,10 +199,7 @@ fn encode_iso(iso: &[IsoPacket], out: &mut Vec<u8>) {
 }
 
 impl CmdSubmit {
-    /// Appends the PDU to `out`. For OUT the length field is `data.len()`; for IN it is
-    /// `length` and no data follows. A non-iso transfer gets `number_of_packets` 0, as the
-    /// kernel's vhci sends it.
-    pub fn encode(&self, out: &mut Vec<u8>) {
+    fn raw_header(&self) -> RawHeader {
         let length = match self.dir {
             Direction::Out => wire_len(self.data.len()),
             Direction::In => wire_u32_as_i32(self.length),
@@ -216,11 +214,27 @@ impl CmdSubmit {
         h.number_of_packets = wire_len(self.iso.len()).into();
         h.word4 = self.interval.into();
         h.setup = self.setup;
-        out.extend_from_slice(h.as_bytes());
+        h
+    }
+
+    /// Appends the PDU to `out`. For OUT the length field is `data.len()`; for IN it is
+    /// `length` and no data follows. A non-iso transfer gets `number_of_packets` 0, as the
+    /// kernel's vhci sends it.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.raw_header().as_bytes());
         if self.dir == Direction::Out {
             out.extend_from_slice(&self.data);
         }
         encode_iso(&self.iso, out);
+    }
+
+    /// As [`encode`](Self::encode), handing the OUT data over to `tx` instead of copying it.
+    pub(crate) fn encode_to(mut self, tx: &mut TxBuf) {
+        tx.out().extend_from_slice(self.raw_header().as_bytes());
+        if self.dir == Direction::Out {
+            tx.push_owned(std::mem::take(&mut self.data));
+        }
+        encode_iso(&self.iso, tx.out());
     }
 }
 
@@ -235,19 +249,30 @@ impl CmdUnlink {
 }
 
 impl RetSubmit {
-    /// Appends the PDU to `out`: header (devid, direction and ep 0, as the stub sends
-    /// them), then `data`, then the iso descriptors. A non-iso transfer gets
-    /// `number_of_packets` 0, which vhci copies into the URB.
-    pub fn encode(&self, out: &mut Vec<u8>) {
+    fn raw_header(&self) -> RawHeader {
         let mut h = header(wire::RET_SUBMIT, self.seqnum);
         h.word0 = u32::from_be_bytes(self.status.to_be_bytes()).into();
         h.word1 = wire_u32_as_i32(self.actual_length).into();
         h.start_frame = self.start_frame.into();
         h.number_of_packets = wire_len(self.iso.len()).into();
         h.word4 = self.error_count.into();
-        out.extend_from_slice(h.as_bytes());
+        h
+    }
+
+    /// Appends the PDU to `out`: header (devid, direction and ep 0, as the stub sends
+    /// them), then `data`, then the iso descriptors. A non-iso transfer gets
+    /// `number_of_packets` 0, which vhci copies into the URB.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.raw_header().as_bytes());
         out.extend_from_slice(&self.data);
         encode_iso(&self.iso, out);
+    }
+
+    /// As [`encode`](Self::encode), handing `data` over to `tx` instead of copying it.
+    pub(crate) fn encode_to(mut self, tx: &mut TxBuf) {
+        tx.out().extend_from_slice(self.raw_header().as_bytes());
+        tx.push_owned(std::mem::take(&mut self.data));
+        encode_iso(&self.iso, tx.out());
     }
 }
 

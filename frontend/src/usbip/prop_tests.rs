@@ -10,6 +10,7 @@ use super::device::*;
 use super::fuzzing;
 use super::op;
 use super::pdu::*;
+use super::tx::TxBuf;
 
 fn config() -> ProptestConfig {
     let cases = std::env::var("PROPTEST_CASES")
@@ -122,6 +123,17 @@ fn arb_stream() -> impl Strategy<Value = Vec<u8>> {
 }
 
 fn decode_all(bytes: &[u8], chunks: &[usize]) -> (Vec<Command>, Option<DecodeError>) {
+    decode_all_with(bytes, chunks, false)
+}
+
+/// With `direct`, payload bytes go in through [`CmdDecoder::read_payload`] whenever it takes
+/// them (appending whole chunks, possibly past the payload), as a shell reading a socket
+/// straight into the payload buffer does.
+fn decode_all_with(
+    bytes: &[u8],
+    chunks: &[usize],
+    direct: bool,
+) -> (Vec<Command>, Option<DecodeError>) {
     let mut d = CmdDecoder::new(LIMITS);
     let mut out = Vec::new();
     let mut pos = 0;
@@ -134,7 +146,16 @@ fn decode_all(bytes: &[u8], chunks: &[usize]) -> (Vec<Command>, Option<DecodeErr
             .max(1);
         i += 1;
         let end = (pos + n).min(bytes.len());
-        d.push(&bytes[pos..end]);
+        let piece = &bytes[pos..end];
+        let took = direct
+            && d.read_payload(|buf, _| {
+                buf.extend_from_slice(piece);
+                Ok::<_, ()>(piece.len())
+            })
+            .is_some();
+        if !took {
+            d.push(piece);
+        }
         pos = end;
         loop {
             match d.next_command() {
@@ -194,6 +215,47 @@ proptest! {
     }
 
     #[test]
+    fn direct_payload_reads_decode_the_same(bytes in arb_stream(), chunks in prop::collection::vec(1usize..80, 1..8)) {
+        let pushed = decode_all(&bytes, &[bytes.len().max(1)]);
+        let direct = decode_all_with(&bytes, &chunks, true);
+        prop_assert_eq!(pushed, direct);
+    }
+
+    #[test]
+    fn queued_encoding_equals_plain_encoding(cmd in arb_submit(any::<u32>(), any::<u32>()), big in 0usize..6000, status in any::<i32>(), steps in prop::collection::vec(1usize..3000, 1..6)) {
+        let mut cmd = cmd;
+        if cmd.dir == Direction::Out && cmd.iso.is_empty() {
+            cmd.data = (0..big).map(|i| i as u8).collect();
+        }
+        let ret = RetSubmit { seqnum: cmd.seqnum, status, actual_length: big as u32, data: vec![9; big], ..RetSubmit::default() };
+        let mut want = Vec::new();
+        cmd.encode(&mut want);
+        ret.encode(&mut want);
+        let mut tx = TxBuf::default();
+        cmd.encode_to(&mut tx);
+        ret.encode_to(&mut tx);
+        // Written in arbitrary steps, sometimes gathered, sometimes one run at a time.
+        let mut got = Vec::new();
+        for (i, step) in steps.iter().cycle().enumerate().take(64) {
+            let mut iov = [std::io::IoSlice::new(&[]); 4];
+            let n = tx.slices(&mut iov);
+            if n == 0 {
+                break;
+            }
+            let run: Vec<u8> = if i % 2 == 0 { iov[..n].iter().flat_map(|s| s.iter().copied()).collect() } else { tx.pending().to_vec() };
+            let k = (*step).min(run.len());
+            got.extend_from_slice(&run[..k]);
+            tx.consume(k);
+        }
+        while !tx.is_empty() {
+            let k = tx.pending().len();
+            got.extend_from_slice(tx.pending());
+            tx.consume(k);
+        }
+        prop_assert_eq!(got, want);
+    }
+
+    #[test]
     fn commands_roundtrip(cmds in prop::collection::vec(arb_command(any::<u32>(), any::<u32>()), 0..5), chunks in prop::collection::vec(1usize..100, 1..5)) {
         let mut bytes = Vec::new();
         for c in &cmds {
@@ -214,8 +276,12 @@ proptest! {
         RetUnlink { seqnum: status as u32, status }.encode(&mut bytes);
         let mut d = RetDecoder::new(LIMITS);
         let mut got = Vec::new();
-        for piece in bytes.chunks(chunk) {
-            d.push(piece);
+        for (i, piece) in bytes.chunks(chunk).enumerate() {
+            // Every other chunk as a direct payload read where one is awaited.
+            let took = i % 2 == 1 && d.read_payload(|buf, _| { buf.extend_from_slice(piece); Ok::<_, ()>(piece.len()) }).is_some();
+            if !took {
+                d.push(piece);
+            }
             while let Some(x) = d.next_reply(|s| (s == cmd.seqnum).then_some(shape)).unwrap() {
                 got.push(x);
             }

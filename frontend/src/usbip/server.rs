@@ -3,11 +3,13 @@
 //! connection, as usbipd does it.
 
 use std::collections::VecDeque;
+use std::io::IoSlice;
 
 use super::decode::Limits;
 use super::device::ExportedDevice;
 use super::op::{self, OpError, OpRequest, OpStatus};
 use super::session::{Event, Session, SessionConfig, SessionError, TxBuf};
+use super::shell::FeedError;
 
 /// Most bytes a client may send before its request has been answered.
 const MAX_EARLY_BYTES: usize = 1 << 20;
@@ -104,6 +106,20 @@ impl ServerConn {
         Ok(())
     }
 
+    /// [`Session::feed_direct`] once a device is imported; `None` before.
+    pub fn feed_direct<E>(
+        &mut self,
+        read: impl FnOnce(&mut Vec<u8>, usize) -> Result<usize, E>,
+    ) -> Option<Result<usize, FeedError<E, ConnError>>> {
+        let State::Urb(s) = &mut self.state else {
+            return None;
+        };
+        Some(s.feed_direct(read)?.map_err(|e| match e {
+            FeedError::Read(e) => FeedError::Read(e),
+            FeedError::Protocol(e) => FeedError::Protocol(ConnError::from(e)),
+        }))
+    }
+
     /// The next request to answer, or URB event to handle.
     pub fn poll_event(&mut self) -> Option<ConnEvent> {
         if let Some(e) = self.events.pop_front() {
@@ -165,7 +181,8 @@ impl ServerConn {
         }
     }
 
-    /// Bytes waiting to be written: the handshake reply first, then URB replies.
+    /// The first bytes waiting to be written (empty only when none are): the handshake
+    /// reply first, then URB replies.
     pub fn pending_tx(&self) -> &[u8] {
         match (&self.state, self.tx.pending()) {
             (State::Urb(s), []) => s.pending_tx(),
@@ -173,7 +190,17 @@ impl ServerConn {
         }
     }
 
-    /// Marks the first `n` bytes of [`pending_tx`](Self::pending_tx) as written.
+    /// All the bytes waiting to be written, in order, as slices for one `writev`; returns
+    /// how many slices were filled.
+    pub fn pending_tx_slices<'a>(&'a self, out: &mut [IoSlice<'a>]) -> usize {
+        match &self.state {
+            State::Urb(s) if self.tx.is_empty() => s.pending_tx_slices(out),
+            _ => self.tx.slices(out),
+        }
+    }
+
+    /// Marks the first `n` bytes of [`pending_tx`](Self::pending_tx) (or of
+    /// [`pending_tx_slices`](Self::pending_tx_slices)) as written.
     pub fn consume_tx(&mut self, n: usize) {
         if self.tx.pending().is_empty() {
             if let State::Urb(s) = &mut self.state {

@@ -8,9 +8,12 @@
 //! devid or a reused outstanding seqnum as fatal for the connection.
 
 use std::collections::{HashMap, VecDeque};
+use std::io::IoSlice;
 
 use super::decode::{CmdDecoder, DecodeError, Limits};
 use super::pdu::{CmdSubmit, Command, Direction, IsoPacket, RetSubmit, RetUnlink};
+use super::shell::FeedError;
+pub(crate) use super::tx::TxBuf;
 use super::wire::{ECONNRESET, EPROTO};
 
 /// Tunables of a [`Session`].
@@ -132,37 +135,6 @@ struct InFlight {
     extra_unlinks: Vec<u32>,
 }
 
-/// Outgoing bytes: appended at the end, consumed from `start` as the socket takes them.
-#[derive(Debug, Default)]
-pub(crate) struct TxBuf {
-    buf: Vec<u8>,
-    start: usize,
-}
-
-impl TxBuf {
-    pub(crate) fn pending(&self) -> &[u8] {
-        self.buf.get(self.start..).unwrap_or_default()
-    }
-
-    pub(crate) fn consume(&mut self, n: usize) {
-        self.start = self.start.saturating_add(n).min(self.buf.len());
-        if self.start == self.buf.len() {
-            self.buf.clear();
-            self.start = 0;
-        }
-    }
-
-    /// The end to append to. Drops the written prefix once it is most of the buffer, so
-    /// a socket that never quite drains does not make the buffer grow without bound.
-    pub(crate) fn out(&mut self) -> &mut Vec<u8> {
-        if self.start > 0 && self.start >= self.buf.len() / 2 {
-            self.buf.drain(..self.start);
-            self.start = 0;
-        }
-        &mut self.buf
-    }
-}
-
 /// One USB/IP URB connection, server side. Call [`feed`](Self::feed) with received bytes,
 /// drain [`poll_event`](Self::poll_event), answer with [`complete`](Self::complete) /
 /// [`unlinked`](Self::unlinked), and write out [`pending_tx`](Self::pending_tx), reporting
@@ -209,6 +181,27 @@ impl Session {
             self.failed = Some(e.clone());
         }
         r
+    }
+
+    /// When the stream's next bytes are the rest of an OUT payload, lets `read` append them
+    /// straight to the payload's buffer (no copy; see [`CmdDecoder::read_payload`]) and
+    /// processes them. `None`: nothing is awaited that way now; use [`feed`](Self::feed).
+    pub fn feed_direct<E>(
+        &mut self,
+        read: impl FnOnce(&mut Vec<u8>, usize) -> Result<usize, E>,
+    ) -> Option<Result<usize, FeedError<E, SessionError>>> {
+        if self.failed.is_some() {
+            return None;
+        }
+        let n = match self.decoder.read_payload(read)? {
+            Ok(n) => n,
+            Err(e) => return Some(Err(FeedError::Read(e))),
+        };
+        let r = self.drain_decoder();
+        if let Err(e) = &r {
+            self.failed = Some(e.clone());
+        }
+        Some(r.map(|()| n).map_err(FeedError::Protocol))
     }
 
     fn drain_decoder(&mut self) -> Result<(), SessionError> {
@@ -308,7 +301,7 @@ impl Session {
             Ok(ret) => (ret, None),
             Err(reason) => (eproto(seqnum, &urb), Some(reason)),
         };
-        ret.encode(self.tx.out());
+        ret.encode_to(&mut self.tx);
         self.answer_unlinks(&urb, 0);
         match bad {
             None => Ok(()),
@@ -382,21 +375,36 @@ impl Session {
         self.in_flight.contains_key(&seqnum)
     }
 
-    /// Bytes waiting to be written to the socket.
+    /// The first bytes waiting to be written to the socket (empty only when none are).
+    /// More may follow once these are consumed; see also
+    /// [`pending_tx_slices`](Self::pending_tx_slices).
     pub fn pending_tx(&self) -> &[u8] {
         self.tx.pending()
     }
 
-    /// Marks the first `n` bytes of [`pending_tx`](Self::pending_tx) as written.
+    /// Fills `out` with the pending bytes in order (a data buffer is its own slice, to be
+    /// written with one `writev`); returns how many slices were filled.
+    pub fn pending_tx_slices<'a>(&'a self, out: &mut [IoSlice<'a>]) -> usize {
+        self.tx.slices(out)
+    }
+
+    /// Marks the first `n` pending bytes as written.
     pub fn consume_tx(&mut self, n: usize) {
         self.tx.consume(n);
     }
 
     /// Takes every pending byte at once (for shells that write synchronously).
     pub fn take_tx(&mut self) -> Vec<u8> {
-        let v = self.tx.pending().to_vec();
-        self.tx.consume(v.len());
-        v
+        let mut v = Vec::new();
+        loop {
+            let p = self.tx.pending();
+            if p.is_empty() {
+                return v;
+            }
+            v.extend_from_slice(p);
+            let n = p.len();
+            self.tx.consume(n);
+        }
     }
 }
 
