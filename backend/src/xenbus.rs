@@ -224,7 +224,7 @@ impl Controller {
         let persistent = env.file.feature_persistent && fe_flag(env, FEATURE_PERSISTENT);
         let domid = DomId(self.id.fe);
         let mapper: Arc<dyn GrantMapper> = env.hyp.clone();
-        let mem = Grants { mapper, domid };
+        let mem = Grants::new(mapper, domid);
         let map_ring = |gref: u32, what: &str| -> anyhow::Result<_> {
             let page = mem
                 .map(&[gref], true)

@@ -1,12 +1,13 @@
 //! Guest memory as the engine sees it: grant mappings behind a small trait, so the same
 //! engine runs over Xen's gntdev, the simulated broker, or (fuzzing) an in-process fake.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::ptr::NonNull;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use pvusb_ring::shm::{Access as ShmAccess, Shm};
-use pvusb_xen::{Access, DomId, GrantMapper, GrantMapping, GrantRef, MapError};
+use pvusb_xen::{Access, DomId, GrantMapper, GrantMapping, GrantRef, MapError, MapRequest};
 
 /// Pages of the guest mapped into this process, as one contiguous range. Dropping it
 /// unmaps them. Only copies go in and out: the guest may write the pages at any time.
@@ -30,6 +31,14 @@ pub trait Mapped: Send + Sync + fmt::Debug {
 pub trait GuestMemory: Send + fmt::Debug {
     /// Maps `refs` as one contiguous range, writable or read-only.
     fn map(&self, refs: &[u32], writable: bool) -> Result<Box<dyn Mapped>, MapError>;
+
+    /// Announces the maps the next requests will ask for (`(refs, writable)` in order), so
+    /// an implementation can make them in one hypervisor call; [`GuestMemory::map`] then
+    /// hands out the matching mapping. A hint only: the default ignores it.
+    fn prefetch(&self, _maps: &[(Vec<u32>, bool)]) {}
+
+    /// Drops prefetched mappings nobody asked for (call once the batch is served).
+    fn end_prefetch(&self) {}
 }
 
 impl Mapped for GrantMapping {
@@ -58,23 +67,90 @@ impl Mapped for GrantMapping {
 }
 
 /// A frontend domain's grants through a real or simulated [`GrantMapper`].
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Grants {
     /// The hypervisor interface.
     pub mapper: Arc<dyn GrantMapper>,
     /// The granting (frontend) domain.
     pub domid: DomId,
+    /// Mappings made ahead by [`GuestMemory::prefetch`], in request order, not yet taken.
+    prefetched: Mutex<VecDeque<(Vec<u32>, bool, GrantMapping)>>,
+}
+
+impl Grants {
+    /// `domid`'s grants through `mapper`.
+    pub fn new(mapper: Arc<dyn GrantMapper>, domid: DomId) -> Self {
+        Grants {
+            mapper,
+            domid,
+            prefetched: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    fn prefetched(&self) -> std::sync::MutexGuard<'_, VecDeque<(Vec<u32>, bool, GrantMapping)>> {
+        // Each update is a single push or remove: a panic cannot leave it half-done.
+        self.prefetched.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn access(writable: bool) -> Access {
+    if writable {
+        Access::Writable
+    } else {
+        Access::ReadOnly
+    }
 }
 
 impl GuestMemory for Grants {
     fn map(&self, refs: &[u32], writable: bool) -> Result<Box<dyn Mapped>, MapError> {
+        {
+            let mut ahead = self.prefetched();
+            if let Some(i) = ahead
+                .iter()
+                .position(|(r, w, _)| *w == writable && r.as_slice() == refs)
+            {
+                if let Some((_, _, m)) = ahead.remove(i) {
+                    return Ok(Box::new(m));
+                }
+            }
+        }
         let refs: Vec<GrantRef> = refs.iter().copied().map(GrantRef).collect();
-        let access = if writable {
-            Access::Writable
-        } else {
-            Access::ReadOnly
-        };
-        Ok(Box::new(self.mapper.map(self.domid, &refs, access)?))
+        Ok(Box::new(self.mapper.map(
+            self.domid,
+            &refs,
+            access(writable),
+        )?))
+    }
+
+    fn prefetch(&self, maps: &[(Vec<u32>, bool)]) {
+        // One map alone gains nothing over mapping it when asked.
+        if maps.len() < 2 {
+            return;
+        }
+        let refs: Vec<Vec<GrantRef>> = maps
+            .iter()
+            .map(|(r, _)| r.iter().copied().map(GrantRef).collect())
+            .collect();
+        let reqs: Vec<MapRequest<'_>> = refs
+            .iter()
+            .zip(maps)
+            .map(|(refs, (_, w))| MapRequest {
+                refs,
+                access: access(*w),
+            })
+            .collect();
+        let results = self.mapper.map_batch(self.domid, &reqs);
+        let mut ahead = self.prefetched();
+        // A failed map is not kept: `map` tries it again and reports the error then.
+        for ((r, w), m) in maps.iter().zip(results) {
+            if let Ok(m) = m {
+                ahead.push_back((r.clone(), *w, m));
+            }
+        }
+    }
+
+    fn end_prefetch(&self) {
+        self.prefetched().clear();
     }
 }
 

@@ -289,20 +289,37 @@ impl Engine {
     pub fn on_ring_event(&mut self) -> Result<bool, Fatal> {
         let mut served = 0;
         let more = loop {
-            loop {
+            // Take what is on the ring (up to the budget), announce its data maps so they
+            // can be made in one hypervisor call, then serve it in ring order.
+            let mut batch = Vec::new();
+            {
                 let Some(link) = &mut self.link else {
                     return Ok(false);
                 };
-                if served >= RING_BUDGET {
+                while served + batch.len() < RING_BUDGET {
+                    let Some(raw) = link.urb.pop_request()? else {
+                        break;
+                    };
+                    batch.push(raw);
+                }
+                link.mem.prefetch(&data_maps(&batch, &link.limits));
+            }
+            served += batch.len();
+            let mut fatal = Ok(());
+            for raw in batch {
+                fatal = self.handle_raw(raw);
+                if fatal.is_err() {
                     break;
                 }
-                let Some(raw) = link.urb.pop_request()? else {
-                    break;
-                };
-                served += 1;
-                self.handle_raw(raw)?;
                 self.perform();
             }
+            // Responses pushed so far are published only below, after this: every mapping
+            // made for the batch is gone before any of its responses is visible (contract 7
+            // also for requests answered without the device).
+            if let Some(link) = &mut self.link {
+                link.mem.end_prefetch();
+            }
+            fatal?;
             let Some(link) = &mut self.link else {
                 return Ok(false);
             };
@@ -597,6 +614,28 @@ impl Engine {
 }
 
 /// Answers a request the host never sees.
+/// The data mappings `batch`'s well-formed submits will ask for, as [`prepare`] asks
+/// (IN writable, OUT read-only), in ring order.
+fn data_maps(
+    batch: &[pvusb_ring::wire::RawUrbRequest],
+    limits: &pvusb_ring::wire::Limits,
+) -> Vec<(Vec<u32>, bool)> {
+    batch
+        .iter()
+        .filter_map(|raw| match UrbRequest::parse(raw, limits) {
+            Ok(UrbRequest::Submit(sub)) if sub.buffer_length > 0 => {
+                let is_in = match sub.setup() {
+                    Some(s) => s.is_in(),
+                    None => sub.pipe.is_in(),
+                };
+                let refs = sub.data_segs().iter().map(|s| s.gref).collect();
+                Some((refs, is_in))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 fn local(link: &mut Link, id: u16, result: UrbResult) -> Result<(), Fatal> {
     match link.backend.handle_local(id, result, None) {
         Ok(()) => Ok(()),

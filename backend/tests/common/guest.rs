@@ -179,9 +179,7 @@ impl Guest {
     /// Pushes a raw request and kicks the backend.
     pub fn push_raw(&mut self, raw: &pvusb_ring::wire::RawUrbRequest) {
         self.urb.push_request(raw).unwrap();
-        if self.urb.push_requests_and_check_notify() {
-            self.evtchn.notify().unwrap();
-        }
+        self.push_queued();
     }
 
     pub fn push(&mut self, req: &UrbRequest) {
@@ -271,6 +269,14 @@ impl Guest {
 
     /// Submits a transfer; returns its id.
     pub fn submit(&mut self, pipe: Pipe, xfer: Transfer, buf: Option<Buf>, flags: u16) -> u16 {
+        let id = self.queue(pipe, xfer, buf, flags);
+        self.push_queued();
+        id
+    }
+
+    /// Puts a transfer on the ring without publishing it (several requests then reach the
+    /// backend at once on [`Guest::push_queued`]); returns its id.
+    pub fn queue(&mut self, pipe: Pipe, xfer: Transfer, buf: Option<Buf>, flags: u16) -> u16 {
         let id = self.fresh_id();
         let (segs, len) = match &buf {
             Some(b) => (b.segs(), b.len as u32),
@@ -288,8 +294,15 @@ impl Guest {
         if let Some(b) = buf {
             self.bufs.insert(id, b);
         }
-        self.push(&req);
+        self.urb.push_request(&req.to_raw()).unwrap();
         id
+    }
+
+    /// Publishes queued requests and kicks the backend if it asked for it.
+    pub fn push_queued(&mut self) {
+        if self.urb.push_requests_and_check_notify() {
+            self.evtchn.notify().unwrap();
+        }
     }
 
     /// A control transfer; returns the response and the IN data.
