@@ -339,3 +339,33 @@ fn a_malformed_one_way_message_is_still_answered() {
         ))
     );
 }
+
+/// The side channel takes one-way messages only; anything else closes the connection.
+#[test]
+fn a_side_channel_carrying_a_request_closes_the_connection() {
+    let sim = Sim::new();
+    let fd = raw(&sim, DomId::DOM0);
+    send(&fd, &Request::SideOpen.emit(1));
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    let got = fdpass::recv(fd.as_fd(), &mut buf, 4, RecvFlags::empty()).unwrap();
+    assert_eq!(
+        Reply::parse(&buf[..got.len]),
+        Ok((
+            1,
+            Reply::Done {
+                op: Request::SideOpen.op()
+            }
+        ))
+    );
+    let side = got.fds.into_iter().next().unwrap();
+    // A one-way message is fine (and gets no answer anywhere).
+    send(&side, &Request::UnmapOneway { map_id: 9 }.emit(2));
+    send(&fd, &Request::Counters.emit(3));
+    assert!(matches!(answer(&fd), Some((3, Reply::Counters(_)))));
+    // A request that wants a reply is not.
+    send(&side, &Request::Counters.emit(4));
+    send(&fd, &Request::Counters.emit(5));
+    assert_eq!(answer(&fd), None);
+    sim.wait_counters(idle(0));
+    still_serving(&sim);
+}

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use rustix::event::{epoll, EventfdFlags};
 use rustix::io::Errno;
@@ -51,6 +52,8 @@ pub enum StartError {
     },
 }
 
+mod side;
+
 const WAKER: u64 = 0;
 const LISTENER: u64 = 1 << 32;
 
@@ -59,6 +62,10 @@ struct Inner {
     state: State,
     listeners: HashMap<DomId, OwnedFd>,
     conns: HashMap<ConnId, OwnedFd>,
+    /// The broker's ends of the connections' side channels (not polled; see [`side`]).
+    side: HashMap<ConnId, OwnedFd>,
+    /// When the side channels were last all read.
+    side_read: Instant,
 }
 
 struct Shared {
@@ -113,6 +120,8 @@ impl Broker {
             state: State::new(),
             listeners: HashMap::new(),
             conns: HashMap::new(),
+            side: HashMap::new(),
+            side_read: Instant::now(),
         };
         let shared = Arc::new(Shared {
             inner: Mutex::new(inner),
@@ -219,6 +228,7 @@ impl Drop for Broker {
         }
         inner.listeners.clear();
         inner.conns.clear();
+        inner.side.clear();
     }
 }
 
@@ -266,6 +276,7 @@ fn apply(shared: &Shared, inner: &mut Inner, effects: Vec<Effect>) -> Result<Vec
                 if let Some(fd) = inner.conns.remove(&c) {
                     epoll::delete(&shared.epoll, &fd).ok();
                 }
+                inner.side.remove(&c);
                 queue.extend(inner.state.disconnect(c));
             }
             Effect::Released(d) => {
@@ -297,10 +308,14 @@ fn run(shared: &Shared) {
     let mut events = Vec::with_capacity(64);
     while !shared.stop.load(Ordering::SeqCst) {
         events.clear();
+        let timeout = rustix::time::Timespec {
+            tv_sec: 0,
+            tv_nsec: side::PERIOD_NS,
+        };
         match epoll::wait(
             &shared.epoll,
             rustix::buffer::spare_capacity(&mut events),
-            None,
+            Some(&timeout),
         ) {
             Ok(_) | Err(Errno::INTR) => {}
             Err(e) => {
@@ -327,6 +342,8 @@ fn run(shared: &Shared) {
                 fire(shared, released);
             }
         }
+        let released = side::read_all_if_due(shared, &mut lock(shared));
+        fire(shared, released);
     }
 }
 
@@ -388,6 +405,7 @@ fn serve(shared: &Shared, inner: &mut Inner, conn: ConnId) -> Served {
 /// Handles every message queued on `conn`, answering each at once (see
 /// [`State::drain_before`] for why).
 fn drain(shared: &Shared, inner: &mut Inner, conn: ConnId, released: &mut Vec<DomId>) {
+    side::read(shared, inner, conn, released);
     for _ in 0..MAX_DRAIN {
         let mut out = Served::default();
         let handled = serve_one(shared, inner, conn, &mut out, false);
@@ -439,6 +457,16 @@ fn serve_one(
     };
     // A message that does not parse is answered even if its op is a one-way one.
     let wants_reply = parsed.as_ref().map_or(true, Request::wants_reply);
+    // One-way messages the client sent on its side channel before this one come first.
+    side::read(shared, inner, conn, &mut out.released);
+    if !inner.conns.contains_key(&conn) {
+        // A bad side channel closed the connection.
+        return false;
+    }
+    if let Ok(Request::SideOpen) = parsed {
+        out.reply = Some(side::open(inner, conn, header.seq));
+        return true;
+    }
     if let (Ok(req), true) = (&parsed, may_drain) {
         for other in inner.state.drain_before(conn, req) {
             drain(shared, inner, other, &mut out.released);

@@ -29,6 +29,9 @@ mod mapper;
 #[derive(Debug)]
 struct Wire {
     sock: OwnedFd,
+    /// The side channel for one-way messages (the broker does not poll it: sending wakes
+    /// nobody); the main socket if the broker gave none or it is full.
+    side: Option<OwnedFd>,
     /// The last sequence number used; one call is in flight at a time.
     seq: u32,
     /// Grant files the broker handed over on this connection.
@@ -56,6 +59,22 @@ impl Wire {
         )
         .map_err(send_error)?;
         Ok(self.seq)
+    }
+
+    /// Sends a one-way request, on the side channel when it has room. Both sockets are
+    /// read by the broker in an order that keeps every one-way message ahead of what we
+    /// send after it.
+    fn send_oneway(&mut self, req: &Request) -> Result<(), BrokerError> {
+        let Some(side) = &self.side else {
+            return self.send(req).map(|_| ());
+        };
+        self.seq = self.seq.wrapping_add(1);
+        match fdpass::send(side.as_fd(), &req.emit(self.seq), &[], SendFlags::DONTWAIT) {
+            Ok(()) => Ok(()),
+            // Full: the main socket wakes the broker, which reads the side channel first.
+            Err(Errno::AGAIN) => self.send(req).map(|_| ()),
+            Err(e) => Err(send_error(e)),
+        }
     }
 
     /// Waits for the reply to request `seq` (of operation `op`).
@@ -119,7 +138,7 @@ impl Conn {
 
     /// Sends a one-way request (no reply comes).
     fn send_oneway(&self, req: &Request) -> Result<(), BrokerError> {
-        self.lock().send(req).map(|_| ())
+        self.lock().send_oneway(req)
     }
 
     fn call(&self, req: &Request, max_fds: usize) -> Result<(Reply, Vec<OwnedFd>), BrokerError> {
@@ -154,16 +173,27 @@ impl SimPlatform {
             path: path.display().to_string(),
             errno,
         })?;
-        Ok(SimPlatform {
-            conn: Arc::new(Conn {
-                domid,
-                wire: Mutex::new(Wire {
-                    sock,
-                    seq: 0,
-                    files: FileCache::default(),
-                    buf: vec![0; MAX_MESSAGE].into_boxed_slice(),
-                }),
+        let conn = Conn {
+            domid,
+            wire: Mutex::new(Wire {
+                sock,
+                side: None,
+                seq: 0,
+                files: FileCache::default(),
+                buf: vec![0; MAX_MESSAGE].into_boxed_slice(),
             }),
+        };
+        // Without a side channel one-way messages go on the main socket: slower, same
+        // meaning. A refused connection shows at the first real call.
+        match conn.call(&Request::SideOpen, 1) {
+            Ok((Reply::Done { .. }, fds)) if fds.len() == 1 => {
+                conn.lock().side = fds.into_iter().next();
+            }
+            Ok(_) => tracing::debug!("the broker gave no side channel"),
+            Err(e) => tracing::debug!(error = %e, "no side channel"),
+        }
+        Ok(SimPlatform {
+            conn: Arc::new(conn),
         })
     }
 

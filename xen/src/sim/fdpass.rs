@@ -97,6 +97,16 @@ pub fn socket(nonblocking: bool) -> Result<OwnedFd, Errno> {
     rustix::net::socket_with(AddressFamily::UNIX, SocketType::SEQPACKET, flags, None)
 }
 
+/// A connected pair of unix seqpacket sockets (both blocking, close-on-exec).
+pub fn pair() -> Result<(OwnedFd, OwnedFd), Errno> {
+    rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+}
+
 /// Connects to a broker socket (blocking).
 pub fn connect(path: &Path) -> Result<OwnedFd, Errno> {
     let fd = socket(false)?;

@@ -7,11 +7,14 @@
 //!   is passed as a read-only file description, so the kernel refuses PROT_WRITE.
 //! - Ending access is refused while the grantee maps a page; the broker learns of unmaps from
 //!   the mapper (and counts a closed connection as unmapping everything it mapped). The
-//!   mapper munmaps, then reports the unmap as a one-way message without waiting. Messages of
-//!   one connection are handled in order, and before refusing an end of access (or reporting
-//!   counters) the broker handles every message already queued by the grantee's connections,
-//!   so an unmap that happened before the granter asked (e.g. the backend unmapped, then
-//!   pushed the response the frontend reacts to) is always seen: no spurious StillMapped.
+//!   mapper munmaps, then reports the unmap as a one-way message without waiting, on the
+//!   connection's side channel (a socket pair the broker does not poll, so the report wakes
+//!   nobody; see `broker::side`). The broker reads a connection's side channel before each of
+//!   its main messages, and before refusing an end of access (or reporting counters) it
+//!   handles every message already queued by the grantee's connections, so an unmap that
+//!   happened before the granter asked (e.g. the backend unmapped, then pushed the response
+//!   the frontend reacts to) is always seen: no spurious StillMapped. Otherwise a side
+//!   channel is read every 20 ms.
 //! - Event channels are two eventfds per channel handed to both ends: a notify is one
 //!   `write`, with no broker hop. Differences from Xen: ports are per-connection objects with
 //!   their own fd (as if each channel had its own /dev/xen/evtchn open); a notify sent before

@@ -322,6 +322,8 @@ impl State {
             Request::DomainCreate { .. } | Request::DomainDestroy { .. } | Request::Counters => {
                 (Err(Status::NotPermitted), Vec::new())
             }
+            // The side channel is a socket: the broker shell opens it, the tables know nothing.
+            Request::SideOpen => (Err(Status::BadRequest), Vec::new()),
             Request::GrantAlloc {
                 grantee,
                 count,

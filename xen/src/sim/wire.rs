@@ -19,6 +19,12 @@
 //! | 10 COUNTERS (dom0) | — | grants, mappings, channels, domains, connections | — |
 //! | 11 UNMAP_ONEWAY | map_id | *none* (one-way: no reply, not even an error) | — |
 //! | 12 FORGET | count, `{serial_lo, serial_hi, flags}[count]` | *none* (one-way) | — |
+//! | 13 SIDE_OPEN | — | — | the client's end of the connection's side channel |
+//!
+//! The side channel is a socket pair the broker does not poll: one-way messages sent there
+//! wake nobody. The broker reads it before each message of the main connection, before
+//! answering anything that must see earlier unmaps (see `State::drain_before`), and every
+//! few milliseconds. Only one-way messages are accepted on it.
 //!
 //! MAP is a batch: each map succeeds or fails on its own. Its reply body is
 //! `nmaps, nfiles, ndead`, then `files[nfiles]` = `{serial_lo, serial_hi, flags}` (flags bit 0:
@@ -90,6 +96,7 @@ mod op {
     pub const COUNTERS: u32 = 10;
     pub const UNMAP_ONEWAY: u32 = 11;
     pub const FORGET: u32 = 12;
+    pub const SIDE_OPEN: u32 = 13;
 }
 
 /// A request that does not parse.
@@ -225,6 +232,8 @@ pub enum Request {
     UnmapOneway { map_id: u32 },
     /// The client closed its copies of these files (no reply).
     Forget { files: Vec<FileKey> },
+    /// Open the connection's side channel for one-way messages.
+    SideOpen,
     /// Allocate a port `remote` may bind.
     EvtchnAllocUnbound { remote: DomId },
     /// Bind to `remote`'s unbound port.
@@ -442,6 +451,7 @@ impl Request {
             Request::Unmap { .. } => op::UNMAP,
             Request::UnmapOneway { .. } => op::UNMAP_ONEWAY,
             Request::Forget { .. } => op::FORGET,
+            Request::SideOpen => op::SIDE_OPEN,
             Request::EvtchnAllocUnbound { .. } => op::EVTCHN_ALLOC_UNBOUND,
             Request::EvtchnBind { .. } => op::EVTCHN_BIND,
             Request::EvtchnUnbind { .. } => op::EVTCHN_UNBIND,
@@ -526,6 +536,10 @@ impl Request {
                 end(body)?;
                 Request::Counters
             }
+            op::SIDE_OPEN => {
+                end(body)?;
+                Request::SideOpen
+            }
             op::EVTCHN_BIND => {
                 let (t, rest) = take::<Two>(body)?;
                 end(rest)?;
@@ -605,7 +619,7 @@ impl Request {
             Request::DomainCreate { domid } | Request::DomainDestroy { domid } => {
                 push_u32s(&mut out, [u32::from(domid.0)])
             }
-            Request::Counters => {}
+            Request::Counters | Request::SideOpen => {}
         }
         out
     }
@@ -749,6 +763,7 @@ impl Reply {
             }
             op::GRANT_END
             | op::UNMAP
+            | op::SIDE_OPEN
             | op::EVTCHN_UNBIND
             | op::DOMAIN_CREATE
             | op::DOMAIN_DESTROY => {

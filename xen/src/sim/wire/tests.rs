@@ -95,6 +95,7 @@ fn request() -> impl Strategy<Value = Request> {
         domid().prop_map(|domid| Request::DomainCreate { domid }),
         domid().prop_map(|domid| Request::DomainDestroy { domid }),
         Just(Request::Counters),
+        Just(Request::SideOpen),
     ]
 }
 
@@ -132,6 +133,7 @@ fn reply() -> impl Strategy<Value = Reply> {
         prop_oneof![
             Just(op::GRANT_END),
             Just(op::UNMAP),
+            Just(op::SIDE_OPEN),
             Just(op::EVTCHN_UNBIND),
             Just(op::DOMAIN_CREATE),
             Just(op::DOMAIN_DESTROY)
