@@ -21,6 +21,10 @@ mkdir -p /run/lock /run/xen /var/log/xen/console
 hostname dom0
 RESULTS=/e2e/results
 mkdir -p "$RESULTS"
+# Core dumps of anything that crashes go to the results (run.sh prints which programs).
+mkdir -p "$RESULTS/cores"
+echo "$RESULTS/cores/core.%e.%p" >/proc/sys/kernel/core_pattern
+ulimit -c unlimited
 echo "dom0-init: userspace at uptime $(cut -d' ' -f1 /proc/uptime)"
 # dom0's console (hvc0) ends up in the serial log; keep a copy on the payload disk too.
 . /e2e/run.env

@@ -63,9 +63,12 @@ flock -n 9 || die "another tests/xen-e2e/run.sh is running (lock $OUT/.lock)"
 ensure_host_packages
 if [ "$BUILD_PVUSB" = 1 ]; then
     log "building static pvusb binaries"
+    # Its own target directory: no wait for other cargo builds' lock, no rebuild of theirs.
     (cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" nice -n 10 cargo build --release \
-        --target x86_64-unknown-linux-gnu -p pvusb-backend -p pvusb-frontend -p xl-usb) \
+        --target x86_64-unknown-linux-gnu --target-dir "$OUT/cargo" \
+        -p pvusb-backend -p pvusb-frontend -p xl-usb) \
         || die "cargo build of the pvusb binaries failed"
+    PVUSB_DIR="$OUT/cargo/x86_64-unknown-linux-gnu/release"
 fi
 : "${BACKEND:=$PVUSB_DIR/pvusb-backend}" "${FRONTEND:=$PVUSB_DIR/pvusb-frontend}" "${XLUSB:=$PVUSB_DIR/xl-usb}"
 for v in BACKEND FRONTEND XLUSB; do
@@ -73,6 +76,7 @@ for v in BACKEND FRONTEND XLUSB; do
 done
 
 build_xen_hcd
+build_fpu_canary
 build_guest_base
 if [ "$SELFTEST" = 1 ]; then
     rm -rf "$RUNDIR"; mkdir -p "$RUNDIR"
@@ -114,6 +118,7 @@ cp "$HERE/domu.cfg" "$P/guest/domu.cfg"
 cp "$VMLINUX" "$P/guest/vmlinux"
 [ -n "$BACKEND" ] && cp "$BACKEND" "$P/bin/pvusb-backend" && strip_debug "$P/bin/pvusb-backend"
 [ -n "$XLUSB" ] && cp "$XLUSB" "$P/bin/xl-usb" && strip_debug "$P/bin/xl-usb"
+cp "$FPU_CANARY" "$P/bin/fpu-canary"
 build_guest_initrd "$P/guest/initrd.cpio" "$FRONTEND"
 PAYLOAD_IMG="$RUNDIR/payload.ext4"
 STICK_IMG="$RUNDIR/stick.img"
@@ -125,12 +130,19 @@ SERIAL="$LOGDIR/serial.log"
 # in dom0) segfaulted now and then at the same instructions, as if vector state were lost
 # across PV context switches under TCG. E2E_QEMU_CPU=max restores the recipe's model.
 QEMU_CPU=${E2E_QEMU_CPU:-max,avx=off,avx2=off,fma=off,f16c=off,vaes=off,vpclmulqdq=off}
+# Eager FPU switching in Xen (see README "Pitfalls"): on an AMD CPU model Xen defaults to lazy
+# FPU switching for PV vCPUs (CR0.TS set at each vCPU switch, state restored on the #NM trap);
+# under TCG that let processes in dom0 and in the guest see other vCPUs' SSE registers now and
+# then (heap corruption, segfaults). E2E_XEN_EAGER_FPU=0 restores Xen's default.
+XEN_ARGS="console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M smap=0 loglvl=all guest_loglvl=all"
+[ "${E2E_XEN_EAGER_FPU:-1}" = 1 ] && XEN_ARGS="$XEN_ARGS spec-ctrl=eager-fpu"
 QEMU_START=$(date +%s.%N)
 {
     printf 'HOST_QEMU_START=%s\nREQUIRE_PVUSB=%s\nHAVE_FRONTEND=%s\n' "$QEMU_START" "$REQUIRE_PVUSB" \
         "$([ -n "$FRONTEND" ] && echo 1 || echo 0)"
     printf 'IO_MB=%s\nBACKEND_ARGS="%s"\nRUST_LOG="%s"\nSCENARIO_DEADLINE=%s\n' "${E2E_IO_MB:-16}" \
         "${E2E_BACKEND_ARGS:---platform xen}" "${RUST_LOG:-info}" "$((TIMEOUT - 90))"
+    printf 'ROUND_ORDER=%s\nFPU_CANARY_SECS=%s\n' "${E2E_ORDER:-stock-first}" "${E2E_FPU_CANARY_SECS:-20}"
 } >"$P/run.env"
 mkfs.ext4 -q -F -L e2e -d "$P" "$PAYLOAD_IMG" 384M >/dev/null || die "mkfs.ext4 payload failed"
 log "booting Xen + dom0 under QEMU (TCG), timeout ${TIMEOUT}s; serial: $SERIAL"
@@ -138,7 +150,7 @@ QEMU_RC=0
 nice -n 10 timeout -k 10 "$TIMEOUT" "$QEMU" \
     -accel tcg -cpu "$QEMU_CPU" -m 3072 -smp 2 -nographic -no-reboot -nic none \
     -kernel "$XEN_ELF" \
-    -append "console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M smap=0" \
+    -append "$XEN_ARGS" \
     -initrd "$VMLINUX console=hvc0 earlyprintk=xen,$LOADER" \
     -drive "file=$ROOT_IMG,if=virtio,format=raw,snapshot=on" \
     -drive "file=$PAYLOAD_IMG,if=virtio,format=raw" \

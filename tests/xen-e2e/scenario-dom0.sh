@@ -209,6 +209,22 @@ s_xenstore_channel() {
     [ -n "$keys" ]
 }
 
+# Both domains run fpu-canary at once (2 workers each, FPU_CANARY_SECS): every vCPU must keep
+# its own SSE registers across vCPU switches. Under QEMU TCG with Xen's lazy FPU switching this
+# failed (see README "Pitfalls"), and then any program may compute garbage: this step tells
+# such an environment fault apart from a pvusb fault.
+s_fpu_canary() {
+    local secs=${FPU_CANARY_SECS:-20} pid rc0 rcg out0
+    [ "$secs" -gt 0 ] 2>/dev/null || { DETAIL="disabled (FPU_CANARY_SECS=$secs)"; return 0; }
+    "$BIN/fpu-canary" "$secs" 2 >"$RES/fpu-canary-dom0.txt" 2>&1 &
+    pid=$!
+    guest_cmd $((secs * 4 + 60)) fpu-canary "$secs" 2; rcg=$?
+    wait "$pid"; rc0=$?
+    out0=$(cat "$RES/fpu-canary-dom0.txt")
+    DETAIL="dom0: $out0; guest: $GOUT"
+    [ "$rc0" -eq 0 ] && [ "$rcg" -eq 0 ]
+}
+
 # Stock libxl with no usbif backend running: usbctrl-attach writes the keys and then waits for
 # the backend to reach InitWait; with none, it gives up after ~10 s. Cleaned up afterwards.
 s_xl_attach_waits() {
@@ -265,8 +281,15 @@ ctrl_connected() {
 # s_ctrl_attach TOOL: TOOL is "xl-usb" (ours) or "xl" (stock libxl).
 s_ctrl_attach() {
     local tool=$1 cmd rc=0
-    if [ "$tool" = xl ]; then cmd=(xl); else cmd=("$BIN/xl-usb"); fi
+    if [ "$tool" = xl ]; then
+        cmd=(xl -vvv)
+        echo "---- before: /libxl/$GDOMID, backend/vusb, userdata"
+        xenstore-ls -fp "/libxl/$GDOMID" 2>&1 | grep -v '/device/vbd\|/device/vif\|/device/console' | head -60
+        xenstore-ls -fp "/local/domain/0/backend/vusb" 2>&1
+        ls -la /var/lib/xen/ 2>&1; cat /var/lib/xen/userdata-d."$GDOMID".*libxl-json 2>&1 | tr -d '\n ' | head -c 4000; echo
+    else cmd=("$BIN/xl-usb"); fi
     timeout 60 "${cmd[@]}" usbctrl-attach "$GUEST" type=pv version=2 ports=4 || rc=$?
+    [ "$rc" -ge 128 ] && diag_crash "$tool usbctrl-attach" "$rc"
     CTRL=$(new_ctrl)
     xenstore-ls -fp "/local/domain/0/backend/vusb" >&2
     [ "$rc" -eq 0 ] || { DETAIL="$tool usbctrl-attach rc=$rc"; return 1; }
@@ -276,6 +299,18 @@ s_ctrl_attach() {
         return 1
     fi
     DETAIL="$tool usbctrl-attach: controller $CTRL connected (backend 4, frontend 4)"
+}
+
+# diag_crash WHAT RC: a tool died of a signal. Record what crashed (core files), whether other
+# programs crash now too, and the state, so the cause can be told apart from the symptom.
+diag_crash() {
+    local i c
+    echo "---- diag: $1 died rc=$2; cores:"; ls -la "$RES/cores" 2>&1
+    for c in "$RES"/cores/core.*; do [ -e "$c" ] && echo "core $c: $(file -b "$c" 2>/dev/null)"; done
+    for i in 1 2 3 4 5; do xl list >/dev/null 2>&1; echo "diag xl list #$i rc=$?"; done
+    for i in 1 2 3; do xenstore-ls -fp "/libxl/$GDOMID" >/dev/null 2>&1; echo "diag xenstore-ls #$i rc=$?"; done
+    dmesg | tail -20
+    cat /var/lib/xen/userdata-d."$GDOMID".*libxl-json 2>&1 | tr -d '\n ' | head -c 4000; echo
 }
 
 port1_is() { [ "$(xenstore-read "/local/domain/0/backend/vusb/$GDOMID/$CTRL/port/1" 2>/dev/null)" = "$1" ]; }
@@ -336,19 +371,29 @@ s_backend_restart() {
     DETAIL="backend SIGKILLed and restarted; guest (our frontend): $GOUT"; return "$rc"
 }
 
-s_switch_to_stock() {
-    local rc=0 what="no controller to remove"
-    if [ -n "$CTRL" ]; then
-        # usbctrl-detach removes what is plugged in too; an explicit usbdev-detach only
-        # when port 1 is in use (xl-usb refuses to detach an empty port).
-        port1_is "" || timeout 60 "$BIN/xl-usb" usbdev-detach "$GUEST" "$CTRL" 1 || rc=$?
-        timeout 60 "$BIN/xl-usb" usbctrl-detach "$GUEST" "$CTRL" || rc=$?
-        [ "$rc" -eq 0 ] || { DETAIL="xl-usb usbdev-detach/usbctrl-detach rc=$rc"; return 1; }
-        what="controller $CTRL removed"; CTRL=""
+# remove_ctrl: the current controller goes, with xl-usb (usbctrl-detach removes what is plugged
+# in too; an explicit usbdev-detach only when port 1 is in use: xl-usb refuses an empty port).
+remove_ctrl() {
+    local rc=0
+    WHAT="no controller to remove"
+    [ -n "$CTRL" ] || return 0
+    port1_is "" || timeout 60 "$BIN/xl-usb" usbdev-detach "$GUEST" "$CTRL" 1 || rc=$?
+    timeout 60 "$BIN/xl-usb" usbctrl-detach "$GUEST" "$CTRL" || rc=$?
+    [ "$rc" -eq 0 ] || { DETAIL="xl-usb usbdev-detach/usbctrl-detach rc=$rc"; return 1; }
+    WHAT="controller $CTRL removed"; CTRL=""
+}
+
+# s_switch_to stock|ours: the guest's frontend becomes Linux's xen-hcd or ours.
+s_switch_to() {
+    remove_ctrl || return 1
+    if [ "$1" = stock ]; then
+        guest_cmd 30 stop-frontend || { DETAIL="stop-frontend: $GOUT"; return 1; }
+        guest_cmd 60 load-stock || { DETAIL="load xen-hcd: $GOUT"; return 1; }
+    else
+        guest_cmd 30 unload-stock || { DETAIL="unload xen-hcd: $GOUT"; return 1; }
+        guest_cmd 30 start-frontend || { DETAIL="start-frontend: $GOUT"; return 1; }
     fi
-    guest_cmd 30 stop-frontend || { DETAIL="stop-frontend: $GOUT"; return 1; }
-    guest_cmd 60 load-stock || { DETAIL="load xen-hcd: $GOUT"; return 1; }
-    DETAIL="$what; guest: $GOUT"
+    DETAIL="$WHAT; guest: $GOUT"
 }
 
 s_backend_stop() {
@@ -395,6 +440,7 @@ smoke() {
     if [ "$OK_GUEST" = 1 ]; then
         step guest/kernel-drivers s_guest_drivers
         step guest/xenstore-channel s_xenstore_channel
+        [ -x "$BIN/fpu-canary" ] && step dom0/fpu-canary s_fpu_canary
     else
         skip guest/kernel-drivers "after failed guest/create"; skip guest/xenstore-channel "after failed guest/create"
     fi
@@ -406,14 +452,11 @@ smoke() {
 }
 
 # ---- issue 9 steps with pvusb. Each needs its binaries and the steps before it.
-pvusb_rounds() {
-    OK=$((OK_GUEST && OK_STICK))
-    OURS=$OK
-    guarded 1/backend-start OK pvusb-backend -- backend_start || OURS=0
-    BACKEND_OK=$OURS
-    STOCK=$OURS
-    ALL=(pvusb-backend pvusb-frontend xl-usb)
-    guarded 2/frontend-start OURS "${ALL[@]}" -- s_frontend_start
+# Round "ours": pvusb-frontend + vhci_hcd in the guest, controller made by xl-usb.
+round_ours() {
+    local first=$1
+    if [ "$first" = 1 ]; then guarded 2/frontend-start OURS "${ALL[@]}" -- s_frontend_start
+    else guarded 2/switch-to-ours OURS "${ALL[@]}" -- s_switch_to ours; fi
     guarded 3/usbctrl-attach-xl-usb OURS "${ALL[@]}" -- s_ctrl_attach xl-usb
     guarded 3/usbdev-attach OURS "${ALL[@]}" -- s_dev_attach
     guarded --soft 3/usb-list OURS "${ALL[@]}" -- s_usb_list ours
@@ -421,30 +464,60 @@ pvusb_rounds() {
     guarded 6/detach-while-open OURS "${ALL[@]}" -- s_detach_while_open
     guarded 6/reattach OURS "${ALL[@]}" -- s_reattach
     guarded 6/backend-restart OURS "${ALL[@]}" -- s_backend_restart
-    # Round 2: Linux's own xen-hcd against our backend, controller made by stock xl.
-    # The stock round does not depend on the first one, only on a running backend.
-    if [ "$BACKEND_OK" = 1 ] && ! kill -0 "$BACKEND_PID" 2>/dev/null; then
-        say "pvusb-backend is not running before the stock round; restarting it"
-        backend_start || STOCK=0
-    fi
-    BE=(pvusb-backend xl-usb)
-    guarded 5/switch-to-stock STOCK "${BE[@]}" -- s_switch_to_stock
+}
+
+# Round "stock": Linux's own xen-hcd against our backend, controller made by stock xl.
+round_stock() {
+    local first=$1
+    if [ "$first" = 1 ]; then guarded 5/load-stock STOCK "${BE[@]}" -- s_load_stock
+    else guarded 5/switch-to-stock STOCK "${BE[@]}" -- s_switch_to stock; fi
     guarded 3/usbctrl-attach-stock-xl STOCK "${BE[@]}" -- s_ctrl_attach xl
     guarded 5/usbdev-attach-stock STOCK "${BE[@]}" -- s_dev_attach
     guarded --soft 5/usb-list-stock STOCK "${BE[@]}" -- s_usb_list stock
     guarded 5/io-stock-xen-hcd STOCK "${BE[@]}" -- s_guest_io stock
+}
+s_load_stock() {
+    guest_cmd 60 load-stock; local rc=$?
+    DETAIL="$GOUT"; return "$rc"
+}
+
+# ---- issue 9 steps with pvusb. Each needs its binaries and the steps before it; the two
+# rounds do not depend on each other, only on a running backend.
+pvusb_rounds() {
+    OK=$((OK_GUEST && OK_STICK))
+    OURS=$OK
+    guarded 1/backend-start OK pvusb-backend -- backend_start || OURS=0
+    BACKEND_OK=$OURS
+    STOCK=$OURS
+    ALL=(pvusb-backend pvusb-frontend xl-usb)
+    BE=(pvusb-backend xl-usb)
+    say "round order: ${ROUND_ORDER:=stock-first}"
+    if [ "$ROUND_ORDER" = stock-first ]; then
+        round_stock 1
+        backend_alive || OURS=0
+        round_ours 0
+    else
+        round_ours 1
+        backend_alive || STOCK=0
+        round_stock 0
+    fi
     if [ "$BACKEND_OK" = 1 ] && [ -n "$BACKEND_PID" ]; then
         if [ "$BACKEND_UP" = 1 ] && ! kill -0 "$BACKEND_PID" 2>/dev/null; then
             wait "$BACKEND_PID" 2>/dev/null; BACKEND_STATUS=$?; BACKEND_UP=0
-            record 5/backend-died FAIL "pvusb-backend exited with status $BACKEND_STATUS during the stock round"
+            record 1/backend-died FAIL "pvusb-backend exited with status $BACKEND_STATUS during the second round"
         fi
-        if [ -n "$CTRL" ] && [ -x "$BIN/xl-usb" ]; then
-            port1_is "" || timeout 60 "$BIN/xl-usb" usbdev-detach "$GUEST" "$CTRL" 1
-            timeout 60 "$BIN/xl-usb" usbctrl-detach "$GUEST" "$CTRL"
-        fi
+        [ -x "$BIN/xl-usb" ] && remove_ctrl
         step 1/backend-stop s_backend_stop
     fi
+}
 
+# backend_alive: before the second round, a backend that died in the first is restarted
+# (its death is already a recorded failure).
+backend_alive() {
+    [ "$BACKEND_OK" = 1 ] || return 1
+    kill -0 "$BACKEND_PID" 2>/dev/null && return 0
+    say "pvusb-backend is not running before the second round; restarting it"
+    backend_start
 }
 
 # ---- step 7: native vs guest read rate, then clean up

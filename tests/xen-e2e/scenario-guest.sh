@@ -171,6 +171,12 @@ run() { # the command dispatcher; sets OUT, returns status
         load-stock)
             loadmod xen_hcd || { OUT="cannot load xen-hcd.ko"; return 1; }
             OUT="xen-hcd.ko loaded, vusb driver: $([ -d /sys/bus/xen/drivers/vusb ] && echo yes || echo no)" ;;
+        fpu-canary) # SECONDS WORKERS
+            OUT=$(/bin/fpu-canary "$2" "$3" 2>&1) ;;
+        unload-stock)
+            grep -q '^xen_hcd ' /proc/modules || { OUT="xen-hcd.ko not loaded"; return 0; }
+            rmmod xen_hcd || { OUT="cannot unload xen_hcd"; return 1; }
+            OUT="xen-hcd.ko unloaded" ;;
         wait-disk)
             wait_disk "$2" || { OUT="no QEMU disk within $2 s"; return 1; }
             OUT="/dev/$DISK ($(($(cat /sys/block/$DISK/size) / 2048)) MiB, $(cat /sys/block/$DISK/device/vendor | tr -d ' ') $(cat /sys/block/$DISK/device/model | tr -s ' '))" ;;

@@ -46,6 +46,7 @@ EOF
     cat >"$d/xl" <<'EOF'
 #!/bin/bash
 B=/local/domain/0/backend/vusb/1 F=/local/domain/1/device/vusb
+[ "$1" = -vvv ] && shift
 case "$1" in
   usbctrl-attach) n=$(xenstore-list $B 2>/dev/null | sort -n | tail -1); n=$(( ${n:--1} + 1 ))
      xenstore-write $B/$n/state 4; xenstore-write $F/$n/state 4; xenstore-write $B/$n/port/1 "" ;;
@@ -74,7 +75,8 @@ run_case() {
     done
     chmod +x "$c"/e2e/bin/* 2>/dev/null
     local fe=0; [[ " $bins " == *" pvusb-frontend "* ]] && fe=1
-    printf 'HOST_QEMU_START=%s\nREQUIRE_PVUSB=0\nHAVE_FRONTEND=%s\nIO_MB=16\n' "$EPOCHREALTIME" "$fe" >"$c/e2e/run.env"
+    printf 'HOST_QEMU_START=%s\nREQUIRE_PVUSB=0\nHAVE_FRONTEND=%s\nIO_MB=16\nROUND_ORDER=%s\n' \
+        "$EPOCHREALTIME" "$fe" "$ORDER" >"$c/e2e/run.env"
     (
         export XS="$c/xs" PATH="$c/stub:$PATH" E2E="$c/e2e" E2E_SOURCE_ONLY=1
         # shellcheck source=scenario-dom0.sh
@@ -107,19 +109,34 @@ run_case() {
     if [ "$ok" = 1 ]; then echo "PASS $name"; else echo "FAIL $name (log $c/out.log)"; cp -r "$c" "/tmp/xen-e2e-flow-$name"; FAILS=$((FAILS + 1)); fi
 }
 
+# The default order: Linux's xen-hcd round first, then ours.
+ORDER=stock-first
 run_case none "" "" 1/backend-start=SKIP 4/io-ours-vhci=SKIP 5/io-stock-xen-hcd=SKIP dom0/finished=PASS
 run_case all "pvusb-backend pvusb-frontend xl-usb" "" \
+    1/backend-start=PASS 5/load-stock=PASS 3/usbctrl-attach-stock-xl=PASS 5/usbdev-attach-stock=PASS \
+    5/usb-list-stock=PASS 5/io-stock-xen-hcd=PASS 2/switch-to-ours=PASS 3/usbctrl-attach-xl-usb=PASS \
+    3/usbdev-attach=PASS 3/usb-list=PASS 4/io-ours-vhci=PASS 6/detach-while-open=PASS 6/reattach=PASS \
+    6/backend-restart=PASS 1/backend-stop=PASS 7/read-ratio-ours=INFO 7/read-ratio-stock=INFO dom0/finished=PASS
+run_case no-frontend "pvusb-backend xl-usb" "" \
+    1/backend-start=PASS 5/load-stock=PASS 5/io-stock-xen-hcd=PASS 2/switch-to-ours=SKIP 4/io-ours-vhci=SKIP
+run_case guest-io-fails "pvusb-backend pvusb-frontend xl-usb" io-test \
+    5/io-stock-xen-hcd=FAIL 2/switch-to-ours=PASS 4/io-ours-vhci=FAIL 6/detach-while-open=SKIP
+run_case hold-open-fails "pvusb-backend pvusb-frontend xl-usb" hold-open \
+    5/io-stock-xen-hcd=PASS 4/io-ours-vhci=PASS 6/detach-while-open=FAIL 6/reattach=SKIP
+run_case backend-crashes "pvusb-backend pvusb-frontend xl-usb" crash-backend \
+    5/io-stock-xen-hcd=FAIL 5/io-stock-xen-hcd/backend-died=FAIL 2/switch-to-ours=PASS \
+    4/io-ours-vhci=PASS 1/backend-stop=PASS
+
+# E2E_ORDER=ours-first: our round first, then the stock one.
+ORDER=ours-first
+run_case ours-first-all "pvusb-backend pvusb-frontend xl-usb" "" \
     1/backend-start=PASS 2/frontend-start=PASS 3/usbctrl-attach-xl-usb=PASS 3/usbdev-attach=PASS \
     3/usb-list=PASS 4/io-ours-vhci=PASS 6/detach-while-open=PASS 6/reattach=PASS 6/backend-restart=PASS \
     5/switch-to-stock=PASS 3/usbctrl-attach-stock-xl=PASS 5/usbdev-attach-stock=PASS 5/usb-list-stock=PASS \
     5/io-stock-xen-hcd=PASS 1/backend-stop=PASS 7/read-ratio-ours=INFO 7/read-ratio-stock=INFO dom0/finished=PASS
-run_case no-frontend "pvusb-backend xl-usb" "" \
+run_case ours-first-no-frontend "pvusb-backend xl-usb" "" \
     1/backend-start=PASS 2/frontend-start=SKIP 4/io-ours-vhci=SKIP 5/switch-to-stock=PASS 5/io-stock-xen-hcd=PASS
-run_case guest-io-fails "pvusb-backend pvusb-frontend xl-usb" io-test \
-    4/io-ours-vhci=FAIL 6/detach-while-open=SKIP 6/backend-restart=SKIP 5/switch-to-stock=PASS 5/io-stock-xen-hcd=FAIL
-run_case hold-open-fails "pvusb-backend pvusb-frontend xl-usb" hold-open \
-    4/io-ours-vhci=PASS 6/detach-while-open=FAIL 6/reattach=SKIP 5/io-stock-xen-hcd=PASS
-run_case backend-crashes "pvusb-backend pvusb-frontend xl-usb" crash-backend \
+run_case ours-first-backend-crashes "pvusb-backend pvusb-frontend xl-usb" crash-backend \
     4/io-ours-vhci=FAIL 4/io-ours-vhci/backend-died=FAIL 6/reattach=SKIP 5/switch-to-stock=PASS \
     5/io-stock-xen-hcd=PASS 1/backend-stop=PASS
 [ "$FAILS" -eq 0 ] && echo "selftest-flow: PASS" || echo "selftest-flow: FAIL ($FAILS cases)"

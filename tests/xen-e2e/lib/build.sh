@@ -220,6 +220,17 @@ build_xen_hcd() {
     rm -rf "$t"
 }
 
+# ---------------------------------------------------------------- fpu-canary
+# A static C program run in dom0 and in the guest at once: does each vCPU keep its own SSE
+# registers across vCPU switches? (See fpu-canary/fpu-canary.c and README "Pitfalls".)
+build_fpu_canary() {
+    local src="$HERE/fpu-canary/fpu-canary.c"
+    FPU_CANARY="$CACHE/fpu-canary-$(key_of fpu-canary-v1 "$(pkg_version gcc)" "$(pkg_version libc6-dev)" "$(cat "$src")")"
+    [ -x "$FPU_CANARY" ] && return 0
+    gcc -O1 -static -msse4.2 -Wall -o "$FPU_CANARY.tmp" "$src" || die "cannot build fpu-canary"
+    mv "$FPU_CANARY.tmp" "$FPU_CANARY"
+}
+
 # ---------------------------------------------------------------- guest initramfs
 # Modules the guest agent may load; the closure's order file lets busybox insmod them in order.
 # The frontend grants its rings through /dev/xen/gntalloc and signals through /dev/xen/evtchn,
@@ -276,6 +287,7 @@ build_guest_initrd() {
     cp "$HERE/scenario-guest.sh" "$t/init"; chmod +x "$t/init"
     mkdir -p "$t/lib/modules/extra"
     cp "$XEN_HCD_KO" "$t/lib/modules/extra/xen-hcd.ko"
+    cp "$FPU_CANARY" "$t/bin/fpu-canary"
     # xen-hcd needs usbcore: make it loadable as "xen_hcd" with the vhci closure's usb core.
     grep -E '/(usb-common|usbcore)\.ko$' "$t/lib/modules/order/vhci_hcd" >"$t/lib/modules/order/xen_hcd"
     echo /lib/modules/extra/xen-hcd.ko >>"$t/lib/modules/order/xen_hcd"
