@@ -5,7 +5,8 @@
 //!
 //! `cargo bench -p pvusb-tests` · `PVUSB_BENCH_SECS` (per cell, default 1) ·
 //! `PVUSB_BENCH_FULL=1` for the full 8 controllers × 31 ports scaling run ·
-//! `PVUSB_BENCH_SKIP=throughput,scaling` to leave sections out.
+//! `PVUSB_BENCH_SKIP=throughput,scaling` to leave sections out · `PVUSB_BENCH_REPEAT=3`
+//! for the median of three interleaved runs of each throughput cell.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -23,6 +24,21 @@ const DEPTHS: [usize; 3] = [1, 4, 16];
 const LAT_N: usize = 3000;
 /// GET_DESCRIPTOR(configuration), wLength 64.
 const CTRL_SETUP: [u8; 8] = [0x80, 6, 0, 2, 0, 0, 64, 0];
+
+/// `PVUSB_BENCH_REPEAT=N`: each throughput cell N times (interleaved), the median kept.
+fn repeats() -> usize {
+    std::env::var("PVUSB_BENCH_REPEAT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1usize)
+        .max(1)
+}
+
+/// The cell with the median throughput.
+fn median(mut cells: Vec<Cell>) -> Cell {
+    cells.sort_by(|a, b| a.mb_s.total_cmp(&b.mb_s));
+    cells[cells.len() / 2]
+}
 
 /// `PVUSB_BENCH_SKIP=throughput,scaling` leaves those sections out (latency only).
 fn skip(section: &str) -> bool {
@@ -466,9 +482,14 @@ fn main() {
     let mut rows = Vec::new();
     for &size in SIZES.iter().filter(|_| !skip("throughput")) {
         for &qd in &DEPTHS {
-            let d = direct.echo(size, qd, dur);
-            let s = stock.echo(size, qd, dur);
-            let g = pgnt.echo(size, qd, dur);
+            // Interleaved repeats, median of each: the three see the same background load.
+            let (mut ds, mut ss, mut gs) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..repeats() {
+                ds.push(direct.echo(size, qd, dur));
+                ss.push(stock.echo(size, qd, dur));
+                gs.push(pgnt.echo(size, qd, dur));
+            }
+            let (d, s, g) = (median(ds), median(ss), median(gs));
             println!(
                 "{:>7}K {:>3} | {:>8.0} {:>8.0} {:>5.1}% {:>8.0} {:>5.1}% | {:>8.0} {:>8.0} {:>8.0} | {:>6.2}s {:>6.2}s {:>6.2}s",
                 size >> 10,
