@@ -30,6 +30,10 @@ pub(super) fn limits() -> Limits {
         ..Limits::default()
     }
 }
+/// Size of the read buffer for headers: payloads are read straight into their own buffer,
+/// and the payload bytes a header read takes along are copied once more, so it stays small
+/// (still many header-only PDUs, e.g. IN submits, per read).
+const SCRATCH: usize = 4096;
 /// Most bytes read from one connection per wake-up before others get a turn.
 const READ_BUDGET: usize = 1 << 20;
 
@@ -236,7 +240,7 @@ impl Daemon {
     /// A connection is readable or writable.
     pub(super) fn link_ready(&mut self, id: usize) {
         let mut buf = std::mem::take(&mut self.scratch);
-        buf.resize(64 * 1024, 0);
+        buf.resize(SCRATCH, 0);
         self.link_read(id, &mut buf);
         self.scratch = buf;
     }

@@ -127,7 +127,8 @@ impl Wire for ClientConn {
 /// Why [`read_some`] stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadStatus {
-    /// The socket is drained; wait for the next readable event.
+    /// The socket is drained (a read would block, or returned less than it asked for);
+    /// wait for the next readable event.
     WouldBlock,
     /// `budget` bytes were read; more may be waiting, and with edge-triggered polling no
     /// new event will say so: come back after handling the events.
@@ -148,17 +149,24 @@ pub enum PumpError<E: std::error::Error + 'static> {
 }
 
 /// Appends at most `want` bytes from `fd` to `buf`, without zeroing the space first.
-fn read_append(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, want: usize) -> io::Result<usize> {
+/// Returns how many bytes came and how many were asked for.
+fn read_append(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, want: usize) -> io::Result<(usize, usize)> {
     buf.reserve_exact(want);
+    let asked = buf.capacity().saturating_sub(buf.len());
     // Reads into the spare capacity only; a larger spare is fine, the caller keeps the
     // excess for the next PDU.
-    Ok(rustix::io::read(fd, spare_capacity(buf))?)
+    let n = rustix::io::read(fd, spare_capacity(buf))?;
+    Ok((n, asked))
 }
 
-/// Reads until the socket would block, the peer closes, or `budget` bytes were read,
+/// Reads until the socket is drained, the peer closes, or `budget` bytes were read,
 /// feeding everything to `conn`. A payload `conn` keeps whole is read straight into its
-/// buffer ([`Wire::feed_direct`]); everything else goes through `buf`, scratch space
-/// (64 KiB is a good size).
+/// buffer ([`Wire::feed_direct`]); everything else goes through `buf`, scratch space (a
+/// few KiB: what it takes beyond a header is copied once more).
+///
+/// A read that returns less than it asked for has drained a stream socket, and an
+/// edge-triggered poller reports the next bytes to arrive, so no read is spent on
+/// `EAGAIN` then.
 pub fn read_some<S: Read + AsFd, W: Wire>(
     sock: &mut S,
     conn: &mut W,
@@ -171,22 +179,31 @@ pub fn read_some<S: Read + AsFd, W: Wire>(
             return Ok(ReadStatus::Budget);
         }
         let fd = sock.as_fd();
-        let direct = conn.feed_direct(&mut |v, want| read_append(fd, v, want));
+        let mut asked = 0;
+        let direct = conn.feed_direct(&mut |v, want| {
+            let (n, a) = read_append(fd, v, want)?;
+            asked = a;
+            Ok(n)
+        });
         let got = match direct {
             Some(Ok(n)) => Ok(n),
             Some(Err(FeedError::Protocol(e))) => return Err(PumpError::Protocol(e)),
             Some(Err(FeedError::Read(e))) => Err(e),
-            None => match sock.read(buf) {
-                Ok(n) => {
-                    conn.feed(buf.get(..n).unwrap_or_default())
-                        .map_err(PumpError::Protocol)?;
-                    Ok(n)
+            None => {
+                asked = buf.len();
+                match sock.read(buf) {
+                    Ok(n) => {
+                        conn.feed(buf.get(..n).unwrap_or_default())
+                            .map_err(PumpError::Protocol)?;
+                        Ok(n)
+                    }
+                    Err(e) => Err(e),
                 }
-                Err(e) => Err(e),
-            },
+            }
         };
         match got {
             Ok(0) => return Ok(ReadStatus::Eof),
+            Ok(n) if n < asked => return Ok(ReadStatus::WouldBlock),
             Ok(n) => total = total.saturating_add(n),
             Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(ReadStatus::WouldBlock),
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
