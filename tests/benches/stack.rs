@@ -22,6 +22,9 @@ const CAPACITY: usize = 64 << 20;
 const SIZES: [usize; 3] = [16 << 10, 64 << 10, 1 << 20];
 const DEPTHS: [usize; 3] = [1, 4, 16];
 const LAT_N: usize = 3000;
+/// The loopback's endpoint pairs: bulk EP 1, interrupt EP 2.
+const BULK_EP: u8 = 1;
+const INT_EP: u8 = 2;
 /// GET_DESCRIPTOR(configuration), wLength 64.
 const CTRL_SETUP: [u8; 8] = [0x80, 6, 0, 2, 0, 0, 64, 0];
 
@@ -175,14 +178,21 @@ impl Direct {
         }
     }
 
-    fn ping(&mut self, n: usize) -> Lat {
+    /// 64-byte OUT then IN on the bulk (EP 1) or interrupt (EP 2) pair; half the pair's
+    /// time per URB.
+    fn ping(&mut self, n: usize, ep: u8) -> Lat {
+        let kind = if ep == INT_EP {
+            XferKind::Interrupt
+        } else {
+            XferKind::Bulk
+        };
         let mut v = Vec::with_capacity(n);
         for _ in 0..n {
             let t0 = Instant::now();
-            self.submit(XferKind::Bulk, 0x01, UrbBuf::from_vec(vec![7; 64]));
-            self.reap_wait();
-            self.submit(XferKind::Bulk, 0x81, UrbBuf::zeroed(64));
-            self.reap_wait();
+            self.submit(kind, ep, UrbBuf::from_vec(vec![7; 64]));
+            assert_eq!(self.reap_wait().status, 0);
+            self.submit(kind, ep | 0x80, UrbBuf::zeroed(64));
+            assert_eq!(self.reap_wait().status, 0);
             v.push(t0.elapsed() / 2);
         }
         lat(v)
@@ -329,13 +339,16 @@ impl Stack {
         }
     }
 
-    fn ping(&mut self, n: usize) -> Lat {
+    /// As [`Direct::ping`]; the frontend takes the transfer type from the endpoint.
+    fn ping(&mut self, n: usize, ep: u8) -> Lat {
         let t = Duration::from_secs(10);
         let mut v = Vec::with_capacity(n);
         for _ in 0..n {
             let t0 = Instant::now();
-            self.c.transfer(bulk_out(1, vec![7; 64]), t).unwrap();
-            self.c.transfer(bulk_in(1, 64), t).unwrap();
+            let a = self.c.transfer(bulk_out(ep, vec![7; 64]), t).unwrap();
+            assert_eq!(a.status(), 0);
+            let a = self.c.transfer(bulk_in(ep, 64), t).unwrap();
+            assert_eq!(a.status(), 0);
             v.push(t0.elapsed() / 2);
         }
         lat(v)
@@ -514,7 +527,15 @@ fn main() {
                 "persistent_cpu_s_per_gib": g.cpu_s_per_gib}));
         }
     }
-    let (dp, sp, gp) = (direct.ping(LAT_N), stock.ping(LAT_N), pgnt.ping(LAT_N));
+    let mut ping3 = |ep: u8| {
+        (
+            direct.ping(LAT_N, ep),
+            stock.ping(LAT_N, ep),
+            pgnt.ping(LAT_N, ep),
+        )
+    };
+    let (dp, sp, gp) = ping3(BULK_EP);
+    let (di, si, gi) = ping3(INT_EP);
     let (dc, sc, gc) = (
         direct.control(LAT_N),
         stock.control(LAT_N),
@@ -525,6 +546,9 @@ fn main() {
         ("64 B bulk, direct", dp, dp),
         ("64 B bulk, stock", sp, dp),
         ("64 B bulk, pgnt", gp, dp),
+        ("64 B interrupt, direct", di, di),
+        ("64 B interrupt, stock", si, di),
+        ("64 B interrupt, pgnt", gi, di),
         ("64 B control, direct", dc, dc),
         ("64 B control, stock", sc, dc),
         ("64 B control, pgnt", gc, dc),
@@ -561,6 +585,8 @@ fn main() {
     let j = json!({"bench": "pvusb-stack", "secs_per_cell": dur.as_secs_f64(), "throughput": rows,
         "latency_us": {"bulk64_direct": [dp.p50, dp.p99, dp.p999],
         "bulk64_stock": [sp.p50, sp.p99, sp.p999], "bulk64_persistent": [gp.p50, gp.p99, gp.p999],
+        "int64_direct": [di.p50, di.p99, di.p999], "int64_stock": [si.p50, si.p99, si.p999],
+        "int64_persistent": [gi.p50, gi.p99, gi.p999],
         "control64_direct": [dc.p50, dc.p99, dc.p999], "control64_stock": [sc.p50, sc.p99, sc.p999],
         "control64_persistent": [gc.p50, gc.p99, gc.p999]},
         "scaling": scale});

@@ -154,6 +154,33 @@ fn loopback_keeps_per_endpoint_order_with_many_in_flight() {
 }
 
 #[test]
+fn loopback_echoes_interrupt_apart_from_bulk() {
+    let (_tmp, mut dev, _) = open(loopback());
+    let int = |tag, ep, buf| HostUrb::new(tag, XferKind::Interrupt, ep, UrbFlags::empty(), buf);
+    dev.submit(bulk(
+        1,
+        0x01,
+        UrbFlags::empty(),
+        UrbBuf::from_vec(vec![1; 64]),
+    ))
+    .unwrap();
+    dev.submit(int(2, 0x02, UrbBuf::from_vec(vec![2; 8])))
+        .unwrap();
+    dev.submit(int(3, 0x82, UrbBuf::zeroed(64))).unwrap();
+    dev.submit(bulk(4, 0x81, UrbFlags::empty(), UrbBuf::zeroed(64)))
+        .unwrap();
+    let mut done = reap_n(&mut dev, 4);
+    done.sort_by_key(|c| c.tag);
+    let got = |c: &Completion| c.buf.as_slice().unwrap()[..c.actual_length as usize].to_vec();
+    assert_eq!(
+        got(&done[2]),
+        vec![2; 8],
+        "interrupt IN echoes interrupt OUT"
+    );
+    assert_eq!(got(&done[3]), vec![1; 64], "bulk IN echoes bulk OUT");
+}
+
+#[test]
 fn discard_completes_once_with_econnreset() {
     let (_tmp, mut dev, _) = open(loopback());
     dev.submit(bulk(1, 0x81, UrbFlags::empty(), UrbBuf::zeroed(64)))
