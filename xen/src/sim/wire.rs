@@ -47,6 +47,10 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::{Access, DomId, EvtchnPort, GrantRef, MAX_PAGES_PER_CALL};
 
+mod map;
+
+pub use map::{FileKey, FileRef, MapOutcome, MapSpec, PageLoc};
+
 /// The largest datagram either side sends or accepts (a full MAP reply is about 14 KiB).
 pub const MAX_MESSAGE: usize = 16384;
 
@@ -251,54 +255,6 @@ pub enum Request {
     Counters,
 }
 
-/// One mapping of a MAP request.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MapSpec {
-    /// How to map.
-    pub access: Access,
-    /// The references, page by page.
-    pub refs: Vec<GrantRef>,
-}
-
-/// A file the broker hands out: an allocation's memfd, through a writable or a read-only
-/// file description.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct FileKey {
-    /// The allocation's serial number (never reused while the broker runs).
-    pub serial: u64,
-    /// The file description's access.
-    pub access: Access,
-}
-
-/// A file named in a MAP reply.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FileRef {
-    /// Which file.
-    pub key: FileKey,
-    /// Its fd is attached to this reply (the next one in order); otherwise the client holds
-    /// it from an earlier reply.
-    pub attached: bool,
-}
-
-/// One page of a MAP reply: which file of the reply, and which page of it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
-#[repr(C)]
-pub struct PageLoc {
-    /// Index into the reply's files.
-    pub file: u32,
-    /// Page number inside that memfd.
-    pub file_page: u32,
-}
-
-/// The outcome of one mapping of a batch.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum MapOutcome {
-    /// Mapped: the broker counts it until UNMAP.
-    Mapped { map_id: u32, pages: Vec<PageLoc> },
-    /// Refused (never [`Status::Ok`]).
-    Failed(Status),
-}
-
 /// A parsed reply.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reply {
@@ -375,45 +331,12 @@ fn access_flags(a: Access) -> u32 {
     }
 }
 
-fn serial_words(v: u64) -> [u32; 2] {
-    let b = v.to_ne_bytes();
-    let w = |i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-    if cfg!(target_endian = "little") {
-        [w(0), w(4)]
-    } else {
-        [w(4), w(0)]
-    }
-}
-
-fn serial(lo: u32, hi: u32) -> u64 {
-    u64::from(lo) | (u64::from(hi) << 32)
-}
-
 /// A count in `0..=max` (`1..=max` when `nonzero`).
 fn bounded(v: u32, max: usize, nonzero: bool) -> Result<usize, BadMessage> {
     usize::try_from(v)
         .ok()
         .filter(|&n| n <= max && (n > 0 || !nonzero))
         .ok_or(BadMessage::BadField)
-}
-
-/// A file key's flags word: bit 0 writable; `attached` adds bit 1.
-fn file_flags(key: FileKey, attached: bool) -> u32 {
-    access_flags(key.access) | if attached { 2 } else { 0 }
-}
-
-fn parse_file(t: Three, allow_attached: bool) -> Result<FileRef, BadMessage> {
-    let attached = t.c & 2 != 0;
-    if attached && !allow_attached {
-        return Err(BadMessage::BadField);
-    }
-    Ok(FileRef {
-        key: FileKey {
-            serial: serial(t.a, t.b),
-            access: access(t.c & !2)?,
-        },
-        attached,
-    })
 }
 
 /// Reads `n` native u32s.
@@ -495,43 +418,8 @@ impl Request {
                 };
                 Request::GrantEnd { handle: t.a, mode }
             }
-            op::MAP => {
-                let (t, mut rest) = take::<Two>(body)?;
-                let nmaps = bounded(t.b, MAX_BATCH, true)?;
-                let mut maps = Vec::with_capacity(nmaps);
-                let mut total = 0usize;
-                for _ in 0..nmaps {
-                    let (m, r) = take::<Two>(rest)?;
-                    let n = count(m.a)?;
-                    total += n;
-                    if total > MAX_BATCH_PAGES {
-                        return Err(BadMessage::BadField);
-                    }
-                    let (refs, r) = u32s(r, n)?;
-                    rest = r;
-                    maps.push(MapSpec {
-                        access: access(m.b)?,
-                        refs: refs.into_iter().map(GrantRef).collect(),
-                    });
-                }
-                end(rest)?;
-                Request::Map {
-                    domid: domid(t.a)?,
-                    maps,
-                }
-            }
-            op::FORGET => {
-                let (n, mut rest) = take::<u32>(body)?;
-                let n = bounded(n, MAX_FORGET, true)?;
-                let mut files = Vec::with_capacity(n);
-                for _ in 0..n {
-                    let (t, r) = take::<Three>(rest)?;
-                    rest = r;
-                    files.push(parse_file(t, false)?.key);
-                }
-                end(rest)?;
-                Request::Forget { files }
-            }
+            op::MAP => map::parse_request(body)?,
+            op::FORGET => map::parse_forget(body)?,
             op::COUNTERS => {
                 end(body)?;
                 Request::Counters
@@ -593,20 +481,8 @@ impl Request {
             Request::GrantEnd { handle, mode } => {
                 push_u32s(&mut out, [*handle, u32::from(*mode == EndMode::Defer)])
             }
-            Request::Map { domid, maps } => {
-                push_u32s(&mut out, [u32::from(domid.0), len32(maps.len())]);
-                for m in maps {
-                    push_u32s(&mut out, [len32(m.refs.len()), access_flags(m.access)]);
-                    push_u32s(&mut out, m.refs.iter().map(|r| r.0));
-                }
-            }
-            Request::Forget { files } => {
-                push_u32s(&mut out, [len32(files.len())]);
-                for &f in files {
-                    let [lo, hi] = serial_words(f.serial);
-                    push_u32s(&mut out, [lo, hi, file_flags(f, false)]);
-                }
-            }
+            Request::Map { domid, maps } => map::emit_request(&mut out, *domid, maps),
+            Request::Forget { files } => map::emit_forget(&mut out, files),
             Request::Unmap { map_id } | Request::UnmapOneway { map_id } => {
                 push_u32s(&mut out, [*map_id])
             }
@@ -648,85 +524,12 @@ impl Reply {
                 push_u32s(&mut out, [*handle, n]);
                 push_u32s(&mut out, grefs.iter().map(|g| g.0));
             }
-            Reply::Mapped { files, dead, maps } => {
-                push_u32s(
-                    &mut out,
-                    [len32(maps.len()), len32(files.len()), len32(dead.len())],
-                );
-                for f in files {
-                    let [lo, hi] = serial_words(f.key.serial);
-                    push_u32s(&mut out, [lo, hi, file_flags(f.key, f.attached)]);
-                }
-                for &d in dead {
-                    push_u32s(&mut out, serial_words(d));
-                }
-                for m in maps {
-                    match m {
-                        MapOutcome::Mapped { map_id, pages } => {
-                            push_u32s(
-                                &mut out,
-                                [Status::Ok.to_wire(), *map_id, len32(pages.len())],
-                            );
-                            for p in pages {
-                                out.extend_from_slice(p.as_bytes());
-                            }
-                        }
-                        MapOutcome::Failed(status) => push_u32s(&mut out, [status.to_wire(), 0, 0]),
-                    }
-                }
-            }
+            Reply::Mapped { files, dead, maps } => map::emit_reply(&mut out, files, dead, maps),
             Reply::Port { port, .. } => push_u32s(&mut out, [port.0]),
             Reply::Counters(c) => out.extend_from_slice(c.as_bytes()),
             Reply::Error { .. } | Reply::Done { .. } => {}
         }
         out
-    }
-
-    fn parse_mapped(body: &[u8]) -> Result<Reply, BadMessage> {
-        let (t, mut rest) = take::<Three>(body)?;
-        let nmaps = bounded(t.a, MAX_BATCH, true)?;
-        let nfiles = bounded(t.b, MAX_FILES, false)?;
-        let ndead = bounded(t.c, MAX_DEAD, false)?;
-        let mut files = Vec::with_capacity(nfiles);
-        for _ in 0..nfiles {
-            let (f, r) = take::<Three>(rest)?;
-            rest = r;
-            files.push(parse_file(f, true)?);
-        }
-        let mut dead = Vec::with_capacity(ndead);
-        for _ in 0..ndead {
-            let (d, r) = take::<Two>(rest)?;
-            rest = r;
-            dead.push(serial(d.a, d.b));
-        }
-        let mut maps = Vec::with_capacity(nmaps);
-        let mut total = 0usize;
-        for _ in 0..nmaps {
-            let (m, r) = take::<Three>(rest)?;
-            rest = r;
-            let status = Status::from_wire(m.a)?;
-            if status != Status::Ok {
-                if m.b != 0 || m.c != 0 {
-                    return Err(BadMessage::BadField);
-                }
-                maps.push(MapOutcome::Failed(status));
-                continue;
-            }
-            let n = count(m.c)?;
-            total += n;
-            if total > MAX_BATCH_PAGES {
-                return Err(BadMessage::BadField);
-            }
-            let mut pages = Vec::with_capacity(n);
-            for _ in 0..n {
-                let (p, r) = take::<PageLoc>(rest)?;
-                rest = r;
-                pages.push(p);
-            }
-            maps.push(MapOutcome::Mapped { map_id: m.b, pages });
-        }
-        end(rest)?;
-        Ok(Reply::Mapped { files, dead, maps })
     }
 
     /// Parses a reply datagram into its sequence number and reply.
@@ -747,7 +550,7 @@ impl Reply {
                     grefs: grefs.into_iter().map(GrantRef).collect(),
                 }
             }
-            op::MAP => Self::parse_mapped(body)?,
+            op::MAP => map::parse_reply(body)?,
             op::EVTCHN_ALLOC_UNBOUND | op::EVTCHN_BIND => {
                 let (port, rest) = take::<u32>(body)?;
                 end(rest)?;
