@@ -34,6 +34,8 @@ pub(super) fn limits() -> Limits {
 /// and the payload bytes a header read takes along are copied once more, so it stays small
 /// (still many header-only PDUs, e.g. IN submits, per read).
 const SCRATCH: usize = 4096;
+/// Most written-out IN buffers kept for reuse by later IN transfers (at most 1 MiB each).
+pub(super) const IN_BUFS_MAX: usize = 32;
 /// Most bytes read from one connection per wake-up before others get a turn.
 const READ_BUDGET: usize = 1 << 20;
 
@@ -129,6 +131,13 @@ impl usbip::Wire for Wire {
 }
 
 impl Wire {
+    fn take_spent_buffer(&mut self) -> Option<Vec<u8>> {
+        match self {
+            Wire::Vhci(s) => s.take_spent_buffer(),
+            Wire::Tcp(c) => c.take_spent_buffer(),
+        }
+    }
+
     pub(super) fn session(&mut self) -> Option<&mut Session> {
         match self {
             Wire::Vhci(s) => Some(s),
@@ -372,8 +381,10 @@ impl Daemon {
 
     /// Writes what every connection has pending; closes those that are done.
     pub(super) fn flush_links(&mut self) {
-        let ids: Vec<usize> = self.links.keys().copied().collect();
-        for id in ids {
+        let mut ids = std::mem::take(&mut self.link_ids);
+        ids.clear();
+        ids.extend(self.links.keys().copied());
+        for &id in &ids {
             let Some(link) = self.links.get_mut(&id) else {
                 continue;
             };
@@ -381,6 +392,12 @@ impl Daemon {
                 let why = format!("write: {e}");
                 self.close_link(id, &why);
                 continue;
+            }
+            while self.in_bufs.len() < IN_BUFS_MAX {
+                let Some(b) = link.wire.take_spent_buffer() else {
+                    break;
+                };
+                self.in_bufs.push(b);
             }
             if let Some(deadline) = link.draining {
                 let drained = usbip::Wire::pending_tx(&link.wire).is_empty();
@@ -397,5 +414,6 @@ impl Daemon {
                 }
             }
         }
+        self.link_ids = ids;
     }
 }

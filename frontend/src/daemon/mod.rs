@@ -84,6 +84,11 @@ pub struct Daemon {
     vusb_dir: String,
     /// Read buffer shared by all connections.
     scratch: Vec<u8>,
+    /// IN data buffers the connections have written out, reused for new IN transfers
+    /// (no allocation and zeroing per URB; stale bytes past `actual_length` never leave).
+    in_bufs: Vec<Vec<u8>>,
+    /// Scratch list of connection ids for [`Daemon::flush_links`].
+    link_ids: Vec<usize>,
     /// Warnings USB/IP clients cause (any local process can connect).
     client_warn: RateLimit,
 }
@@ -171,6 +176,8 @@ impl Daemon {
             next_token: 3,
             vusb_dir,
             scratch: Vec::new(),
+            in_bufs: Vec::new(),
+            link_ids: Vec::new(),
             client_warn: RateLimit::default(),
         })
     }

@@ -501,7 +501,11 @@ impl Daemon {
                 };
                 let dir_in = cmd.dir == Direction::In;
                 let buf = if dir_in {
-                    vec![0; usize::try_from(cmd.length).unwrap_or(0)]
+                    // A reused buffer keeps its stale bytes: only what the backend wrote,
+                    // up to `actual_length`, is ever sent.
+                    let mut b = self.in_bufs.pop().unwrap_or_default();
+                    b.resize(usize::try_from(cmd.length).unwrap_or(0), 0);
+                    b
                 } else {
                     std::mem::take(&mut cmd.data)
                 };

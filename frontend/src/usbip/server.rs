@@ -211,6 +211,14 @@ impl ServerConn {
         }
     }
 
+    /// [`Session::take_spent_buffer`] once a device is imported.
+    pub fn take_spent_buffer(&mut self) -> Option<Vec<u8>> {
+        match &mut self.state {
+            State::Urb(s) => s.take_spent_buffer(),
+            _ => None,
+        }
+    }
+
     /// Whether the connection is over: a devlist or refused import was answered and the
     /// answer written out.
     pub fn should_close(&self) -> bool {

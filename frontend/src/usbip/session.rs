@@ -393,6 +393,12 @@ impl Session {
         self.tx.consume(n);
     }
 
+    /// An IN data buffer already written out, to be reused for a later transfer (contents
+    /// stale). Saves allocating and zeroing one per URB.
+    pub fn take_spent_buffer(&mut self) -> Option<Vec<u8>> {
+        self.tx.take_spent()
+    }
+
     /// Takes every pending byte at once (for shells that write synchronously).
     pub fn take_tx(&mut self) -> Vec<u8> {
         let mut v = Vec::new();

@@ -28,7 +28,13 @@ pub(crate) struct TxBuf {
     start: usize,
     /// An emptied small buffer kept for reuse, so steady traffic allocates nothing here.
     spare: Vec<u8>,
+    /// Data buffers written out, for the owner to reuse ([`TxBuf::take_spent`]).
+    spent: Vec<Vec<u8>>,
 }
+
+/// Most written data buffers kept for reuse, and the largest one kept.
+const SPENT_MAX: usize = 8;
+const SPENT_MAX_LEN: usize = 1 << 20;
 
 impl TxBuf {
     fn runs(&self) -> impl Iterator<Item = &[u8]> {
@@ -80,9 +86,13 @@ impl TxBuf {
             n -= left;
             self.start = 0;
             if let Some(c) = self.chunks.pop_front() {
-                if c.small && c.bytes.capacity() > self.spare.capacity() {
-                    self.spare = c.bytes;
-                    self.spare.clear();
+                if c.small {
+                    if c.bytes.capacity() > self.spare.capacity() {
+                        self.spare = c.bytes;
+                        self.spare.clear();
+                    }
+                } else if self.spent.len() < SPENT_MAX && c.bytes.capacity() <= SPENT_MAX_LEN {
+                    self.spent.push(c.bytes);
                 }
             }
         }
@@ -96,6 +106,12 @@ impl TxBuf {
     /// The end to append small bytes (headers, descriptors) to.
     pub(crate) fn out(&mut self) -> &mut Vec<u8> {
         &mut self.tail
+    }
+
+    /// A data buffer that has been written out, for reuse (its contents are stale; its
+    /// length is what it held).
+    pub(crate) fn take_spent(&mut self) -> Option<Vec<u8>> {
+        self.spent.pop()
     }
 
     /// Appends `data` without copying it (small buffers are copied inline instead).
@@ -148,6 +164,8 @@ mod tests {
         }
         t.consume(want.len());
         assert!(t.is_empty() && t.chunks.is_empty() && t.tail.is_empty());
+        assert_eq!(t.take_spent().map(|v| v.len()), Some(5000));
+        assert_eq!(t.take_spent(), None);
         t.out().extend_from_slice(b"again");
         assert_eq!(gather(&t), b"again");
     }
