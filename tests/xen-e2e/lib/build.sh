@@ -18,6 +18,7 @@ pkg_version() { dpkg-query -W -f='${Version}' "$1" 2>/dev/null || echo none; }
 HOST_PACKAGES=(
     xen-hypervisor-4.17-amd64 xen-utils-4.17 xenstore-utils linux-image-amd64
     busybox-static cpio kmod debootstrap e2fsprogs linux-source-6.1 gcc make xz-utils
+    libc6-dev   # static links: fpu-canary here, the +crt-static pvusb binaries in run.sh
 )
 
 apt_install() {
