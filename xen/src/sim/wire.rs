@@ -54,6 +54,9 @@ pub use map::{FileKey, FileRef, MapOutcome, MapSpec, PageLoc};
 /// The largest datagram either side sends or accepts (a full MAP reply is about 14 KiB).
 pub const MAX_MESSAGE: usize = 16384;
 
+/// The largest one-way message (a full FORGET is about 3 KiB).
+pub const MAX_ONEWAY: usize = 4096;
+
 /// The most maps one MAP request carries.
 pub const MAX_BATCH: usize = 64;
 /// The most pages one MAP request carries, over all its maps.

@@ -15,10 +15,10 @@ use rustix::net::RecvFlags;
 use std::os::fd::AsFd;
 use tracing::debug;
 
-use super::{apply, Effect, Inner, PendingReply, Shared, MAX_DRAIN};
+use super::{apply, Effect, Inner, PendingReply, Shared};
 use crate::sim::fdpass;
 use crate::sim::state::ConnId;
-use crate::sim::wire::{Reply, Request, Status, MAX_MESSAGE};
+use crate::sim::wire::{Reply, Request, Status, MAX_ONEWAY};
 use crate::DomId;
 
 /// How often every side channel is read, in nanoseconds.
@@ -40,11 +40,16 @@ pub(super) fn open(inner: &mut Inner, conn: ConnId, seq: u32) -> PendingReply {
     }
 }
 
+/// The most side messages one read handles. The queue is bounded by the client's socket
+/// send buffer (a few hundred small datagrams by default), so this only matters for a
+/// client that keeps sending while we read; the rest waits for the next read.
+const MAX_READ: usize = 64 * 1024;
+
 /// Handles every message queued on `conn`'s side channel. Anything but a well-formed
-/// one-way request (or a client that never stops sending) closes the connection.
+/// one-way request closes the connection.
 pub(super) fn read(shared: &Shared, inner: &mut Inner, conn: ConnId, released: &mut Vec<DomId>) {
-    let mut buf = [0u8; MAX_MESSAGE];
-    for _ in 0..MAX_DRAIN {
+    let mut buf = [0u8; MAX_ONEWAY];
+    for _ in 0..MAX_READ {
         let Some(fd) = inner.side.get(&conn) else {
             return;
         };
@@ -52,7 +57,7 @@ pub(super) fn read(shared: &Shared, inner: &mut Inner, conn: ConnId, released: &
             Ok(got) => got,
             Err(Errno::AGAIN) => return,
             Err(Errno::INTR) => continue,
-            Err(_) => break,
+            Err(_) => return close_bad(shared, inner, conn, released),
         };
         if got.len == 0 {
             // The client closed its end: the main connection's close follows.
@@ -65,7 +70,7 @@ pub(super) fn read(shared: &Shared, inner: &mut Inner, conn: ConnId, released: &
             .and_then(|b| Request::parse(b).ok())
             .filter(|(_, r)| !r.wants_reply());
         let Some((_, req)) = req else {
-            break;
+            return close_bad(shared, inner, conn, released);
         };
         let (result, effects) = inner.state.handle(conn, req);
         if let Err(status) = result {
@@ -73,7 +78,14 @@ pub(super) fn read(shared: &Shared, inner: &mut Inner, conn: ConnId, released: &
         }
         released.extend(apply(shared, inner, effects).unwrap_or_default());
     }
-    debug!(conn, "bad or endless side channel; closing the connection");
+    debug!(
+        conn,
+        "still more side messages; the rest waits for the next read"
+    );
+}
+
+fn close_bad(shared: &Shared, inner: &mut Inner, conn: ConnId, released: &mut Vec<DomId>) {
+    debug!(conn, "bad side channel message; closing the connection");
     released.extend(apply(shared, inner, vec![Effect::CloseConn(conn)]).unwrap_or_default());
 }
 

@@ -359,3 +359,18 @@ fn a_failed_map_carries_no_id_or_pages_and_forget_never_attaches() {
     push_u32s(&mut bytes, [1, 5, 0, 3]);
     assert_eq!(Request::parse(&bytes), Err(BadMessage::BadField));
 }
+
+#[test]
+fn the_largest_one_way_message_fits_the_side_channel_buffer() {
+    let forget = Request::Forget {
+        files: vec![
+            FileKey {
+                serial: u64::MAX,
+                access: Access::Writable,
+            };
+            MAX_FORGET
+        ],
+    };
+    assert!(forget.emit(u32::MAX).len() <= MAX_ONEWAY);
+    assert!(Request::UnmapOneway { map_id: 1 }.emit(1).len() <= MAX_ONEWAY);
+}
