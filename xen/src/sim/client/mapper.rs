@@ -98,7 +98,7 @@ fn round_trip(conn: &Conn, req: &Request) -> Result<Result<Answer, Status>, Brok
             for keys in wire.files.evict() {
                 // One-way and in order: the broker attaches them again if a later MAP
                 // needs them. If sending fails, the connection is gone anyway.
-                if let Err(e) = wire.send(&Request::Forget { files: keys }) {
+                if let Err(e) = wire.send_oneway(&Request::Forget { files: keys }) {
                     tracing::debug!(error = %e, "forget failed");
                 }
             }
