@@ -335,7 +335,7 @@ impl Daemon {
 
     /// Handles the controller's event channel.
     pub(super) fn service_ctrl(&mut self, devid: u32) {
-        let mut out = Vec::new();
+        let mut out = self.take_outputs();
         let r = match self.ctrls.get_mut(&devid).and_then(|c| c.conn.as_mut()) {
             Some(conn) => conn.engine.service(&mut out),
             None => return,

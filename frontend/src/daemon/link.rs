@@ -288,11 +288,10 @@ impl Daemon {
 
     /// Drains a connection's events.
     fn link_events(&mut self, id: usize) {
-        let mut touched = Vec::new();
-        loop {
-            let Some(link) = self.links.get_mut(&id) else {
-                return;
-            };
+        // A connection serves one port, so its URBs touch one controller; should that
+        // change mid-batch (an import), the first one is flushed at the switch.
+        let mut touched: Option<u32> = None;
+        while let Some(link) = self.links.get_mut(&id) {
             let Some(ev) = link.wire.poll_event() else {
                 break;
             };
@@ -317,13 +316,14 @@ impl Daemon {
                         Event::Submit(cmd) => self.client_submit(b, cmd),
                         Event::Unlink { seqnum, victim } => self.client_unlink(b, seqnum, victim),
                     }
-                    if !touched.contains(&b.devid) {
-                        touched.push(b.devid);
+                    if let Some(prev) = touched.filter(|&d| d != b.devid) {
+                        self.flush_ctrl(prev);
                     }
+                    touched = Some(b.devid);
                 }
             }
         }
-        for devid in touched {
+        if let Some(devid) = touched {
             self.flush_ctrl(devid);
         }
     }

@@ -89,6 +89,8 @@ pub struct Daemon {
     in_bufs: Vec<Vec<u8>>,
     /// Scratch list of connection ids for [`Daemon::flush_links`].
     link_ids: Vec<usize>,
+    /// An emptied engine output batch, reused.
+    spare_outputs: Vec<crate::engine::Output>,
     /// Warnings USB/IP clients cause (any local process can connect).
     client_warn: RateLimit,
 }
@@ -178,6 +180,7 @@ impl Daemon {
             scratch: Vec::new(),
             in_bufs: Vec::new(),
             link_ids: Vec::new(),
+            spare_outputs: Vec::new(),
             client_warn: RateLimit::default(),
         })
     }

@@ -121,10 +121,13 @@ impl Daemon {
             .get_mut(&port)
     }
 
-    /// Applies what the engine produced, until nothing more comes out.
+    /// Applies what the engine produced, until nothing more comes out. `out` is handed back
+    /// empty through [`Daemon::spare_outputs`] so steady traffic allocates no batch.
     pub(super) fn process_outputs(&mut self, devid: u32, mut out: Vec<Output>) {
+        let mut batch = std::mem::take(&mut self.spare_outputs);
         while !out.is_empty() {
-            for o in std::mem::take(&mut out) {
+            std::mem::swap(&mut batch, &mut out);
+            for o in batch.drain(..) {
                 match o {
                     Output::Attached { port, speed } => self.port_attached(devid, port, speed),
                     Output::Gone { port } => self.port_gone(devid, port),
@@ -149,17 +152,29 @@ impl Daemon {
                 }
             }
         }
+        // Keep the larger of the two (both are empty now).
+        if out.capacity() > batch.capacity() {
+            batch = out;
+        }
+        self.spare_outputs = batch;
     }
 
     /// Pushes what client commands queued in the engine.
     pub(super) fn flush_ctrl(&mut self, devid: u32) {
-        let mut out = Vec::new();
+        let mut out = self.take_outputs();
         if let Some(conn) = self.ctrls.get_mut(&devid).and_then(|c| c.conn.as_mut()) {
             if let Err(e) = conn.engine.flush(&mut out) {
                 tracing::error!(error = %e, "flushing the ring");
             }
         }
         self.process_outputs(devid, out);
+    }
+
+    /// An empty output batch (reused).
+    pub(super) fn take_outputs(&mut self) -> Vec<Output> {
+        let mut v = std::mem::take(&mut self.spare_outputs);
+        v.clear();
+        v
     }
 
     fn session_of(&mut self, devid: u32, port: u8, gen: u16) -> Option<&mut Session> {
@@ -283,11 +298,12 @@ impl Daemon {
                 entry.bridge.observe_control(setup, status);
             }
         }
-        let span = self.port_mut(devid, port).map(|e| e.span.clone());
-        if let Some(s) = self.session_of(devid, port, gen) {
-            if let Err(e) = s.complete(seq, completion(result, payload)) {
-                tracing::warn!(parent: span.as_ref().and_then(|s| s.id()), error = %e, "completion");
-            }
+        let failed = self
+            .session_of(devid, port, gen)
+            .and_then(|s| s.complete(seq, completion(result, payload)).err());
+        if let Some(e) = failed {
+            let span = self.port_mut(devid, port).map(|e| e.span.clone());
+            tracing::warn!(parent: span.as_ref().and_then(|s| s.id()), error = %e, "completion");
         }
     }
 
