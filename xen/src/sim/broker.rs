@@ -402,8 +402,10 @@ fn serve(shared: &Shared, inner: &mut Inner, conn: ConnId) -> Served {
     out
 }
 
-/// Handles every message queued on `conn`, answering each at once (see
-/// [`State::drain_before`] for why).
+/// Handles every message queued on `conn` (its side channel first), answering each at once
+/// (see [`State::drain_before`] for why). Only a client that pipelines requests can have
+/// any queued that want a reply; such a reply may go out before the release hooks of the
+/// request it answers have run.
 fn drain(shared: &Shared, inner: &mut Inner, conn: ConnId, released: &mut Vec<DomId>) {
     side::read(shared, inner, conn, released);
     for _ in 0..MAX_DRAIN {

@@ -57,14 +57,12 @@ pub enum MapOutcome {
     Failed(Status),
 }
 
+/// A serial as its low and high 32-bit words.
 fn serial_words(v: u64) -> [u32; 2] {
-    let b = v.to_ne_bytes();
-    let w = |i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-    if cfg!(target_endian = "little") {
-        [w(0), w(4)]
-    } else {
-        [w(4), w(0)]
-    }
+    // Both conversions are exact: each value fits in 32 bits.
+    let lo = u32::try_from(v & u64::from(u32::MAX)).unwrap_or(u32::MAX);
+    let hi = u32::try_from(v >> 32).unwrap_or(u32::MAX);
+    [lo, hi]
 }
 
 fn serial(lo: u32, hi: u32) -> u64 {
