@@ -87,6 +87,17 @@ impl FileCache {
         Ok(out)
     }
 
+    /// The files of a reply that are neither attached nor cached: after a bad reply, telling
+    /// the broker to forget them makes it attach them again next time.
+    pub fn lacking(&self, files: &[FileRef]) -> Vec<FileKey> {
+        files
+            .iter()
+            .filter(|f| !f.attached && !self.files.contains_key(&f.key))
+            .map(|f| f.key)
+            .take(MAX_FORGET)
+            .collect()
+    }
+
     /// Closes the least recently used files once more than [`FD_CACHE_MAX`] are open;
     /// returns their keys, in FORGET-sized chunks, to tell the broker.
     pub fn evict(&mut self) -> Vec<Vec<FileKey>> {
@@ -147,6 +158,7 @@ mod tests {
         c.apply(&[], &[1], vec![]).unwrap();
         assert_eq!(c.len(), 1);
         assert!(c.apply(&[held(1)], &[], vec![]).is_err());
+        assert_eq!(c.lacking(&[held(1), held(2), attached(3)]), vec![key(1)]);
     }
 
     #[test]

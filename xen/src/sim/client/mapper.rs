@@ -95,6 +95,13 @@ fn round_trip(conn: &Conn, req: &Request) -> Result<Result<Answer, Status>, Brok
     match reply {
         Reply::Mapped { files, dead, maps } => {
             let resolved = wire.files.apply(&files, &dead, fds);
+            let lacking = wire.files.lacking(&files);
+            if !lacking.is_empty() {
+                // Out of step with the broker: make it send those files again.
+                if let Err(e) = wire.send_oneway(&Request::Forget { files: lacking }) {
+                    tracing::debug!(error = %e, "forget failed");
+                }
+            }
             for keys in wire.files.evict() {
                 // One-way and in order: the broker attaches them again if a later MAP
                 // needs them. If sending fails, the connection is gone anyway.
