@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use pvusb_backend::sim::{DeviceSpec, Faults, ModelSpec};
 use xenstore_cfg::vusb::VusbId;
 
 use crate::devtrace;
@@ -28,8 +29,18 @@ pub struct Rig {
 
 /// Starts the rig with a disk of `disk_bytes`.
 pub fn rig(disk_bytes: u64) -> Rig {
+    rig_with_faults(disk_bytes, Faults::default())
+}
+
+/// Starts the rig with a disk of `disk_bytes` that has `faults` from the start (counted
+/// faults such as `unplug_after` count from its first URB).
+pub fn rig_with_faults(disk_bytes: u64, faults: Faults) -> Rig {
     let mut p = Platform::new(&[1]);
-    let busid = p.plug_disk(disk_bytes);
+    let mut spec = DeviceSpec::new(ModelSpec::Storage {
+        size_bytes: disk_bytes,
+    });
+    spec.faults = faults;
+    let busid = p.plug(spec);
     let id = p.add_controller(1, 0, 4);
     p.assign(&id, 1, Some(&busid));
     p.start_backend();

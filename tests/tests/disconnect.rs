@@ -2,10 +2,12 @@
 //! and restarted, the frontend killed -9. Every pending URB is answered, nothing hangs,
 //! nothing leaks.
 
+use std::io::Read;
 use std::time::{Duration, Instant};
 
+use pvusb_backend::sim::Faults;
 use pvusb_tests::proc::kill9_pid;
-use pvusb_tests::rig::rig;
+use pvusb_tests::rig::{rig, rig_with_faults};
 use pvusb_tests::storage::{PassSpec, RunError, Stats, BLOCK};
 use pvusb_tests::usbip::devlist;
 use pvusb_tests::wait;
@@ -23,10 +25,35 @@ fn spec(verify: bool, start: u64, end: u64) -> PassSpec {
     }
 }
 
-/// Runs `f` on a thread after `delay`.
-fn after(delay: Duration, f: impl FnOnce() + Send + 'static) -> std::thread::JoinHandle<()> {
+/// Lines appended to `file` since the last call.
+fn new_lines(file: &mut std::fs::File) -> u64 {
+    let mut buf = [0u8; 16 << 10];
+    let mut lines = 0;
+    while let Ok(n) = file.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        lines += buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
+    }
+    lines
+}
+
+/// Runs `f` on a thread once the device's URB trace at `trace` has `urbs` more lines than
+/// now: progress, not time, so it lands mid-run however fast the stack is.
+fn after_urbs(
+    trace: std::path::PathBuf,
+    urbs: u64,
+    f: impl FnOnce() + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    let mut file = std::fs::File::open(&trace).expect("the device trace");
+    let start = new_lines(&mut file);
     std::thread::spawn(move || {
-        std::thread::sleep(delay);
+        let deadline = Instant::now() + T;
+        let mut seen = start;
+        while seen < start + urbs && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+            seen += new_lines(&mut file);
+        }
         f()
     })
 }
@@ -35,21 +62,25 @@ fn after(delay: Duration, f: impl FnOnce() + Send + 'static) -> std::thread::Joi
 fn device_unplugged_mid_transfer() {
     let t = Instant::now();
     let bytes = pvusb_tests::e2e_bytes();
-    let r = rig(bytes);
-    let mut disk = r.disk();
     let blocks = bytes / u64::from(BLOCK);
-    // A first part written and verified, then the unplug lands in the middle of the rest.
+    // A first part written and verified, then the device unplugs itself in the middle of
+    // writing the rest: counted in URBs it executed (each command is CBW, data, CSW), not
+    // in time, so it lands mid-run however fast the stack is, with the client's window of
+    // commands in flight behind it.
     let first = (blocks / 8).min(8192);
+    let commands = |n: u64| n.div_ceil(u64::from(spec(false, 0, 1).chunk));
+    let unplug_at = 3 * (2 * commands(first) + commands(blocks - first) / 2);
+    let faults = Faults {
+        unplug_after: Some(unplug_at),
+        ..Faults::default()
+    };
+    let r = rig_with_faults(bytes, faults);
+    let mut disk = r.disk();
     let mut st = Stats::default();
     disk.pass(&spec(false, 0, first), None, &mut st).unwrap();
     disk.pass(&spec(true, 0, first), None, &mut st).unwrap();
     assert_eq!(st.miscompares, 0);
-    let (dir, busid) = (r.p.path().to_path_buf(), r.busid.clone());
-    let unplugger = after(Duration::from_millis(300), move || {
-        pvusb_backend::sim::unplug(&dir, &busid).unwrap()
-    });
     let res = disk.pass(&spec(false, first, blocks), None, &mut st);
-    unplugger.join().unwrap();
     match res {
         Err(RunError::Gone(why)) => eprintln!("unplug: the guest saw the device go: {why}"),
         other => panic!(
@@ -91,7 +122,8 @@ fn backend_killed_and_restarted_mid_transfer() {
     let mut disk = r.disk();
     let mut st = Stats::default();
     let pid = r.p.backend.as_ref().and_then(|d| d.pid()).unwrap();
-    let killer = after(Duration::from_millis(500), move || kill9_pid(pid));
+    let quarter = 3 * (blocks / u64::from(spec(false, 0, 1).chunk)) / 4;
+    let killer = after_urbs(r.p.trace_path(&r.busid), quarter, move || kill9_pid(pid));
     let res = disk.pass(&spec(false, 0, blocks), None, &mut st);
     killer.join().unwrap();
     assert!(
@@ -134,7 +166,8 @@ fn frontend_killed_releases_everything() {
     let before = r.p.counters();
     assert!(before.grants > 0 && before.mappings > 0 && before.channels > 0);
     let pid = r.p.frontends[&1].0.pid().unwrap();
-    let killer = after(Duration::from_millis(500), move || kill9_pid(pid));
+    let quarter = 3 * (blocks / u64::from(spec(false, 0, 1).chunk)) / 4;
+    let killer = after_urbs(r.p.trace_path(&r.busid), quarter, move || kill9_pid(pid));
     let res = disk.pass(&spec(false, 0, blocks), None, &mut st);
     killer.join().unwrap();
     assert!(
