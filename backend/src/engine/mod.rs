@@ -131,6 +131,8 @@ pub struct Engine {
     ports: Vec<PortSlot>,
     link: Option<Link>,
     next_tag: u64,
+    /// Ports (bit `port - 1`) given URBs since the last look at their completions.
+    submitted: u32,
     warn: RateLimit,
     span: Span,
 }
@@ -153,6 +155,7 @@ impl Engine {
             ports: (0..n).map(|_| PortSlot::empty()).collect(),
             link: None,
             next_tag: 0,
+            submitted: 0,
             warn: RateLimit::default(),
             span,
         }
@@ -320,6 +323,9 @@ impl Engine {
                 link.mem.end_prefetch();
             }
             fatal?;
+            // What the host finished at once (a simulated device, a fast usbfs completion) is
+            // answered in this pass, not after another trip through the poller.
+            self.reap_submitted();
             let Some(link) = &mut self.link else {
                 return Ok(false);
             };
@@ -338,15 +344,7 @@ impl Engine {
     /// The device on `port` has completions (or went away): reap them.
     pub fn on_device_ready(&mut self, port: Port) -> DeviceState {
         let idx = usize::from(port.get() - 1);
-        loop {
-            let c = match self.ports.get_mut(idx).and_then(|s| s.device.as_mut()) {
-                Some(dev) => dev.reap(),
-                None => return DeviceState::Gone,
-            };
-            let Some(c) = c else { break };
-            self.complete(port, c);
-            self.perform();
-        }
+        self.reap(port);
         self.publish();
         let gone = self
             .ports
@@ -357,6 +355,32 @@ impl Engine {
             DeviceState::Gone
         } else {
             DeviceState::Present
+        }
+    }
+
+    /// Takes every completion `port`'s device has ready.
+    fn reap(&mut self, port: Port) {
+        let idx = usize::from(port.get() - 1);
+        loop {
+            let c = match self.ports.get_mut(idx).and_then(|s| s.device.as_mut()) {
+                Some(dev) => dev.reap(),
+                None => return,
+            };
+            let Some(c) = c else { break };
+            self.complete(port, c);
+            self.perform();
+        }
+    }
+
+    /// Reaps the ports given URBs since the last call.
+    fn reap_submitted(&mut self) {
+        let mask = std::mem::take(&mut self.submitted);
+        for bit in 0..32u8 {
+            if mask & (1 << bit) != 0 {
+                if let Some(port) = Port::new(bit + 1) {
+                    self.reap(port);
+                }
+            }
         }
     }
 
@@ -510,6 +534,7 @@ impl Engine {
                 Ok(()) => {
                     outstanding += 1;
                     link.tags.insert(tag, id);
+                    self.submitted |= 1 << (idx % 32);
                 }
                 Err(refused) => {
                     let status = refused_errno(refused.error);
