@@ -262,17 +262,26 @@ impl Stack {
         Stack { p, c }
     }
 
+    /// CPU time so far of the daemons and of the broker (the simulated hypervisor does the
+    /// grant maps, as Xen does on the backend's behalf in hypercalls).
     fn cpu_children(&self) -> Duration {
-        let mut t = Duration::ZERO;
-        if let Some(pid) = self.p.backend.as_ref().and_then(|d| d.pid()) {
-            t += cpu_time(&pid.to_string());
-        }
-        for (d, _) in self.p.frontends.values() {
-            if let Some(pid) = d.pid() {
-                t += cpu_time(&pid.to_string());
-            }
-        }
-        t
+        let (be, fe) = self.cpu_daemons();
+        let hyp = self
+            .p
+            .simhyp_pid()
+            .map_or(Duration::ZERO, |pid| cpu_time(&pid.to_string()));
+        be + fe + hyp
+    }
+
+    /// CPU time so far of the backend and of the frontend(s).
+    fn cpu_daemons(&self) -> (Duration, Duration) {
+        let of = |d: &pvusb_tests::proc::Daemon| {
+            d.pid()
+                .map_or(Duration::ZERO, |pid| cpu_time(&pid.to_string()))
+        };
+        let be = self.p.backend.as_ref().map_or(Duration::ZERO, of);
+        let fe = self.p.frontends.values().map(|(d, _)| of(d)).sum();
+        (be, fe)
     }
 
     fn echo(&mut self, size: usize, qd: usize, dur: Duration) -> Cell {
@@ -455,10 +464,24 @@ fn main() {
     // PVUSB_BENCH_PROFILE=persistent for the persistent-grant backend.
     if let Some(v) = std::env::var_os("PVUSB_BENCH_PROFILE") {
         let persistent = v == "persistent";
-        let c = Stack::new(persistent).echo(64 << 10, 16, dur);
+        let mut stack = Stack::new(persistent);
+        let (be0, fe0, me0) = (
+            stack.cpu_daemons().0,
+            stack.cpu_daemons().1,
+            cpu_time("self"),
+        );
+        let c = stack.echo(64 << 10, 16, dur);
+        let (be1, fe1) = stack.cpu_daemons();
+        let gib = c.mb_s * dur.as_secs_f64() * 1e6 / f64::from(1u32 << 30);
+        let per_gib = |d: Duration| d.as_secs_f64() / gib.max(1e-9);
         println!(
-            "stack 64K QD16 (persistent grants: {persistent}): {:.0} MB/s, {:.2} s CPU/GiB",
-            c.mb_s, c.cpu_s_per_gib
+            "stack 64K QD16 (persistent grants: {persistent}): {:.0} MB/s, {:.2} s CPU/GiB \
+             (approx. split incl. warm-up: client {:.2}, frontend {:.2}, backend {:.2})",
+            c.mb_s,
+            c.cpu_s_per_gib,
+            per_gib(cpu_time("self") - me0),
+            per_gib(fe1 - fe0),
+            per_gib(be1 - be0)
         );
         return;
     }
@@ -475,7 +498,10 @@ fn main() {
         }
     );
     println!("stock = usbif as specified (backend maps and unmaps every request's pages);");
-    println!("pgnt = negotiated feature-persistent (each granted page mapped once per connection)");
+    println!("pgnt = negotiated feature-persistent (each run of granted pages mapped once per connection)");
+    println!(
+        "c/G = CPU seconds per GiB echoed (stack: guest client + frontend + backend + broker)"
+    );
     println!(
         "{:>8} {:>3} | {:>8} {:>8} {:>6} {:>8} {:>6} | {:>8} {:>8} {:>8} | {:>7} {:>7} {:>7}",
         "size",

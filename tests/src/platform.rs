@@ -178,6 +178,11 @@ impl Platform {
         xenbus::read_state(&mut self.xs(), &id.backend_dir()).ok()
     }
 
+    /// The broker's process id (its CPU time is the simulated hypervisor's).
+    pub fn simhyp_pid(&self) -> Option<u32> {
+        self.simhyp.pid()
+    }
+
     /// Starts (or restarts) `pvusb-backend` in dom0.
     pub fn start_backend(&mut self) {
         self.start_backend_with("");
