@@ -5,7 +5,8 @@
 #   PVUSB_SKIP_APT=1     do not try to install Debian packages
 #   PVUSB_FUZZ_SECONDS=N run each cargo-fuzz target for N seconds (0 = skip; default 0)
 #   PVUSB_XEN_E2E=0      skip the real-Xen end-to-end run (default 1: boots Xen 4.17 + dom0 +
-#                        a PV guest under QEMU, needs root; ~6 min warm, <=25 min cold)
+#                        a PV guest under QEMU, needs root; ~12 min cold plus its apt
+#                        installs, 4-10 min warm depending on the host's load)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -8,7 +8,8 @@
 #   --pvusb-dir DIR     where pvusb-backend, pvusb-frontend, xl-usb are looked for
 #                       (default: target/x86_64-unknown-linux-gnu/release)
 #   --backend PATH | --frontend PATH | --xl-usb PATH   override one binary
-#   --build-pvusb       build the three static binaries first (cargo, nice'd)
+#   --build-pvusb       build the three static binaries first (cargo, nice'd, in the target
+#                       directory target/xen-e2e/cargo, which then is the --pvusb-dir)
 #   --require-pvusb     a missing pvusb binary fails the run (default: boot smoke only)
 #   --timeout SECS      global QEMU timeout (default 1500)
 #   --build-only        build/cache everything, do not boot
@@ -18,7 +19,10 @@
 #   --keep              keep the per-run directory (payload image, stick image)
 # Environment: PVUSB_SKIP_APT=1 (never apt-get), DEBIAN_MIRROR, DEBIAN_SECURITY,
 #   E2E_IO_MB (guest write/read test size, default 16), E2E_BACKEND_ARGS (default
-#   "--platform xen"), E2E_FRONTEND_ARGS (default "--platform xen"), RUST_LOG (default info).
+#   "--platform xen"), E2E_FRONTEND_ARGS (default "--platform xen"), RUST_LOG (default info),
+#   E2E_ORDER (stock-first | ours-first, default stock-first), E2E_XEN_EAGER_FPU (default 1;
+#   0 = Xen's lazy FPU switching, broken under TCG), E2E_FPU_CANARY_SECS (default 20, 0 = skip),
+#   E2E_QEMU_CPU (default max without AVX).
 # Exit status: 0 all run steps passed (and, with --require-pvusb, none skipped), 1 otherwise.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
