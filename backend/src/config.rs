@@ -42,6 +42,8 @@ Configuration file (--config, TOML; every key optional):
                                     (BULK_CONTINUATION, as libusb does)
   feature-aca = true                offer per-endpoint error containment to frontends
   feature-persistent = true         offer persistent grants (map each page once)
+  poll-us = 0                       keep polling this long after each event before
+                                    sleeping (lower latency, more CPU; e.g. 100)
 
 Examples:
   pvusb-backend                                        # dom0 on Xen
@@ -60,6 +62,7 @@ fn parse_platform(s: &str) -> Result<PlatformKind, String> {
 /// max-bulk-urb = 16384           # split bulk transfers into usbfs URBs of at most this
 /// feature-aca = true             # offer error containment (feature-aca) to frontends
 /// feature-persistent = true      # offer persistent grants (feature-persistent)
+/// poll-us = 0                     # busy-poll this long after each event (0 = off)
 /// ```
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -78,6 +81,9 @@ pub struct FileConfig {
     /// Offer persistent grants (`feature-persistent`).
     #[serde(default = "yes")]
     pub feature_persistent: bool,
+    /// Microseconds to keep polling after each event before sleeping (0: off).
+    #[serde(default)]
+    pub poll_us: u64,
 }
 
 fn yes() -> bool {
@@ -91,6 +97,7 @@ impl Default for FileConfig {
             max_bulk_urb: None,
             feature_aca: true,
             feature_persistent: true,
+            poll_us: 0,
         }
     }
 }
@@ -167,6 +174,10 @@ mod tests {
         assert!(!cfg.allows("1-2", 0x0627, 0x0002));
         assert!(FileConfig::default().allows("9-9", 1, 2));
         assert!(toml::from_str::<FileConfig>("bogus = 1").is_err());
+        assert_eq!(cfg.poll_us, 0, "busy polling is off unless asked for");
+        let cfg: FileConfig = toml::from_str("poll-us = 100\n").unwrap();
+        assert_eq!(cfg.poll_us, 100);
+        assert!(toml::from_str::<FileConfig>("poll-us = -1").is_err());
     }
 
     #[test]

@@ -56,7 +56,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             None
         }
     };
-    let poller = Poller::new().context("creating the epoll set")?;
+    let poller = Poller::with_busy_poll(std::time::Duration::from_micros(cfg.file.poll_us))
+        .context("creating the epoll set")?;
     let (sig_rx, sig_tx) = UnixStream::pair().context("signal pipe")?;
     sig_rx.set_nonblocking(true).context("signal pipe")?;
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {

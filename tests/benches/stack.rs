@@ -234,9 +234,12 @@ fn configured(mut c: UsbipClient) -> UsbipClient {
 
 /// The backend configuration of the stock usbif protocol (every request's pages mapped and
 /// unmapped by the backend) and of the negotiated persistent-grant extension.
-fn backend_config(persistent: bool) -> String {
-    format!("feature-persistent = {persistent}\n")
+fn backend_config(persistent: bool, poll_us: u32) -> String {
+    format!("feature-persistent = {persistent}\npoll-us = {poll_us}\n")
 }
+
+/// Busy polling of the latency rows marked "poll" (both daemons' `poll-us`).
+const POLL_US: u32 = 100;
 
 /// `PVUSB_BENCH_TCP=1`: reach the frontend over `--usbip-listen` (TCP) instead of the
 /// AF_UNIX socket it hands to vhci_hcd in a guest (the production path, the default).
@@ -246,16 +249,22 @@ fn over_tcp() -> bool {
 
 impl Stack {
     fn new(persistent: bool) -> Stack {
+        Stack::with_poll(persistent, 0)
+    }
+
+    /// A stack whose daemons keep polling `poll_us` after each event (0: off, the default).
+    fn with_poll(persistent: bool, poll_us: u32) -> Stack {
         let mut p = Platform::new(&[1]);
         let busid = p.plug_as_is(&DeviceSpec::new(ModelSpec::Loopback { capacity: CAPACITY }));
         let id = p.add_controller(1, 0, 4);
         p.assign(&id, 1, Some(&busid));
-        p.start_backend_with(&backend_config(persistent));
+        p.start_backend_with(&backend_config(persistent, poll_us));
         let c = if over_tcp() {
             let addr = p.start_frontend(1);
             UsbipClient::import_when_ready(addr, "1-1", Duration::from_secs(30), || p.logs())
         } else {
-            let (attach, sock) = p.start_frontend_vhci(1);
+            let poll = poll_us.to_string();
+            let (attach, sock) = p.start_frontend_vhci_with(1, &["--poll-us", &poll]);
             UsbipClient::attached(sock, attach.devid, &busid)
         };
         let c = configured(c);
@@ -553,41 +562,46 @@ fn main() {
                 "persistent_cpu_s_per_gib": g.cpu_s_per_gib}));
         }
     }
-    let mut ping3 = |ep: u8| {
-        (
-            direct.ping(LAT_N, ep),
-            stock.ping(LAT_N, ep),
-            pgnt.ping(LAT_N, ep),
-        )
-    };
-    let (dp, sp, gp) = ping3(BULK_EP);
-    let (di, si, gi) = ping3(INT_EP);
-    let (dc, sc, gc) = (
-        direct.control(LAT_N),
-        stock.control(LAT_N),
-        pgnt.control(LAT_N),
+    // Latency with the defaults, then with both daemons busy-polling (`poll-us`).
+    let mut spoll = Stack::with_poll(false, POLL_US);
+    let mut gpoll = Stack::with_poll(true, POLL_US);
+    let mut stacks = [&mut stock, &mut pgnt, &mut spoll, &mut gpoll];
+    let names = ["stock", "pgnt", "stock+poll", "pgnt+poll"];
+    let mut lat_json = serde_json::Map::new();
+    println!(
+        "latency, QD1, µs (poll = both daemons poll-us {POLL_US})  p50      p99     p999   added p50 added p99"
     );
-    println!("latency, QD1, µs          p50      p99     p999   added p50 added p99");
-    for (name, l, base) in [
-        ("64 B bulk, direct", dp, dp),
-        ("64 B bulk, stock", sp, dp),
-        ("64 B bulk, pgnt", gp, dp),
-        ("64 B interrupt, direct", di, di),
-        ("64 B interrupt, stock", si, di),
-        ("64 B interrupt, pgnt", gi, di),
-        ("64 B control, direct", dc, dc),
-        ("64 B control, stock", sc, dc),
-        ("64 B control, pgnt", gc, dc),
+    for (what, ep) in [
+        ("bulk", Some(BULK_EP)),
+        ("interrupt", Some(INT_EP)),
+        ("control", None),
     ] {
-        println!(
-            "{name:<22} {:>8.1} {:>8.1} {:>8.1} {:>9.1} {:>9.1}",
-            l.p50,
-            l.p99,
-            l.p999,
-            l.p50 - base.p50,
-            l.p99 - base.p99
-        );
+        let base = match ep {
+            Some(ep) => direct.ping(LAT_N, ep),
+            None => direct.control(LAT_N),
+        };
+        let mut rows = vec![("direct", base)];
+        for (st, name) in stacks.iter_mut().zip(names) {
+            let l = match ep {
+                Some(ep) => st.ping(LAT_N, ep),
+                None => st.control(LAT_N),
+            };
+            rows.push((name, l));
+        }
+        for (name, l) in rows {
+            let label = format!("64 B {what}, {name}");
+            println!(
+                "{label:<42} {:>8.1} {:>8.1} {:>8.1} {:>9.1} {:>9.1}",
+                l.p50,
+                l.p99,
+                l.p999,
+                l.p50 - base.p50,
+                l.p99 - base.p99
+            );
+            lat_json.insert(format!("{what}64_{name}"), json!([l.p50, l.p99, l.p999]));
+        }
     }
+    drop((spoll, gpoll));
     drop((stock, pgnt));
     let full = std::env::var_os("PVUSB_BENCH_FULL").is_some();
     let devs = if full { 31 } else { 2 };
@@ -609,12 +623,7 @@ fn main() {
         );
     }
     let j = json!({"bench": "pvusb-stack", "secs_per_cell": dur.as_secs_f64(), "throughput": rows,
-        "latency_us": {"bulk64_direct": [dp.p50, dp.p99, dp.p999],
-        "bulk64_stock": [sp.p50, sp.p99, sp.p999], "bulk64_persistent": [gp.p50, gp.p99, gp.p999],
-        "int64_direct": [di.p50, di.p99, di.p999], "int64_stock": [si.p50, si.p99, si.p999],
-        "int64_persistent": [gi.p50, gi.p99, gi.p999],
-        "control64_direct": [dc.p50, dc.p99, dc.p999], "control64_stock": [sc.p50, sc.p99, sc.p999],
-        "control64_persistent": [gc.p50, gc.p99, gc.p999]},
+        "latency_us": lat_json,
         "scaling": scale});
     println!("{j}");
 }

@@ -249,8 +249,17 @@ impl Platform {
     /// (see [`crate::vhci`]) and returns the first device's socket as vhci_hcd would hold
     /// it: the production path (AF_UNIX socketpair) rather than `--usbip-listen`'s TCP.
     pub fn start_frontend_vhci(&mut self, domid: u16) -> (crate::vhci::Attach, UnixStream) {
+        self.start_frontend_vhci_with(domid, &[])
+    }
+
+    /// [`Platform::start_frontend_vhci`] with `extra` arguments for the frontend.
+    pub fn start_frontend_vhci_with(
+        &mut self,
+        domid: u16,
+        extra: &[&str],
+    ) -> (crate::vhci::Attach, UnixStream) {
         let vhci = crate::vhci::mimic(&self.path().join(format!("guest{domid}")));
-        let args = vec![
+        let mut args = vec![
             "--platform".into(),
             "sim".into(),
             "--sim-dir".into(),
@@ -260,6 +269,7 @@ impl Platform {
             "--vhci".into(),
             vhci.display().to_string(),
         ];
+        args.extend(extra.iter().map(|a| a.to_string()));
         let d = Daemon::spawn(
             self.path(),
             &format!("frontend-{domid}"),

@@ -53,6 +53,8 @@ pub struct Config {
     pub vhci: VhciChoice,
     /// Serve devices as a USB/IP server on this address.
     pub usbip_listen: Option<SocketAddr>,
+    /// How long to keep polling after an event before sleeping (zero: never).
+    pub busy_poll: Duration,
 }
 
 const XS: Token = Token(0);
@@ -93,6 +95,7 @@ pub struct Daemon {
     spare_outputs: Vec<crate::engine::Output>,
     /// Warnings USB/IP clients cause (any local process can connect).
     client_warn: RateLimit,
+    busy_poll: Duration,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -182,6 +185,7 @@ impl Daemon {
             link_ids: Vec::new(),
             spare_outputs: Vec::new(),
             client_warn: RateLimit::default(),
+            busy_poll: cfg.busy_poll,
         })
     }
 
@@ -198,13 +202,32 @@ impl Daemon {
         let sig_rx = self.signal_pipe()?;
         let mut events = Events::with_capacity(256);
         let mut next_tick = Instant::now() + TICK;
+        let mut last_event = Instant::now();
         loop {
             self.handle_watches()?;
             let timeout = next_tick.saturating_duration_since(Instant::now());
-            match self.poll.poll(&mut events, Some(timeout)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e).context("polling"),
+            // Busy polling (--poll-us): look without sleeping for a while after an event.
+            let until = last_event + self.busy_poll;
+            let mut ready = false;
+            while !ready && Instant::now() < until {
+                match self.poll.poll(&mut events, Some(Duration::ZERO)) {
+                    Ok(()) => ready = !events.is_empty(),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e).context("polling"),
+                }
+                if !ready {
+                    std::thread::yield_now();
+                }
+            }
+            if !ready {
+                match self.poll.poll(&mut events, Some(timeout)) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e).context("polling"),
+                }
+            }
+            if !events.is_empty() {
+                last_event = Instant::now();
             }
             for ev in events.iter() {
                 match ev.token() {
