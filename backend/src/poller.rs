@@ -9,8 +9,8 @@
 //! re-check after unmasking, a device with more completions) wakes us again instead of
 //! being lost.
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::cell::Cell;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use rustix::event::epoll;
@@ -171,7 +171,8 @@ mod tests {
             None,
         )
         .unwrap();
-        p.add(a.as_fd(), Readiness::Readable, Token::Hotplug).unwrap();
+        p.add(a.as_fd(), Readiness::Readable, Token::Hotplug)
+            .unwrap();
         // Nothing ready: the busy window (from creation) passes, then the timeout.
         let t = Instant::now();
         assert!(p.wait(Some(Duration::from_millis(30))).unwrap().is_empty());
