@@ -28,16 +28,27 @@ fn busy_polling_daemons_echo_exactly() {
     p.start_backend_with("poll-us = 200\n");
     let (attach, sock) = p.start_frontend_vhci_with(1, &["--poll-us", "200"]);
     let mut c = UsbipClient::attached(sock, attach.devid, "1-1");
-    let set = done(c.transfer(control([0, 9, 1, 0, 0, 0, 0, 0], vec![]), T).unwrap());
+    let set = done(
+        c.transfer(control([0, 9, 1, 0, 0, 0, 0, 0], vec![]), T)
+            .unwrap(),
+    );
     assert_eq!(set.status, 0, "SET_CONFIGURATION\n{}", p.logs());
     let mut rng = Rng::new(7);
     for round in 0..200u32 {
         // Bulk (EP 1) and interrupt (EP 2) pairs; now and then an idle gap past the window.
         let ep = 1 + (round % 2) as u8;
-        let len = if ep == 1 { 1 + rng.below(70_000) as usize } else { 64 };
+        let len = if ep == 1 {
+            1 + rng.below(70_000) as usize
+        } else {
+            64
+        };
         let data: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
         let out = done(c.transfer(bulk_out(ep, data.clone()), T).unwrap());
-        assert_eq!((out.status, out.actual_length as usize), (0, len), "round {round}");
+        assert_eq!(
+            (out.status, out.actual_length as usize),
+            (0, len),
+            "round {round}"
+        );
         if round % 25 == 0 {
             std::thread::sleep(Duration::from_millis(5));
         }
