@@ -278,6 +278,12 @@ impl HostDevice for SimDevice {
         if let Some(c) = core.reap() {
             return Some(c);
         }
+        // A gone device stays readable, as a usbfs fd keeps polling POLLHUP: whoever reaps
+        // its last completion (the engine also reaps right after submitting) must not hide
+        // the unplug from the poller.
+        if core.is_gone() {
+            return None;
+        }
         // Reset the eventfd, then look again: a completion signalled between the first
         // look and the read must not be lost.
         let mut buf = [0u8; 8];

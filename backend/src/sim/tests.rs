@@ -404,6 +404,19 @@ fn fault_unplug_after_n_urbs_removes_the_device() {
             (2, -errno::ESHUTDOWN)
         ]
     );
+    // Everything reaped, the device gone: its fd still polls readable (usbfs's POLLHUP), so
+    // a poller learns of the unplug even when the last completion was reaped unprompted.
+    assert!(dev.reap().is_none());
+    let fd = dev.poll_fd();
+    let mut fds = [rustix::event::PollFd::new(
+        &fd,
+        rustix::event::PollFlags::IN,
+    )];
+    let zero = rustix::time::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    assert_eq!(rustix::event::poll(&mut fds, Some(&zero)).unwrap(), 1);
     let deadline = Instant::now() + Duration::from_secs(2);
     while UsbRoots::sim(tmp.path())
         .devices_dir()
