@@ -183,6 +183,18 @@ impl Platform {
         self.simhyp.pid()
     }
 
+    /// The arguments every daemon of domain `domid` on this platform takes.
+    fn daemon_args(&self, domid: u16) -> Vec<String> {
+        vec![
+            "--platform".into(),
+            "sim".into(),
+            "--sim-dir".into(),
+            self.path().display().to_string(),
+            "--domid".into(),
+            domid.to_string(),
+        ]
+    }
+
     /// Starts (or restarts) `pvusb-backend` in dom0.
     pub fn start_backend(&mut self) {
         self.start_backend_with("");
@@ -193,14 +205,7 @@ impl Platform {
     pub fn start_backend_with(&mut self, config: &str) {
         self.backend_starts += 1;
         let name = format!("backend{}", self.backend_starts);
-        let mut args = vec![
-            "--platform".into(),
-            "sim".into(),
-            "--sim-dir".into(),
-            self.path().display().to_string(),
-            "--domid".into(),
-            "0".into(),
-        ];
+        let mut args = self.daemon_args(0);
         if !config.is_empty() {
             let file = self.path().join(format!("{name}.toml"));
             std::fs::write(&file, config).expect("writing the backend configuration");
@@ -219,16 +224,8 @@ impl Platform {
         let addr = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port");
-        let args = vec![
-            "--platform".into(),
-            "sim".into(),
-            "--sim-dir".into(),
-            self.path().display().to_string(),
-            "--domid".into(),
-            domid.to_string(),
-            "--usbip-listen".into(),
-            addr.to_string(),
-        ];
+        let mut args = self.daemon_args(domid);
+        args.extend(["--usbip-listen".into(), addr.to_string()]);
         let d = Daemon::spawn(
             self.path(),
             &format!("frontend-{domid}"),
@@ -259,16 +256,8 @@ impl Platform {
         extra: &[&str],
     ) -> (crate::vhci::Attach, UnixStream) {
         let vhci = crate::vhci::mimic(&self.path().join(format!("guest{domid}")));
-        let mut args = vec![
-            "--platform".into(),
-            "sim".into(),
-            "--sim-dir".into(),
-            self.path().display().to_string(),
-            "--domid".into(),
-            domid.to_string(),
-            "--vhci".into(),
-            vhci.display().to_string(),
-        ];
+        let mut args = self.daemon_args(domid);
+        args.extend(["--vhci".into(), vhci.display().to_string()]);
         args.extend(extra.iter().map(|a| a.to_string()));
         let d = Daemon::spawn(
             self.path(),
