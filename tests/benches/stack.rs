@@ -11,9 +11,9 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use pvusb_backend::host::{HostDevice, HostUrb, UrbBuf, UrbFlags, XferKind};
-use pvusb_backend::sim::{plug, DeviceSpec, ModelSpec, SimDevice};
+use pvusb_backend::sim::{DeviceSpec, ModelSpec};
 use pvusb_tests::cpu::cpu_time;
+use pvusb_tests::floor::{Echoed, Floor};
 use pvusb_tests::platform::Platform;
 use pvusb_tests::usbip::{bulk_in, bulk_out, control, devlist, Answer, UsbipClient};
 use serde_json::json;
@@ -64,6 +64,39 @@ struct Cell {
     cpu_s_per_gib: f64,
 }
 
+/// A socket-floor cell, with the CPU split of its two processes (s/GiB).
+#[derive(Clone, Copy, Default)]
+struct FloorCell {
+    cell: Cell,
+    client: f64,
+    echo: f64,
+}
+
+impl FloorCell {
+    fn of(e: Echoed) -> FloorCell {
+        let gib = e.bytes as f64 / (1u64 << 30) as f64;
+        let (client, echo) = (
+            e.cpu_client.as_secs_f64() / gib,
+            e.cpu_echo.as_secs_f64() / gib,
+        );
+        FloorCell {
+            cell: Cell {
+                mb_s: e.bytes as f64 / e.secs / 1e6,
+                urbs_s: e.messages as f64 / e.secs,
+                cpu_s_per_gib: client + echo,
+            },
+            client,
+            echo,
+        }
+    }
+
+    /// The cell with the median throughput (`None` when the floor is skipped).
+    fn median(mut cells: Vec<FloorCell>) -> Option<FloorCell> {
+        cells.sort_by(|a, b| a.cell.mb_s.total_cmp(&b.cell.mb_s));
+        cells.get(cells.len() / 2).copied()
+    }
+}
+
 /// Latency percentiles, µs.
 #[derive(Clone, Copy, Default)]
 struct Lat {
@@ -85,133 +118,10 @@ fn lat(mut v: Vec<Duration>) -> Lat {
     }
 }
 
-// ---------------------------------------------------------------- direct
+#[path = "stack/direct.rs"]
+mod direct;
 
-struct Direct {
-    _dir: tempfile::TempDir,
-    dev: SimDevice,
-    tag: u64,
-}
-
-impl Direct {
-    fn new() -> Direct {
-        let dir = tempfile::tempdir().unwrap();
-        let busid = plug(
-            dir.path(),
-            &DeviceSpec::new(ModelSpec::Loopback { capacity: CAPACITY }),
-        )
-        .unwrap();
-        let dev = SimDevice::open_busid(dir.path(), &busid).unwrap();
-        Direct {
-            _dir: dir,
-            dev,
-            tag: 0,
-        }
-    }
-
-    fn submit(&mut self, kind: XferKind, ep: u8, buf: UrbBuf) -> u64 {
-        self.tag += 1;
-        let urb = HostUrb::new(self.tag, kind, ep, UrbFlags::empty(), buf);
-        self.dev.submit(urb).map_err(|r| r.to_string()).unwrap();
-        self.tag
-    }
-
-    fn reap_wait(&mut self) -> pvusb_backend::host::Completion {
-        loop {
-            if let Some(c) = self.dev.reap() {
-                return c;
-            }
-            let fd = self.dev.poll_fd();
-            let mut fds = [rustix::event::PollFd::new(
-                &fd,
-                rustix::event::PollFlags::IN,
-            )];
-            let ts = rustix::time::Timespec {
-                tv_sec: 1,
-                tv_nsec: 0,
-            };
-            let _ = rustix::event::poll(&mut fds, Some(&ts));
-        }
-    }
-
-    /// `qd` OUT and `qd` IN URBs of `size` in flight; echoed bytes per second.
-    fn echo(&mut self, size: usize, qd: usize, dur: Duration) -> Cell {
-        let mut dir_of = HashMap::new();
-        for _ in 0..qd {
-            let t = self.submit(XferKind::Bulk, 0x81, UrbBuf::zeroed(size));
-            dir_of.insert(t, 0x81u8);
-            let t = self.submit(XferKind::Bulk, 0x01, UrbBuf::zeroed(size));
-            dir_of.insert(t, 0x01u8);
-        }
-        let warm = Instant::now() + dur / 5;
-        let (mut start, mut cpu0) = (Instant::now(), cpu_time("self"));
-        let (mut bytes, mut urbs, mut measuring) = (0u64, 0u64, false);
-        loop {
-            let c = self.reap_wait();
-            assert_eq!(c.status, 0, "direct URB failed");
-            let ep = dir_of.remove(&c.tag).unwrap();
-            if !measuring && Instant::now() >= warm {
-                (measuring, start, cpu0, bytes, urbs) =
-                    (true, Instant::now(), cpu_time("self"), 0, 0);
-            }
-            urbs += 1;
-            if ep == 0x81 {
-                bytes += u64::from(c.actual_length);
-            }
-            if measuring && start.elapsed() >= dur {
-                break;
-            }
-            let t = self.submit(XferKind::Bulk, ep, c.buf);
-            dir_of.insert(t, ep);
-        }
-        let el = start.elapsed().as_secs_f64();
-        let cpu = (cpu_time("self") - cpu0).as_secs_f64();
-        for c in self.dev.drain() {
-            dir_of.remove(&c.tag);
-        }
-        // The loopback keeps what was written and not read: start the next cell empty.
-        let _ = self.dev.reset();
-        Cell {
-            mb_s: bytes as f64 / el / 1e6,
-            urbs_s: urbs as f64 / el,
-            cpu_s_per_gib: cpu / (bytes as f64 / (1u64 << 30) as f64),
-        }
-    }
-
-    /// 64-byte OUT then IN on the bulk (EP 1) or interrupt (EP 2) pair; half the pair's
-    /// time per URB.
-    fn ping(&mut self, n: usize, ep: u8) -> Lat {
-        let kind = if ep == INT_EP {
-            XferKind::Interrupt
-        } else {
-            XferKind::Bulk
-        };
-        let mut v = Vec::with_capacity(n);
-        for _ in 0..n {
-            let t0 = Instant::now();
-            self.submit(kind, ep, UrbBuf::from_vec(vec![7; 64]));
-            assert_eq!(self.reap_wait().status, 0);
-            self.submit(kind, ep | 0x80, UrbBuf::zeroed(64));
-            assert_eq!(self.reap_wait().status, 0);
-            v.push(t0.elapsed() / 2);
-        }
-        lat(v)
-    }
-
-    fn control(&mut self, n: usize) -> Lat {
-        let mut v = Vec::with_capacity(n);
-        for _ in 0..n {
-            let mut b = CTRL_SETUP.to_vec();
-            b.resize(8 + 64, 0);
-            let t0 = Instant::now();
-            self.submit(XferKind::Control, 0, UrbBuf::from_vec(b));
-            let c = self.reap_wait();
-            v.push(t0.elapsed());
-            assert_eq!(c.status, 0);
-        }
-        lat(v)
-    }
-}
+use direct::Direct;
 
 // ---------------------------------------------------------------- stack
 
@@ -463,6 +373,8 @@ fn scaling(ctrls: u32, devs: u8, dur: Duration) -> (f64, f64) {
 }
 
 fn main() {
+    // Re-executed as the socket floor's echo process: serve, then exit.
+    pvusb_tests::floor::echo_if_asked();
     // `cargo bench` passes `--bench`; a `cargo test --benches` run passes nothing useful
     // either: run only when benchmarking.
     if !std::env::args().any(|a| a == "--bench") {
@@ -497,6 +409,7 @@ fn main() {
     let mut direct = Direct::new();
     let mut stock = Stack::new(false);
     let mut pgnt = Stack::new(true);
+    let mut floor = (!skip("floor")).then(|| Floor::spawn(0));
     println!("pvusb issue-8 benchmark: {dur:?} per cell, sim bulk loopback, echoed MB/s (10^6 B)");
     println!(
         "guest transport: {}",
@@ -509,68 +422,127 @@ fn main() {
     println!("stock = usbif as specified (backend maps and unmaps every request's pages);");
     println!("pgnt = negotiated feature-persistent (each run of granted pages mapped once per connection)");
     println!(
-        "c/G = CPU seconds per GiB echoed (stack: guest client + frontend + backend + broker)"
+        "floor = the guest's socket alone: 48-byte header + payload echoed by another process \
+         over an AF_UNIX stream socket (as the frontend's); stk/fl, pg/fl = stack / floor"
     );
     println!(
-        "{:>8} {:>3} | {:>8} {:>8} {:>6} {:>8} {:>6} | {:>8} {:>8} {:>8} | {:>7} {:>7} {:>7}",
+        "c/G = CPU seconds per GiB echoed (stack: guest client + frontend + backend + broker; \
+         floor: client + echo process)"
+    );
+    println!(
+        "{:>8} {:>3} | {:>8} {:>8} {:>8} {:>6} {:>8} {:>6} | {:>6} {:>6} | {:>8} {:>8} {:>8} | {:>7} {:>7} {:>7} {:>7}",
         "size",
         "qd",
         "direct",
+        "floor",
         "stock",
         "ratio",
         "pgnt",
         "ratio",
+        "stk/fl",
+        "pg/fl",
         "dir URB/s",
         "stk URB/s",
         "pg URB/s",
         "dir c/G",
+        "fl c/G",
         "stk c/G",
         "pg c/G"
     );
     let mut rows = Vec::new();
     for &size in SIZES.iter().filter(|_| !skip("throughput")) {
         for &qd in &DEPTHS {
-            // Interleaved repeats, median of each: the three see the same background load.
-            let (mut ds, mut ss, mut gs) = (Vec::new(), Vec::new(), Vec::new());
+            // Interleaved repeats, median of each: all see the same background load.
+            let (mut ds, mut fs, mut ss, mut gs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for _ in 0..repeats() {
                 ds.push(direct.echo(size, qd, dur));
+                if let Some(f) = floor.as_mut() {
+                    fs.push(FloorCell::of(f.echo(size, qd, dur)));
+                }
                 ss.push(stock.echo(size, qd, dur));
                 gs.push(pgnt.echo(size, qd, dur));
             }
             let (d, s, g) = (median(ds), median(ss), median(gs));
+            let f = FloorCell::median(fs);
+            let fmb = f.map(|f| f.cell.mb_s);
+            let pct = |x: f64| fmb.map_or("-".into(), |o| format!("{:.1}%", 100.0 * x / o));
             println!(
-                "{:>7}K {:>3} | {:>8.0} {:>8.0} {:>5.1}% {:>8.0} {:>5.1}% | {:>8.0} {:>8.0} {:>8.0} | {:>6.2}s {:>6.2}s {:>6.2}s",
+                "{:>7}K {:>3} | {:>8.0} {:>8} {:>8.0} {:>5.1}% {:>8.0} {:>5.1}% | {:>6} {:>6} | {:>8.0} {:>8.0} {:>8.0} | {:>6.2}s {:>7} {:>6.2}s {:>6.2}s",
                 size >> 10,
                 qd,
                 d.mb_s,
+                fmb.map_or("-".into(), |v| format!("{v:.0}")),
                 s.mb_s,
                 100.0 * s.mb_s / d.mb_s,
                 g.mb_s,
                 100.0 * g.mb_s / d.mb_s,
+                pct(s.mb_s),
+                pct(g.mb_s),
                 d.urbs_s,
                 s.urbs_s,
                 g.urbs_s,
                 d.cpu_s_per_gib,
+                f.map_or("-".into(), |f| format!("{:.2}s", f.cell.cpu_s_per_gib)),
                 s.cpu_s_per_gib,
                 g.cpu_s_per_gib
             );
-            rows.push(json!({"size": size, "qd": qd, "direct_mb_s": d.mb_s,
+            let mut row = json!({"size": size, "qd": qd, "direct_mb_s": d.mb_s,
                 "stock_mb_s": s.mb_s, "stock_ratio": s.mb_s / d.mb_s,
                 "persistent_mb_s": g.mb_s, "persistent_ratio": g.mb_s / d.mb_s,
                 "direct_cpu_s_per_gib": d.cpu_s_per_gib,
                 "stock_cpu_s_per_gib": s.cpu_s_per_gib,
-                "persistent_cpu_s_per_gib": g.cpu_s_per_gib}));
+                "persistent_cpu_s_per_gib": g.cpu_s_per_gib});
+            if let Some(f) = f {
+                row["floor_mb_s"] = json!(f.cell.mb_s);
+                row["floor_ratio"] = json!(f.cell.mb_s / d.mb_s);
+                row["stock_over_floor"] = json!(s.mb_s / f.cell.mb_s);
+                row["persistent_over_floor"] = json!(g.mb_s / f.cell.mb_s);
+                row["floor_cpu_s_per_gib"] = json!(f.cell.cpu_s_per_gib);
+                row["floor_client_cpu_s_per_gib"] = json!(f.client);
+                row["floor_echo_cpu_s_per_gib"] = json!(f.echo);
+            }
+            rows.push(row);
         }
     }
+    let mut lat_json = serde_json::Map::new();
+    // The latency rows' floor: a 64-byte round trip on the socket alone (one URB's worth of
+    // guest transport), the echo process blocking in read, then polling as the daemons do.
+    let floor_lat = (!skip("floor")).then(|| {
+        let block = lat(floor
+            .take()
+            .unwrap_or_else(|| Floor::spawn(0))
+            .ping(LAT_N, 64));
+        let poll = lat(Floor::spawn(POLL_US).ping(LAT_N, 64));
+        lat_json.insert(
+            "floor64_block".into(),
+            json!([block.p50, block.p99, block.p999]),
+        );
+        lat_json.insert(
+            "floor64_poll".into(),
+            json!([poll.p50, poll.p99, poll.p999]),
+        );
+        (block, poll)
+    });
+    drop(floor);
     // Latency with the defaults, then with both daemons busy-polling (`poll-us`).
     let mut spoll = Stack::with_poll(false, POLL_US);
     let mut gpoll = Stack::with_poll(true, POLL_US);
     let mut stacks = [&mut stock, &mut pgnt, &mut spoll, &mut gpoll];
     let names = ["stock", "pgnt", "stock+poll", "pgnt+poll"];
-    let mut lat_json = serde_json::Map::new();
     println!(
-        "latency, QD1, µs (poll = both daemons poll-us {POLL_US})  p50      p99     p999   added p50 added p99"
+        "latency, QD1, µs (poll = both daemons poll-us {POLL_US}; \
+         over floor: the stack's p50/p99 minus the socket floor's)"
     );
+    println!(
+        "{:<42} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9}",
+        "", "p50", "p99", "p999", "added p50", "added p99", "fl+ p50", "fl+ p99"
+    );
+    if let Some((block, poll)) = floor_lat {
+        for (name, l) in [("echo blocks", block), ("echo polls", poll)] {
+            let label = format!("64 B socket floor, {name}");
+            println!("{label:<42} {:>8.1} {:>8.1} {:>8.1}", l.p50, l.p99, l.p999);
+        }
+    }
     for (what, ep) in [
         ("bulk", Some(BULK_EP)),
         ("interrupt", Some(INT_EP)),
@@ -580,25 +552,36 @@ fn main() {
             Some(ep) => direct.ping(LAT_N, ep),
             None => direct.control(LAT_N),
         };
-        let mut rows = vec![("direct", base)];
+        let mut rows = vec![("direct", base, None)];
         for (st, name) in stacks.iter_mut().zip(names) {
             let l = match ep {
                 Some(ep) => st.ping(LAT_N, ep),
                 None => st.control(LAT_N),
             };
-            rows.push((name, l));
+            let fl = floor_lat.map(|(b, p)| if name.ends_with("poll") { p } else { b });
+            rows.push((name, l, fl));
         }
-        for (name, l) in rows {
+        for (name, l, fl) in rows {
             let label = format!("64 B {what}, {name}");
+            let over =
+                |f: fn(&Lat) -> f64| fl.map_or("-".into(), |b| format!("{:.1}", f(&l) - f(&b)));
             println!(
-                "{label:<42} {:>8.1} {:>8.1} {:>8.1} {:>9.1} {:>9.1}",
+                "{label:<42} {:>8.1} {:>8.1} {:>8.1} {:>9.1} {:>9.1} {:>9} {:>9}",
                 l.p50,
                 l.p99,
                 l.p999,
                 l.p50 - base.p50,
-                l.p99 - base.p99
+                l.p99 - base.p99,
+                over(|l| l.p50),
+                over(|l| l.p99)
             );
             lat_json.insert(format!("{what}64_{name}"), json!([l.p50, l.p99, l.p999]));
+            if let Some(b) = fl {
+                lat_json.insert(
+                    format!("{what}64_{name}_over_floor"),
+                    json!([l.p50 - b.p50, l.p99 - b.p99]),
+                );
+            }
         }
     }
     drop((spoll, gpoll));

@@ -13,6 +13,7 @@
 pub mod bins;
 pub mod cpu;
 pub mod devtrace;
+pub mod floor;
 pub mod hostile;
 pub mod platform;
 pub mod proc;
