@@ -3,10 +3,20 @@
 //! driven directly in this process, measured in one run. Prints a table and one JSON line;
 //! asserts nothing.
 //!
+//! Next to both, the "socket floor" ([`pvusb_tests::floor`]): the guest's transport alone,
+//! which a real guest cannot avoid (vhci_hcd speaks USB/IP over an AF_UNIX stream socket).
+//! This binary re-executes itself as an echo process; 48-byte headers + payloads go over
+//! such a socket and come back, the same bytes each way as a bulk OUT + IN pair. Its
+//! throughput cells sit next to direct (with stack / floor ratios) and its 64-byte round
+//! trip, with the echo process blocking in `read` or busy-polling like the daemons'
+//! `poll-us`, is subtracted from the stack's latency rows ("fl+": added over the floor).
+//!
 //! `cargo bench -p pvusb-tests` · `PVUSB_BENCH_SECS` (per cell, default 1) ·
 //! `PVUSB_BENCH_FULL=1` for the full 8 controllers × 31 ports scaling run ·
-//! `PVUSB_BENCH_SKIP=throughput,scaling` to leave sections out · `PVUSB_BENCH_REPEAT=3`
-//! for the median of three interleaved runs of each throughput cell.
+//! `PVUSB_BENCH_SKIP=throughput,scaling,floor` to leave sections out ·
+//! `PVUSB_BENCH_REPEAT=3` for the median of three interleaved runs of each throughput cell ·
+//! `PVUSB_BENCH_PROFILE=persistent|stock`: only the stack's 64 KiB QD16 cell with a
+//! per-process CPU split (to run under `perf record`).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -43,7 +53,7 @@ fn median(mut cells: Vec<Cell>) -> Cell {
     cells[cells.len() / 2]
 }
 
-/// `PVUSB_BENCH_SKIP=throughput,scaling` leaves those sections out (latency only).
+/// `PVUSB_BENCH_SKIP=throughput,scaling,floor` leaves those sections out.
 fn skip(section: &str) -> bool {
     std::env::var("PVUSB_BENCH_SKIP").is_ok_and(|v| v.split(',').any(|s| s == section))
 }
