@@ -248,6 +248,16 @@ impl Region {
     }
 }
 
+impl Region {
+    /// The region alone as a `pvusb_ring` view (writable iff mapped writable); the last view
+    /// dropped unmaps it.
+    pub(crate) fn into_shm(self) -> Shm {
+        let writable = self.access == Access::Writable;
+        let owner = Arc::new(self);
+        owner.shm(writable, owner.clone())
+    }
+}
+
 /// What must happen after a mapping's memory is unmapped (gntdev UNMAP_GRANT_REF, or telling
 /// the broker).
 pub(crate) trait Unmap: Send + Sync + fmt::Debug {

@@ -1,11 +1,9 @@
 //! [`SimPlatform`]: a domain's connection to the broker, implementing the three traits.
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use rustix::event::epoll;
 use rustix::io::Errno;
 use rustix::net::{RecvFlags, SendFlags};
 
@@ -23,7 +21,10 @@ use crate::{
     MapRequest, MAX_PAGES_PER_CALL, PAGE_SIZE,
 };
 
+mod channel;
 mod mapper;
+
+use channel::{End, PortGuard, SimChannel};
 
 /// The connection's socket and everything that must change in step with the messages on it.
 #[derive(Debug)]
@@ -398,7 +399,7 @@ impl SimPlatform {
         remote: DomId,
         rport: EvtchnPort,
     ) -> Result<Box<dyn EventChannel>, EvtchnError> {
-        let (reply, fds) = self.conn.call(req, 2)?;
+        let (reply, fds) = self.conn.call(req, 3)?;
         let port = match reply {
             Reply::Port { port, .. } => port,
             Reply::Error {
@@ -417,122 +418,14 @@ impl SimPlatform {
             Reply::Error { status, .. } => return Err(BrokerError::Refused(status).into()),
             _ => return Err(BrokerError::BadReply("unexpected reply").into()),
         };
-        let unbind = PortGuard {
+        let guard = PortGuard {
             conn: self.conn.clone(),
             port,
         };
-        let mut fds = fds.into_iter();
-        let (Some(rx), Some(tx), None) = (fds.next(), fds.next(), fds.next()) else {
-            return Err(BrokerError::BadReply("a port needs exactly two eventfds").into());
+        let end = match req {
+            Request::EvtchnBind { .. } => End::Binder,
+            _ => End::Allocator,
         };
-        let os = |op| move |errno| EvtchnError::Os { op, errno };
-        let poll = epoll::create(epoll::CreateFlags::CLOEXEC).map_err(os("epoll_create"))?;
-        epoll::add(
-            &poll,
-            &rx,
-            epoll::EventData::new_u64(0),
-            epoll::EventFlags::IN,
-        )
-        .map_err(os("epoll_ctl"))?;
-        Ok(Box::new(SimChannel {
-            rx,
-            tx,
-            poll,
-            masked: AtomicBool::new(false),
-            guard: unbind,
-        }))
-    }
-}
-
-/// Unbinds the port at the broker when dropped.
-#[derive(Debug)]
-struct PortGuard {
-    conn: Arc<Conn>,
-    port: EvtchnPort,
-}
-
-impl Drop for PortGuard {
-    fn drop(&mut self) {
-        if let Err(e) = self
-            .conn
-            .call_done(&Request::EvtchnUnbind { port: self.port })
-        {
-            tracing::debug!(port = self.port.0, error = %e, "unbind failed");
-        }
-    }
-}
-
-/// A simulated port: `rx` is this end's eventfd, `tx` the peer's. The pollable fd is an
-/// epoll set holding `rx`; masking removes `rx` from it, so an event sent while masked
-/// stays in the eventfd and wakes the poller on unmask — /dev/xen/evtchn's behaviour.
-#[derive(Debug)]
-struct SimChannel {
-    rx: OwnedFd,
-    tx: OwnedFd,
-    poll: OwnedFd,
-    masked: AtomicBool,
-    guard: PortGuard,
-}
-
-impl AsFd for SimChannel {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.poll.as_fd()
-    }
-}
-
-impl EventChannel for SimChannel {
-    fn port(&self) -> EvtchnPort {
-        self.guard.port
-    }
-
-    fn notify(&self) -> Result<(), EvtchnError> {
-        match rustix::io::write(&self.tx, &1u64.to_ne_bytes()) {
-            // A saturated counter means an event is pending already.
-            Ok(_) | Err(Errno::AGAIN) => Ok(()),
-            Err(errno) => Err(EvtchnError::Os {
-                op: "eventfd write",
-                errno,
-            }),
-        }
-    }
-
-    fn take_pending(&self) -> Result<bool, EvtchnError> {
-        if self.masked.load(Ordering::Acquire) {
-            return Ok(false);
-        }
-        let mut buf = [0u8; 8];
-        match rustix::io::read(&self.rx, &mut buf) {
-            Ok(_) => {
-                self.masked.store(true, Ordering::Release);
-                // Removing (not just disarming) the eventfd also drops it from the epoll ready
-                // list, so the re-add on unmask is a fresh edge for an edge-triggered poller.
-                epoll::delete(&self.poll, &self.rx).map_err(|errno| EvtchnError::Os {
-                    op: "epoll_ctl mask",
-                    errno,
-                })?;
-                Ok(true)
-            }
-            Err(Errno::AGAIN) => Ok(false),
-            Err(errno) => Err(EvtchnError::Os {
-                op: "eventfd read",
-                errno,
-            }),
-        }
-    }
-
-    fn unmask(&self) -> Result<(), EvtchnError> {
-        if self.masked.swap(false, Ordering::AcqRel) {
-            epoll::add(
-                &self.poll,
-                &self.rx,
-                epoll::EventData::new_u64(0),
-                epoll::EventFlags::IN,
-            )
-            .map_err(|errno| EvtchnError::Os {
-                op: "epoll_ctl unmask",
-                errno,
-            })?;
-        }
-        Ok(())
+        Ok(Box::new(SimChannel::new(fds, end, guard)?))
     }
 }

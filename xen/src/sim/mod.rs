@@ -15,10 +15,15 @@
 //!   happened before the granter asked (e.g. the backend unmapped, then pushed the response
 //!   the frontend reacts to) is always seen: no spurious StillMapped. Otherwise a side
 //!   channel is read every 20 ms.
-//! - Event channels are two eventfds per channel handed to both ends: a notify is one
-//!   `write`, with no broker hop. Differences from Xen: ports are per-connection objects with
-//!   their own fd (as if each channel had its own /dev/xen/evtchn open); a notify sent before
-//!   the peer binds is dropped when it binds (Xen drops it at send time).
+//! - Event channels are two eventfds per channel handed to both ends, plus a shared page
+//!   with each end's mask and pending bits (Xen keeps them in `shared_info`): a notify sets
+//!   the peer's pending bit and `write`s its eventfd only if the port was neither pending nor
+//!   masked, with no broker hop; unmasking re-raises an event that arrived while masked.
+//!   Differences from Xen: the peer can write our bits (it can only delay its own events to
+//!   us or cause a spurious wake-up; the masked flag that matters is kept privately); ports
+//!   are per-connection objects with their own fd (as if each channel had its own
+//!   /dev/xen/evtchn open); a notify sent before the peer binds is dropped when it binds (Xen
+//!   drops it at send time).
 //! - MAP is batched (several mappings per round trip, each refused or granted on its own) and
 //!   a grant's memfd is passed to a connection once: the broker remembers which files
 //!   (allocation serial × access) each connection holds, the client caches them

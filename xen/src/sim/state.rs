@@ -10,9 +10,10 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use rustix::event::EventfdFlags;
+use rustix::fs::{MemfdFlags, SealFlags};
 
 use super::wire::{Counters, EndMode, FileKey, Reply, Request, Status};
-use crate::{Access, DomId, EvtchnPort};
+use crate::{Access, DomId, EvtchnPort, PAGE_SIZE};
 
 mod grants;
 
@@ -101,6 +102,8 @@ enum Remote {
 struct Port {
     owner: ConnId,
     rx: Arc<OwnedFd>,
+    /// The channel's shared page (both ends' mask and pending bits), one per channel.
+    words: Arc<OwnedFd>,
     remote: Remote,
 }
 
@@ -131,6 +134,18 @@ fn eventfd() -> Result<Arc<OwnedFd>, Status> {
     rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
         .map(Arc::new)
         .map_err(os)
+}
+
+/// One page, sealed at that size, holding the two ends' event channel state words (the
+/// simulated counterpart of the mask and pending bits in `shared_info`).
+fn channel_page() -> Result<Arc<OwnedFd>, Status> {
+    let flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING;
+    let memfd = rustix::fs::memfd_create("pvusb-evtchn", flags).map_err(os)?;
+    rustix::fs::ftruncate(&memfd, PAGE_SIZE as u64).map_err(os)?;
+    // As for grant files: a peer holding the fd must not shrink the page under the other.
+    let seals = SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL;
+    rustix::fs::fcntl_add_seals(&memfd, seals).map_err(os)?;
+    Ok(Arc::new(memfd))
 }
 
 /// Throws away events sent to a port nobody was bound to (Xen drops them too).
@@ -386,13 +401,14 @@ impl State {
             return Err(Status::NoSuchDomain);
         }
         let port = self.new_port(me)?;
-        let (rx, peer_rx) = (eventfd()?, eventfd()?);
-        let fds = vec![rx.clone(), peer_rx.clone()];
+        let (rx, peer_rx, words) = (eventfd()?, eventfd()?, channel_page()?);
+        let fds = vec![rx.clone(), peer_rx.clone(), words.clone()];
         self.ports.insert(
             (me, port),
             Port {
                 owner: conn,
                 rx,
+                words,
                 remote: Remote::Unbound { remote, peer_rx },
             },
         );
@@ -429,13 +445,15 @@ impl State {
         };
         theirs.remote = Remote::Bound { remote: me, port };
         let tx = theirs.rx.clone();
+        let words = theirs.words.clone();
         drain(&peer_rx);
-        let fds = vec![peer_rx.clone(), tx];
+        let fds = vec![peer_rx.clone(), tx, words.clone()];
         self.ports.insert(
             (me, port),
             Port {
                 owner: conn,
                 rx: peer_rx,
+                words,
                 remote: Remote::Bound {
                     remote,
                     port: rport,

@@ -11,8 +11,8 @@
 //! | 2 GRANT_END | handle, mode (0 refuse if mapped, 1 defer) | — | — |
 //! | 3 MAP | domid, nmaps, then per map: count, flags, `u32 refs[count]` | see below | one per attached file |
 //! | 4 UNMAP | map_id | — | — |
-//! | 5 EVTCHN_ALLOC_UNBOUND | remote | port | rx eventfd, tx eventfd |
-//! | 6 EVTCHN_BIND | remote, remote_port | port | rx eventfd, tx eventfd |
+//! | 5 EVTCHN_ALLOC_UNBOUND | remote | port | rx eventfd, tx eventfd, channel page |
+//! | 6 EVTCHN_BIND | remote, remote_port | port | rx eventfd, tx eventfd, channel page |
 //! | 7 EVTCHN_UNBIND | port | — | — |
 //! | 8 DOMAIN_CREATE (dom0) | domid | — | — |
 //! | 9 DOMAIN_DESTROY (dom0) | domid | — | — |
@@ -20,6 +20,10 @@
 //! | 11 UNMAP_ONEWAY | map_id | *none* (one-way: no reply, not even an error) | — |
 //! | 12 FORGET | count, `{serial_lo, serial_hi, flags}[count]` | *none* (one-way) | — |
 //! | 13 SIDE_OPEN | — | — | the client's end of the connection's side channel |
+//!
+//! The channel page (one per channel, sealed at one page) holds two native `u32` state words,
+//! the allocating end's at offset 0 and the binding end's at 4: bit 0 pending, bit 1 masked
+//! (see `client::channel`).
 //!
 //! The side channel is a socket pair the broker does not poll: one-way messages sent there
 //! wake nobody. The broker reads it before each message of the main connection, before

@@ -1,0 +1,191 @@
+//! A simulated event channel port: an eventfd per end plus a shared page with each end's
+//! mask and pending bits, the counterpart of the `evtchn_mask`/`evtchn_pending` bitmaps Xen
+//! keeps in `shared_info`.
+//!
+//! Sending sets the receiver's pending bit and writes its eventfd only on the edge from idle
+//! (neither pending nor masked), as Xen raises an upcall only for an unmasked port that was
+//! not already pending. Taking a delivered event masks the port and clears pending; unmasking
+//! re-raises the event if one arrived while masked — /dev/xen/evtchn's behaviour, without the
+//! two `epoll_ctl` calls per event an epoll-based mask costs. The pollable fd is the eventfd
+//! itself, so a daemon's poller watches it directly.
+//!
+//! The page is shared with the peer, which may write anything into it. That can only cost
+//! this end a spurious wake-up or its own peer's events (a peer that sets our mask bit stops
+//! its own notifications from waking us): [`SimChannel::take_pending`] trusts this end's own
+//! `masked` flag, never the page.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+
+use pvusb_ring::shm::AtomicWord;
+use rustix::io::Errno;
+
+use super::Conn;
+use crate::mem::Region;
+use crate::sim::wire::Request;
+use crate::{Access, EventChannel, EvtchnError, EvtchnPort, PAGE_SIZE};
+
+/// An event arrived and has not been taken.
+const PENDING: u32 = 1;
+/// The receiving end took an event and has not unmasked yet.
+const MASKED: u32 = 2;
+
+/// Which end of the channel this process holds; it picks the state words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum End {
+    /// Allocated the port (`EVTCHNOP_alloc_unbound`): word 0 is ours.
+    Allocator,
+    /// Bound to it (`EVTCHNOP_bind_interdomain`): word 1 is ours.
+    Binder,
+}
+
+/// Unbinds the port at the broker when dropped.
+#[derive(Debug)]
+pub(super) struct PortGuard {
+    pub(super) conn: Arc<Conn>,
+    pub(super) port: EvtchnPort,
+}
+
+impl Drop for PortGuard {
+    fn drop(&mut self) {
+        if let Err(e) = self
+            .conn
+            .call_done(&Request::EvtchnUnbind { port: self.port })
+        {
+            tracing::debug!(port = self.port.0, error = %e, "unbind failed");
+        }
+    }
+}
+
+/// One end of a simulated channel: `rx` is this end's eventfd, `tx` the peer's.
+pub(super) struct SimChannel {
+    rx: OwnedFd,
+    tx: OwnedFd,
+    /// This end's state word (the peer sets PENDING in it).
+    mine: AtomicWord,
+    /// The peer's state word (we set PENDING in it).
+    theirs: AtomicWord,
+    /// Authoritative: the page may be scribbled on by the peer.
+    masked: AtomicBool,
+    guard: PortGuard,
+}
+
+impl std::fmt::Debug for SimChannel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimChannel")
+            .field("port", &self.guard.port)
+            .field("mine", &self.mine.load(Ordering::Relaxed))
+            .field("theirs", &self.theirs.load(Ordering::Relaxed))
+            .field("masked", &self.masked)
+            .finish()
+    }
+}
+
+impl SimChannel {
+    /// Wraps the three fds the broker passed (`rx`, `tx`, the channel page) for `end`.
+    pub(super) fn new(
+        fds: Vec<OwnedFd>,
+        end: End,
+        guard: PortGuard,
+    ) -> Result<SimChannel, EvtchnError> {
+        let bad = |why| EvtchnError::from(crate::error::BrokerError::BadReply(why));
+        let mut fds = fds.into_iter();
+        let (Some(rx), Some(tx), Some(page), None) =
+            (fds.next(), fds.next(), fds.next(), fds.next())
+        else {
+            return Err(bad("a port needs two eventfds and its channel page"));
+        };
+        let shm = Region::map_shared(page.as_fd(), 0, PAGE_SIZE, Access::Writable)
+            .map_err(|errno| EvtchnError::Os {
+                op: "mmap channel page",
+                errno,
+            })?
+            .into_shm();
+        let word = |off| AtomicWord::new(&shm, off).map_err(|_| bad("channel page too small"));
+        let (mine, theirs) = match end {
+            End::Allocator => (word(0)?, word(4)?),
+            End::Binder => (word(4)?, word(0)?),
+        };
+        // A binder takes over a word a previous binder may have left pending or masked.
+        if end == End::Binder {
+            mine.store(0, Ordering::SeqCst);
+        }
+        Ok(SimChannel {
+            rx,
+            tx,
+            mine,
+            theirs,
+            masked: AtomicBool::new(false),
+            guard,
+        })
+    }
+
+    fn mine(&self) -> &AtomicU32 {
+        &self.mine
+    }
+
+    /// Makes `fd` (an eventfd) readable; a saturated counter is readable already.
+    fn kick(fd: &OwnedFd) -> Result<(), EvtchnError> {
+        match rustix::io::write(fd, &1u64.to_ne_bytes()) {
+            Ok(_) | Err(Errno::AGAIN) => Ok(()),
+            Err(errno) => Err(EvtchnError::Os {
+                op: "eventfd write",
+                errno,
+            }),
+        }
+    }
+}
+
+impl AsFd for SimChannel {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.rx.as_fd()
+    }
+}
+
+impl EventChannel for SimChannel {
+    fn port(&self) -> EvtchnPort {
+        self.guard.port
+    }
+
+    fn notify(&self) -> Result<(), EvtchnError> {
+        // SeqCst pairs with the receiver's swap/fetch_and: either it sees our PENDING when
+        // it unmasks, or we see it unmasked and write the eventfd.
+        let old = self.theirs.fetch_or(PENDING, Ordering::SeqCst);
+        if old & (PENDING | MASKED) == 0 {
+            Self::kick(&self.tx)?;
+        }
+        Ok(())
+    }
+
+    fn take_pending(&self) -> Result<bool, EvtchnError> {
+        if self.masked.load(Ordering::Acquire) {
+            return Ok(false);
+        }
+        let mut buf = [0u8; 8];
+        match rustix::io::read(&self.rx, &mut buf) {
+            Ok(_) => {
+                self.masked.store(true, Ordering::Release);
+                // Events sent from here on are coalesced until unmask re-raises them.
+                self.mine().swap(MASKED, Ordering::SeqCst);
+                Ok(true)
+            }
+            Err(Errno::AGAIN) => Ok(false),
+            Err(errno) => Err(EvtchnError::Os {
+                op: "eventfd read",
+                errno,
+            }),
+        }
+    }
+
+    fn unmask(&self) -> Result<(), EvtchnError> {
+        if self.masked.swap(false, Ordering::AcqRel) {
+            let old = self.mine().fetch_and(!MASKED, Ordering::SeqCst);
+            if old & PENDING != 0 {
+                // Sent while masked: the sender left the eventfd alone, raise it ourselves.
+                Self::kick(&self.rx)?;
+            }
+        }
+        Ok(())
+    }
+}
