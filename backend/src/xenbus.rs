@@ -173,7 +173,15 @@ impl Controller {
                     let _ = self.on_evtchn(env);
                 }
                 Err(e) => {
-                    error!(parent: &self.span, "cannot connect the frontend: {e:#}");
+                    // Everything connect reads comes from the guest (ring refs, port): rate
+                    // limited, so a hostile frontend cannot flood the log. A frontend caught
+                    // re-granting its rings (e.g. as this backend restarts) gets here once
+                    // and connects on its next try.
+                    crate::guest_warn!(
+                        self.warn,
+                        parent: &self.span,
+                        "cannot connect the frontend (it may retry): {e:#}"
+                    );
                     self.switch(env.xs, Closing);
                 }
             },
