@@ -247,7 +247,11 @@ impl Stack {
             let s = if is_in {
                 self.c.submit(bulk_in(1, size as u32))
             } else {
-                self.c.submit(bulk_out(1, data.clone()))
+                // The OUT buffer written out earlier (holding `data`), as a guest reuses
+                // its URBs' buffers.
+                let buf = self.c.spent_out_buffer().filter(|b| b.len() == size);
+                self.c
+                    .submit(bulk_out(1, buf.unwrap_or_else(|| data.clone())))
             };
             dir_of.insert(s, is_in);
         }

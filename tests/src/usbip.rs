@@ -17,12 +17,43 @@ use pvusb_frontend::usbip::{
 /// `-ECONNRESET`: what an unlinked URB completes with.
 pub const ECONNRESET: i32 = -104;
 
+/// A set of seqnums, one bit each: [`ClientConn`] hands them out in order from 1, so this
+/// stays a few KiB where a hash set of every answered URB grew by a rehash at a time.
+#[derive(Debug, Default)]
+struct SeqSet(Vec<u64>);
+
+impl SeqSet {
+    fn slot(seq: u32) -> (usize, u64) {
+        (
+            usize::try_from(seq / 64).unwrap_or(usize::MAX),
+            1 << (seq % 64),
+        )
+    }
+
+    fn contains(&self, seq: u32) -> bool {
+        let (i, bit) = SeqSet::slot(seq);
+        self.0.get(i).is_some_and(|w| w & bit != 0)
+    }
+
+    /// Adds `seq`; false if it was there.
+    fn insert(&mut self, seq: u32) -> bool {
+        let (i, bit) = SeqSet::slot(seq);
+        if i >= self.0.len() {
+            self.0.resize(i + 1, 0);
+        }
+        let w = &mut self.0[i];
+        let new = *w & bit == 0;
+        *w |= bit;
+        new
+    }
+}
+
 /// Client-side URB ledger: each submitted seqnum is answered exactly once (a RET_SUBMIT, or a
 /// RET_UNLINK -ECONNRESET), never twice, never one that was not submitted.
 #[derive(Debug, Default)]
 pub struct Ledger {
     outstanding: HashMap<u32, u8>,
-    answered: HashSet<u32>,
+    answered: SeqSet,
     /// URBs submitted.
     pub submitted: u64,
     /// Answered with status 0.
@@ -42,7 +73,7 @@ pub struct Ledger {
 impl Ledger {
     fn submit(&mut self, seq: u32, ep: u8) {
         assert!(
-            self.outstanding.insert(seq, ep).is_none() && !self.answered.contains(&seq),
+            self.outstanding.insert(seq, ep).is_none() && !self.answered.contains(seq),
             "seqnum {seq} reused"
         );
         self.submitted += 1;
@@ -169,6 +200,11 @@ impl AsFd for Sock {
     }
 }
 
+/// Scratch space for reads: headers and small payloads. A payload that does not fit is read
+/// straight into its transfer's buffer (`read_some`), as vhci_hcd receives into the URB's:
+/// a large scratch would copy each one twice more (scratch, decoder queue, buffer).
+const SCRATCH: usize = 4 << 10;
+
 /// An imported device: pipelined submits and unlinks, answers in any order.
 #[derive(Debug)]
 pub struct UsbipClient {
@@ -217,7 +253,7 @@ impl UsbipClient {
             sock,
             conn,
             answers: VecDeque::new(),
-            buf: vec![0; 1 << 20],
+            buf: vec![0; SCRATCH],
             closed: false,
             ledger: Ledger::default(),
             device: ExportedDevice::default(),
@@ -276,10 +312,19 @@ impl UsbipClient {
     }
 
     /// One round of I/O: waits up to `timeout` for the socket, writes what it can, reads
-    /// what is there. `Err(Closed)` once the server closed.
+    /// what is there. With several URBs in flight the next replies are often there already:
+    /// it reads first then, and waits only if that brought no answer. `Err(Closed)` once
+    /// the server closed.
     fn pump(&mut self, timeout: Duration) -> Result<(), Gone> {
         if self.closed {
             return Err(Gone::Closed);
+        }
+        if self.ledger.outstanding() > 1 {
+            let before = self.answers.len();
+            self.io()?;
+            if self.answers.len() > before {
+                return Ok(());
+            }
         }
         let mut flags = rustix::event::PollFlags::IN;
         if !self.conn.pending_tx().is_empty() {
@@ -292,6 +337,11 @@ impl UsbipClient {
             tv_nsec: 0,
         });
         let _ = rustix::event::poll(&mut fds, Some(&ts));
+        self.io()
+    }
+
+    /// Writes what it can, reads what is there, collects the answers.
+    fn io(&mut self) -> Result<(), Gone> {
         if write_some(&mut self.sock, &mut self.conn).is_err() {
             // The server is gone; read what it answered before closing.
             let _ = read_some(&mut self.sock, &mut self.conn, &mut self.buf, 4 << 20);
@@ -359,8 +409,18 @@ impl UsbipClient {
         let _ = write_some(&mut self.sock, &mut self.conn);
     }
 
+    /// An OUT buffer the client has finished writing, holding what it carried, for the
+    /// next OUT transfer (as vhci_hcd's URBs keep their buffers): no allocation or copy per
+    /// URB. Only buffers of 2 KiB and more come back (smaller ones are copied inline).
+    pub fn spent_out_buffer(&mut self) -> Option<Vec<u8>> {
+        self.conn.take_spent()
+    }
+
     /// The next answer, waiting up to `timeout`.
     pub fn next(&mut self, timeout: Duration) -> Result<Answer, Gone> {
+        if let Some(a) = self.answers.pop_front() {
+            return Ok(a);
+        }
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(a) = self.answers.pop_front() {

@@ -327,6 +327,13 @@ impl ClientConn {
         self.tx.consume(n);
     }
 
+    /// An OUT data buffer that has been written out whole, handed back for the caller's
+    /// next OUT transfer (as vhci_hcd reuses an URB's buffer): it holds what was submitted.
+    /// Small buffers were copied behind their header instead and do not come back.
+    pub fn take_spent(&mut self) -> Option<Vec<u8>> {
+        self.tx.take_spent()
+    }
+
     /// Whether the server ended the exchange (devlist answered, import refused).
     pub fn is_done(&self) -> bool {
         matches!(self.state, State::Done)

@@ -120,3 +120,28 @@ fn submit_before_import_is_refused() {
     );
     assert_eq!(c.unlink(1), Err(ClientError::NotImported));
 }
+
+#[test]
+fn written_out_buffers_come_back_for_reuse() {
+    let mut c = ClientConn::attached(0x10002, Limits::default());
+    let out = |data: Vec<u8>| CmdSubmit {
+        dir: Direction::Out,
+        ep: 1,
+        data,
+        ..Default::default()
+    };
+    c.submit(out(vec![9; 4096])).unwrap();
+    c.submit(out(vec![8; 16])).unwrap();
+    assert_eq!(c.take_spent(), None, "nothing written yet");
+    let pending: usize = {
+        let mut s = [std::io::IoSlice::new(&[]); 8];
+        let n = c.pending_tx_slices(&mut s);
+        s[..n].iter().map(|s| s.len()).sum()
+    };
+    assert_eq!(pending, 48 + 4096 + 48 + 16);
+    c.consume_tx(48 + 4095);
+    assert_eq!(c.take_spent(), None, "partly written");
+    c.consume_tx(1 + 48 + 16);
+    assert_eq!(c.take_spent(), Some(vec![9; 4096]));
+    assert_eq!(c.take_spent(), None, "the small one was copied inline");
+}
