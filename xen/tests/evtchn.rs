@@ -8,17 +8,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{readable, Sim};
-use pvusb_xen::{DomId, EventChannels};
+use pvusb_xen::{DomId, EventChannel, EventChannels};
 
 const SHORT: Duration = Duration::from_millis(50);
 const LONG: Duration = Duration::from_secs(5);
 
-#[test]
-fn events_sent_while_masked_coalesce_into_one_delivery_on_unmask() {
+/// A frontend port (dom1) and the backend (dom0) bound to it, with the platform that must
+/// outlive them.
+fn bound() -> (Sim, Box<dyn EventChannel>, Box<dyn EventChannel>) {
     let sim = Sim::new();
     let (dom0, dom1) = (sim.dom0(), sim.domain(1));
     let fe = dom1.alloc_unbound(DomId(0)).unwrap();
     let be = dom0.bind_interdomain(DomId(1), fe.port()).unwrap();
+    (sim, fe, be)
+}
+
+#[test]
+fn events_sent_while_masked_coalesce_into_one_delivery_on_unmask() {
+    let (_sim, fe, be) = bound();
     fe.notify().unwrap();
     assert!(be.take_pending().unwrap());
     for _ in 0..5 {
@@ -62,10 +69,7 @@ fn a_new_binder_is_woken_although_the_old_one_died_masked_with_events_pending() 
 #[test]
 fn no_notification_is_lost_under_contention() {
     const N: u32 = 20_000;
-    let sim = Sim::new();
-    let (dom0, dom1) = (sim.dom0(), sim.domain(1));
-    let fe = dom1.alloc_unbound(DomId(0)).unwrap();
-    let be = dom0.bind_interdomain(DomId(1), fe.port()).unwrap();
+    let (_sim, fe, be) = bound();
     let counter = Arc::new(AtomicU32::new(0));
     let sender = {
         let counter = counter.clone();
