@@ -18,6 +18,7 @@ pub mod errno {
     pub const ECOMM: i32 = 70;
     pub const EPROTO: i32 = 71;
     pub const EOVERFLOW: i32 = 75;
+    pub const EMSGSIZE: i32 = 90;
     pub const EILSEQ: i32 = 84;
     pub const ECONNRESET: i32 = 104;
     pub const ESHUTDOWN: i32 = 108;

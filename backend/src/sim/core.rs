@@ -6,13 +6,16 @@ use std::time::{Duration, Instant};
 
 use super::model::{Identity, Io, Model, Poll, Setup};
 use super::spec::Faults;
-use crate::host::desc::{dt, ConfigDescriptor};
+use crate::host::desc::{dt, ConfigDescriptor, EndpointDescriptor};
 use crate::host::{
-    errno, Completion, CtrlError, DiscardError, HostUrb, Refused, SubmitError, UrbFlags, XferKind,
+    errno, Completion, CtrlError, DiscardError, HostSpeed, HostUrb, Refused, SubmitError, UrbFlags,
+    XferKind,
 };
 
 /// Max iso packets per URB (usbfs's limit).
 const MAX_ISO_PACKETS: usize = 128;
+/// Max bytes usbfs takes for one iso packet (96 SuperSpeedPlus packets of 1024).
+const MAX_ISO_PACKET_LEN: u32 = 98_304;
 
 /// The URB trace file in a device's state directory (`DeviceSpec::trace`). One line per URB
 /// the device executed, in execution order: `ep=<addr hex> kind=<k> len=<n> actual=<n>
@@ -193,19 +196,38 @@ impl Core {
             ));
         }
         if urb.kind == XferKind::Iso {
-            let total: u64 = urb.iso_packets.iter().map(|&l| u64::from(l)).sum();
-            if urb.iso_packets.is_empty()
-                || urb.iso_packets.len() > MAX_ISO_PACKETS
-                || total > urb.buf.len() as u64
-            {
-                return Err(SubmitError::Invalid("bad iso packet list"));
-            }
+            self.validate_iso(urb, ep)?;
         }
         if urb.kind == XferKind::Bulk
             && urb.flags.contains(UrbFlags::BULK_CONTINUATION)
             && self.eps.get(&urb.endpoint).is_some_and(|e| e.cont_refused)
         {
             return Err(SubmitError::ContinuationRefused);
+        }
+        Ok(())
+    }
+
+    /// usbfs's iso checks (devio.c `proc_do_submiturb`), then `usb_submit_urb`'s: a packet
+    /// longer than the endpoint moves per (micro)frame is refused with -EMSGSIZE.
+    fn validate_iso(&self, urb: &HostUrb, ep: &EndpointDescriptor) -> Result<(), SubmitError> {
+        let total: u64 = urb.iso_packets.iter().map(|&l| u64::from(l)).sum();
+        if urb.iso_packets.is_empty()
+            || urb.iso_packets.len() > MAX_ISO_PACKETS
+            || urb.iso_packets.iter().any(|&l| l > MAX_ISO_PACKET_LEN)
+            || total > urb.buf.len() as u64
+        {
+            return Err(SubmitError::Invalid("bad iso packet list"));
+        }
+        // High speed: bits 11-12 of wMaxPacketSize add up to two more packets per
+        // microframe. (SuperSpeed multiplies by the companion's burst and mult, which the
+        // models leave at one packet.)
+        let mult = match self.ident.speed {
+            HostSpeed::High => u32::from((ep.max_packet_size >> 11) & 3) + 1,
+            _ => 1,
+        };
+        let max = u32::from(ep.max_packet()) * mult;
+        if urb.iso_packets.iter().any(|&l| l > max) {
+            return Err(SubmitError::Errno(errno::EMSGSIZE));
         }
         Ok(())
     }

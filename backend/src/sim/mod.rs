@@ -15,4 +15,4 @@ pub use spec::{DeviceSpec, FailNth, Faults, ModelSpec, ShortRead};
 #[cfg(test)]
 mod storage_tests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -10,7 +10,7 @@ use crate::host::HostSpeed;
 /// speed = "high"            # optional; the model's natural speed otherwise
 /// serial = "DISK1"          # optional; names the persistent state too
 /// [model]
-/// kind = "storage"          # storage | keyboard | loopback | iso-source
+/// kind = "storage"          # storage | keyboard | loopback | iso-source | iso-loopback
 /// size_bytes = 67108864
 /// [faults]                  # optional; see `Faults`
 /// latency_us = 200
@@ -101,6 +101,12 @@ pub enum ModelSpec {
         #[serde(default = "default_iso_packet")]
         packet_size: u16,
     },
+    /// Isochronous loopback (interface 0 alt 1): packets sent on EP 0x01 OUT come back, one
+    /// per IN packet, on EP 0x82 IN; both endpoints' wMaxPacketSize is `packet_size`.
+    IsoLoopback {
+        #[serde(default = "default_iso_packet")]
+        packet_size: u16,
+    },
 }
 
 /// Fault injection, set at plug time (`DeviceSpec::faults`) or at run time
@@ -181,6 +187,18 @@ mod tests {
             }
         );
         assert_eq!(spec.faults, Faults::default());
+        assert_eq!(
+            DeviceSpec::from_toml("[model]\nkind = \"iso-loopback\"\npacket_size = 1023\n")
+                .unwrap()
+                .model,
+            ModelSpec::IsoLoopback { packet_size: 1023 }
+        );
+        assert_eq!(
+            DeviceSpec::from_toml("[model]\nkind = \"iso-loopback\"\n")
+                .unwrap()
+                .model,
+            ModelSpec::IsoLoopback { packet_size: 192 }
+        );
         assert!(DeviceSpec::from_toml("[model]\nkind = \"toaster\"\n").is_err());
         assert!(DeviceSpec::from_toml("bogus = 1\n[model]\nkind = \"loopback\"\n").is_err());
     }

@@ -619,24 +619,29 @@ fn keyboard_types_its_text() {
 #[test]
 fn iso_source_streams_counter_frames_on_alt_1() {
     let (_tmp, mut dev, _) = open(DeviceSpec::new(ModelSpec::IsoSource { packet_size: 100 }));
-    let iso = |tag| HostUrb {
-        iso_packets: vec![192, 192, 50, 192],
+    let iso = |tag, packets: Vec<u32>| HostUrb {
+        buf: UrbBuf::zeroed(packets.iter().sum::<u32>() as usize),
+        iso_packets: packets,
         ..HostUrb::new(
             tag,
             XferKind::Iso,
             0x81,
             UrbFlags::ISO_ASAP,
-            UrbBuf::zeroed(4 * 192),
+            UrbBuf::zeroed(0),
         )
     };
     assert_eq!(
-        dev.submit(iso(1)).unwrap_err().error,
+        dev.submit(iso(1, vec![100])).unwrap_err().error,
         SubmitError::NoEndpoint(0x81)
     );
     dev.set_interface(0, 1).unwrap();
     assert!(dev.set_interface(0, 2).is_err());
-    dev.submit(iso(2)).unwrap();
-    dev.submit(iso(3)).unwrap();
+    // usb_submit_urb: a packet longer than wMaxPacketSize never reaches the device.
+    let refused = dev.submit(iso(9, vec![100, 101])).unwrap_err();
+    assert_eq!(refused.error, SubmitError::Errno(errno::EMSGSIZE));
+    assert_eq!(refused.error.to_errno(), -90);
+    dev.submit(iso(2, vec![100, 100, 50, 100])).unwrap();
+    dev.submit(iso(3, vec![100, 100, 50, 100])).unwrap();
     let done = reap_n(&mut dev, 2);
     assert_eq!(done[0].tag, 2);
     assert_eq!(done[1].start_frame, done[0].start_frame + 4);
@@ -647,7 +652,7 @@ fn iso_source_streams_counter_frames_on_alt_1() {
         let data = c.buf.as_slice().unwrap();
         let f = c.start_frame as u64;
         assert_eq!(data[0], model::iso::sample(f, 0));
-        assert_eq!(data[192 + 5], model::iso::sample(f + 1, 5));
-        assert_eq!(data[2 * 192 + 50 + 99], model::iso::sample(f + 3, 99));
+        assert_eq!(data[100 + 5], model::iso::sample(f + 1, 5));
+        assert_eq!(data[250 + 99], model::iso::sample(f + 3, 99));
     }
 }

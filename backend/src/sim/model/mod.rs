@@ -2,6 +2,7 @@
 
 pub mod hid;
 pub mod iso;
+pub mod iso_loopback;
 pub mod loopback;
 pub mod scsi;
 pub mod storage;
@@ -316,7 +317,7 @@ pub fn bulk_mps(speed: HostSpeed) -> u16 {
 pub fn identity(spec: &DeviceSpec, serial: &str) -> Identity {
     let speed = spec.speed.unwrap_or(match spec.model {
         ModelSpec::Keyboard { .. } => HostSpeed::Full,
-        ModelSpec::IsoSource { .. } => HostSpeed::Full,
+        ModelSpec::IsoSource { .. } | ModelSpec::IsoLoopback { .. } => HostSpeed::Full,
         _ => HostSpeed::High,
     });
     let (descriptors, product) = match &spec.model {
@@ -326,6 +327,10 @@ pub fn identity(spec: &DeviceSpec, serial: &str) -> Identity {
         ModelSpec::IsoSource { packet_size } => (
             iso::descriptors(speed, *packet_size),
             "pvusb sim iso source",
+        ),
+        ModelSpec::IsoLoopback { packet_size } => (
+            iso_loopback::descriptors(speed, *packet_size),
+            "pvusb sim iso loopback",
         ),
     };
     Identity {
@@ -361,5 +366,6 @@ pub fn instantiate(
         ModelSpec::Keyboard { text } => Box::new(hid::Keyboard::new(text)),
         ModelSpec::Loopback { capacity } => Box::new(loopback::Loopback::new(*capacity)),
         ModelSpec::IsoSource { packet_size } => Box::new(iso::IsoSource::new(*packet_size)),
+        ModelSpec::IsoLoopback { .. } => Box::new(iso_loopback::IsoLoopback::new()),
     })
 }
