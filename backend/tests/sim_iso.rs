@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use pvusb_backend::sim::ModelSpec;
 use pvusb_ring::wire::{
-    Ep, Isoc, Pipe, Seg, Setup, Submit, Transfer, UrbRequest, UrbResponse, XferType,
+    Ep, Isoc, Pipe, Seg, Setup, Status, Submit, Transfer, UrbRequest, UrbResponse, XferType,
 };
 use xenstore_cfg::vusb::UsbVer;
 
@@ -201,4 +201,20 @@ fn iso_out_across_pages_with_full_size_packets() {
     // 24 packets: six data pages, mixed lengths.
     let lengths: Vec<u32> = (0..24u32).map(|i| (i * 331) % 1024).collect();
     out_then_in(&mut g, &lengths, 1023);
+}
+
+#[test]
+fn iso_on_a_non_selected_alt_setting_is_refused() {
+    let mut h = Harness::new(&[1]);
+    let mut g = loopback(&mut h, 192);
+    let (packets, buf) = layout(&[8, 8], 192);
+    let r = iso(&mut g, 0x01, &packets, buf.len(), &buf);
+    assert_eq!(r.resp.status, Status::Inval.to_wire());
+    assert_eq!(r.resp.error_count, 2);
+    set_alt(&mut g, 1);
+    out_then_in(&mut g, &[8, 8], 192);
+    // Back to alt 0: the endpoints are gone again.
+    set_alt(&mut g, 0);
+    let r = iso(&mut g, 0x82, &[(0, 192)], 192, &[]);
+    assert_eq!(r.resp.status, Status::Inval.to_wire());
 }

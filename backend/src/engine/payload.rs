@@ -378,6 +378,7 @@ impl Payload {
                 };
                 let mut packed = 0usize;
                 let mut actual = 0u32;
+                let mut failed = 0u32;
                 for (i, pkt) in packets.iter().enumerate() {
                     let r = c.iso_packets.get(i).copied().unwrap_or(IsoPacketResult {
                         actual_length: 0,
@@ -392,6 +393,7 @@ impl Payload {
                     }
                     packed += pkt.length as usize;
                     actual = actual.saturating_add(got);
+                    failed += u32::from(r.status != 0);
                     if let Some(d) = &self.desc {
                         let mut res = [0u8; 8];
                         res[..4].copy_from_slice(&got.to_le_bytes());
@@ -400,7 +402,10 @@ impl Payload {
                     }
                 }
                 let mut r = host_result(c.status, actual as usize);
-                r.error_count = c.error_count;
+                // Counted from the descriptors just written rather than taken from the host:
+                // a refused or flushed URB carries no per-packet results, and every packet
+                // it stood for failed with its status.
+                r.error_count = failed;
                 r.start_frame = u16::try_from(c.start_frame & 0xffff).unwrap_or(0);
                 r
             }
