@@ -218,3 +218,22 @@ fn iso_on_a_non_selected_alt_setting_is_refused() {
     let r = iso(&mut g, 0x82, &[(0, 192)], 192, &[]);
     assert_eq!(r.resp.status, Status::Inval.to_wire());
 }
+
+#[test]
+fn oversize_iso_packet_is_refused_and_the_stream_goes_on() {
+    let mut h = Harness::new(&[1]);
+    let mut g = loopback(&mut h, 192);
+    set_alt(&mut g, 1);
+    let (packets, buf) = layout(&[192, 193, 10], 256);
+    let r = iso(&mut g, 0x01, &packets, buf.len(), &buf);
+    // usb_submit_urb says -EMSGSIZE, which usbif cannot carry: -EINVAL, the usbif code
+    // for a request refused as malformed. Nothing was sent, so every packet failed.
+    assert_eq!(r.resp.status, Status::Inval.to_wire(), "{}", h.log());
+    assert_eq!(r.resp.actual_length, 0);
+    assert_eq!(r.resp.error_count, 3);
+    assert!(r.descs.iter().all(|&d| d == (0, Status::Inval.to_wire())));
+    // The device got none of it.
+    let r = iso(&mut g, 0x82, &[(0, 192)], 192, &[]);
+    assert_eq!((r.resp.status, r.resp.actual_length), (0, 0));
+    out_then_in(&mut g, &[5, 192], 192);
+}

@@ -435,11 +435,15 @@ pub fn host_result(status: i32, actual: usize) -> HostResult {
 }
 
 /// The status a refused submission stands for in [`Payload::finish`]: a continuation the
-/// host refused because an earlier piece failed reads as cancelled.
+/// host refused because an earlier piece failed reads as cancelled; an URB the host found
+/// too large (usb_submit_urb's -EMSGSIZE: an iso packet over the endpoint's size) reads as
+/// -EINVAL, usbif's code for a malformed request (it has no -EMSGSIZE, and xen-hcd would
+/// turn it into -ESHUTDOWN, "controller gone"; ring's `split::TOO_LARGE` decides the same).
 pub fn refused_errno(e: crate::host::SubmitError) -> i32 {
     match e {
         crate::host::SubmitError::ContinuationRefused => -errno::ENOENT,
         crate::host::SubmitError::NoEndpoint(_) => -errno::EINVAL,
+        crate::host::SubmitError::Errno(errno::EMSGSIZE) => -errno::EINVAL,
         e => e.to_errno(),
     }
 }
