@@ -237,3 +237,19 @@ fn oversize_iso_packet_is_refused_and_the_stream_goes_on() {
     assert_eq!((r.resp.status, r.resp.actual_length), (0, 0));
     out_then_in(&mut g, &[5, 192], 192);
 }
+
+#[test]
+fn iso_out_of_only_zero_length_packets_needs_no_data_pages() {
+    let mut h = Harness::new(&[1]);
+    let mut g = loopback(&mut h, 192);
+    set_alt(&mut g, 1);
+    // buffer_length 0, no data segments: a valid URB (usbfs takes it, xen-hcd sends it).
+    let r = iso(&mut g, 0x01, &[(0, 0), (0, 0)], 0, &[]);
+    assert_eq!(
+        (r.resp.status, r.resp.actual_length, r.resp.error_count),
+        (0, 0, 0),
+        "{}",
+        h.log()
+    );
+    assert_eq!(r.descs, [(0, 0), (0, 0)]);
+}

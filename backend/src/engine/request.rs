@@ -168,12 +168,14 @@ pub fn prepare(slot: &mut PortSlot, sub: &Submit, mem: &dyn GuestMemory) -> Prep
             }
             let mut packed = Vec::new();
             if !is_in {
-                let Some(g) = &data_in else {
-                    return local(Status::Inval, "iso OUT without data");
-                };
-                for p in &packets {
+                // Only packets with bytes need data pages: an URB of zero-length packets
+                // (buffer_length 0, no data segments) is a valid iso OUT.
+                for p in packets.iter().filter(|p| p.length > 0) {
                     let mut b = vec![0u8; p.length as usize];
-                    if !g.gather(p.offset as usize, &mut b) {
+                    if !data_in
+                        .as_ref()
+                        .is_some_and(|g| g.gather(p.offset as usize, &mut b))
+                    {
                         return local(Status::Inval, "iso packet unreadable");
                     }
                     packed.extend_from_slice(&b);
