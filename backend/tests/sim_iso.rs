@@ -10,16 +10,22 @@ use pvusb_ring::wire::{
     Ep, Isoc, Pipe, Seg, Setup, Status, Submit, Transfer, UrbRequest, UrbResponse, XferType,
 };
 use xenstore_cfg::vusb::UsbVer;
+use xenstore_cfg::XsOps;
 
 const PORT: u8 = 1;
 const ADDR: u8 = 3;
 
 /// A guest with the iso loopback of `packet_size` enumerated on port 1 at address 3.
 fn loopback(h: &mut Harness, packet_size: u16) -> Guest {
+    loopback_with(h, packet_size, false)
+}
+
+/// As [`loopback`], negotiating persistent grants when `persistent`.
+fn loopback_with(h: &mut Harness, packet_size: u16, persistent: bool) -> Guest {
     let id = h.add_controller(1, 0, UsbVer::Usb20, 4);
     let busid = h.plug(ModelSpec::IsoLoopback { packet_size });
     h.assign(&id, PORT, Some(&busid));
-    let mut g = Guest::connect(h, id, false);
+    let mut g = Guest::connect_with(h, id, false, persistent);
     assert_eq!(g.wait_event().port.get(), PORT);
     g.enumerate(PORT, ADDR);
     g
@@ -99,10 +105,17 @@ fn iso(g: &mut Guest, ep: u8, packets: &[(u32, u32)], buf_len: usize, out: &[u8]
             )
         })
         .collect();
-    desc.pages
-        .end_access()
-        .map_err(|_| ())
-        .expect("descriptor grants released");
+    // A persistent-grants guest leaves its pages granted (the backend keeps them mapped);
+    // a stock one gets every grant back before the response.
+    let persistent =
+        g.xs.read(&format!("{}/feature-persistent", g.id.frontend_dir()))
+            .is_ok();
+    if !persistent {
+        desc.pages
+            .end_access()
+            .map_err(|_| ())
+            .expect("descriptor grants released");
+    }
     IsoDone { resp, data, descs }
 }
 
@@ -217,6 +230,16 @@ fn iso_on_a_non_selected_alt_setting_is_refused() {
     set_alt(&mut g, 0);
     let r = iso(&mut g, 0x82, &[(0, 192)], 192, &[]);
     assert_eq!(r.resp.status, Status::Inval.to_wire());
+}
+
+#[test]
+fn iso_out_with_persistent_grants() {
+    let mut h = Harness::new(&[1]);
+    let mut g = loopback_with(&mut h, 1023, true);
+    set_alt(&mut g, 1);
+    // The backend writes results into descriptor pages it keeps mapped past the response.
+    out_then_in(&mut g, &[1023, 0, 512, 1, 1023, 1023, 700, 1023], 1023);
+    out_then_in(&mut g, &[3, 1023], 1023);
 }
 
 #[test]
