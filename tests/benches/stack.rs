@@ -108,6 +108,9 @@ use floor_cell::FloorCell;
 struct Stack {
     p: Platform,
     c: UsbipClient,
+    /// CPU of the last throughput cell's measured window: this process (the guest client),
+    /// the frontend(s), the backend.
+    split: [Duration; 3],
 }
 
 /// `c` after SET_CONFIGURATION(1).
@@ -158,7 +161,11 @@ impl Stack {
             UsbipClient::attached(sock, attach.devid, &busid)
         };
         let c = configured(c);
-        Stack { p, c }
+        Stack {
+            p,
+            c,
+            split: [Duration::ZERO; 3],
+        }
     }
 
     /// CPU time so far of the daemons and of the broker (the simulated hypervisor does the
@@ -170,6 +177,12 @@ impl Stack {
             .simhyp_pid()
             .map_or(Duration::ZERO, |pid| cpu_time(&pid.to_string()));
         be + fe + hyp
+    }
+
+    /// CPU time so far of this process, the frontend(s) and the backend.
+    fn split_now(&self) -> [Duration; 3] {
+        let (be, fe) = self.cpu_daemons();
+        [cpu_time("self"), fe, be]
     }
 
     /// CPU time so far of the backend and of the frontend(s).
@@ -193,6 +206,7 @@ impl Stack {
         let warm = Instant::now() + dur / 5;
         let mut start = Instant::now();
         let mut cpu0 = cpu_time("self") + self.cpu_children();
+        let mut split0 = self.split_now();
         let (mut bytes, mut urbs, mut measuring) = (0u64, 0u64, false);
         loop {
             let a = self.c.next(Duration::from_secs(20)).unwrap();
@@ -205,6 +219,7 @@ impl Stack {
                 measuring = true;
                 start = Instant::now();
                 cpu0 = cpu_time("self") + self.cpu_children();
+                split0 = self.split_now();
                 (bytes, urbs) = (0, 0);
             }
             urbs += 1;
@@ -227,6 +242,8 @@ impl Stack {
         }
         let el = start.elapsed().as_secs_f64();
         let cpu = (cpu_time("self") + self.cpu_children() - cpu0).as_secs_f64();
+        let split1 = self.split_now();
+        self.split = [0, 1, 2].map(|i| split1[i].saturating_sub(split0[i]));
         // Cancel the rest (an IN may wait for data that never comes), then empty the
         // loopback (SET_CONFIGURATION resets the model) for the next cell.
         for &s in dir_of.keys() {
@@ -298,23 +315,13 @@ fn main() {
     if let Some(v) = std::env::var_os("PVUSB_BENCH_PROFILE") {
         let persistent = v == "persistent";
         let mut stack = Stack::new(persistent);
-        let (be0, fe0, me0) = (
-            stack.cpu_daemons().0,
-            stack.cpu_daemons().1,
-            cpu_time("self"),
-        );
         let c = stack.echo(64 << 10, 16, dur);
-        let (be1, fe1) = stack.cpu_daemons();
         let gib = c.mb_s * dur.as_secs_f64() * 1e6 / f64::from(1u32 << 30);
-        let per_gib = |d: Duration| d.as_secs_f64() / gib.max(1e-9);
+        let [me, fe, be] = stack.split.map(|d| d.as_secs_f64() / gib.max(1e-9));
         println!(
             "stack 64K QD16 (persistent grants: {persistent}): {:.0} MB/s, {:.2} s CPU/GiB \
-             (approx. split incl. warm-up: client {:.2}, frontend {:.2}, backend {:.2})",
-            c.mb_s,
-            c.cpu_s_per_gib,
-            per_gib(cpu_time("self") - me0),
-            per_gib(fe1 - fe0),
-            per_gib(be1 - be0)
+             (split: client {me:.2}, frontend {fe:.2}, backend {be:.2}; the rest is the broker)",
+            c.mb_s, c.cpu_s_per_gib,
         );
         return;
     }
