@@ -248,6 +248,15 @@ fn isochronous_out_loops_back_through_frame_descriptor_pages() {
     let r = c.transfer(iso_cmd(2, Direction::In, &[192, 192], 192));
     assert_eq!((r.status, r.actual_length, r.error_count), (0, 0, 0));
     assert!(r.iso.iter().all(|p| p.actual_length == 0 && p.status == 0));
+    // Only zero-length packets: a zero-length buffer, no data pages on the ring.
+    let r = c.transfer(iso_cmd(1, Direction::Out, &[0, 0, 0], 0));
+    assert_eq!(
+        (r.status, r.actual_length, r.error_count),
+        (0, 0, 0),
+        "{}",
+        s.logs()
+    );
+    assert!(r.iso.iter().all(|p| p.actual_length == 0 && p.status == 0));
 }
 
 #[test]
@@ -258,6 +267,34 @@ fn isochronous_out_across_data_pages() {
     // 14 packets of mixed sizes over four pages.
     let lengths: Vec<u32> = (0..14u32).map(|i| (i * 331) % 1024).collect();
     iso_out_then_in(&s, &mut c, &lengths, 1023);
+}
+
+#[test]
+fn unlinked_isochronous_out_answers_exactly_once() {
+    let (s, mut c) = iso_loopback(192);
+    // 100 packets: 100 ms of frames, still on the host when the unlink arrives.
+    let victim = c.submit(iso_cmd(1, Direction::Out, &[192; 100], 192));
+    let unlink = c.unlink(victim);
+    let mut completed = None;
+    let mut unlinked = None;
+    while unlinked.is_none() {
+        match c.event(Duration::from_secs(10)) {
+            Some(ClientEvent::Completed(r)) if r.seqnum == victim => completed = Some(r),
+            Some(ClientEvent::Unlinked { seqnum, status, .. }) if seqnum == unlink => {
+                unlinked = Some(status)
+            }
+            other => panic!("{other:?}\n{}", s.logs()),
+        }
+    }
+    // USB/IP: RET_SUBMIT then RET_UNLINK 0, or RET_UNLINK -ECONNRESET and no RET_SUBMIT.
+    match (unlinked, &completed) {
+        (Some(0), Some(r)) => assert_eq!(r.iso.len(), 100),
+        (Some(-104), None) => {}
+        other => panic!("{other:?}\n{}", s.logs()),
+    }
+    assert_eq!(c.conn.outstanding(), 0);
+    // The stream still works.
+    iso_out_then_in(&s, &mut c, &[7, 192], 192);
 }
 
 #[test]
