@@ -46,7 +46,7 @@ pub enum SimCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
-    /// Plug a simulated device: storage[:SIZE] | hid | loopback | iso, then options
+    /// Plug a simulated device: storage[:SIZE] | hid | loopback | iso | iso-loopback, then options
     /// (serial=, busid=, speed=, latency_us=, fail_nth=N:ERRNO[:EP], stall=EP,
     /// short_read=BYTES[:EP], unplug_after=N).
     Plug {

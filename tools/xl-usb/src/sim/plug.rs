@@ -9,7 +9,7 @@ use crate::kv::{parse_c_number, ArgError, KeyValues};
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SpecError {
     /// Unknown model name.
-    #[error("unknown device model {0:?} (storage[:SIZE], hid, loopback, iso)")]
+    #[error("unknown device model {0:?} (storage[:SIZE], hid, loopback, iso, iso-loopback)")]
     Model(String),
     /// Bad size.
     #[error("bad size {0:?} (e.g. 64M, 1G, 512K, or bytes)")]
@@ -41,7 +41,7 @@ fn bad(key: &str, value: &str, why: &str) -> ArgError {
 /// Keys accepted after the model.
 pub const FAULT_KEYS: &str = "serial,busid,speed,latency_us,fail_nth,stall,short_read,unplug_after";
 
-/// Builds a spec from `storage:64M` / `hid` / `loopback` / `iso` and options:
+/// Builds a spec from `storage:64M` / `hid` / `loopback` / `iso` / `iso-loopback` and options:
 /// `serial=S busid=1-3 speed=full|high|super latency_us=N fail_nth=N:ERRNO[:EP]
 /// stall=EP[,EP] short_read=BYTES[:EP] unplug_after=N`.
 pub fn parse_spec(model: &str, opts: &[String]) -> Result<DeviceSpec, SpecError> {
@@ -61,6 +61,7 @@ pub fn parse_spec(model: &str, opts: &[String]) -> Result<DeviceSpec, SpecError>
         },
         ("loopback", None) => ModelSpec::Loopback { capacity: 1 << 20 },
         ("iso", None) => ModelSpec::IsoSource { packet_size: 192 },
+        ("iso-loopback", None) => ModelSpec::IsoLoopback { packet_size: 192 },
         _ => return Err(SpecError::Model(model.into())),
     };
     let mut spec = DeviceSpec::new(model);
@@ -180,6 +181,10 @@ mod tests {
         assert!(matches!(
             parse_spec("iso", &[]).unwrap().model,
             ModelSpec::IsoSource { .. }
+        ));
+        assert!(matches!(
+            parse_spec("iso-loopback", &[]).unwrap().model,
+            ModelSpec::IsoLoopback { packet_size: 192 }
         ));
         assert!(matches!(
             parse_spec("loopback", &[]).unwrap().model,
