@@ -58,8 +58,14 @@ impl Drop for PortGuard {
     }
 }
 
-/// One end of a simulated channel: `rx` is this end's eventfd, `tx` the peer's.
+/// One end of a simulated channel: the port and its [`Bits`].
 pub(super) struct SimChannel {
+    bits: Bits,
+    guard: PortGuard,
+}
+
+/// The mask/pending handshake of one end: `rx` is this end's eventfd, `tx` the peer's.
+struct Bits {
     rx: OwnedFd,
     tx: OwnedFd,
     /// This end's state word (the peer sets PENDING in it).
@@ -68,18 +74,21 @@ pub(super) struct SimChannel {
     theirs: AtomicWord,
     /// Authoritative: the page may be scribbled on by the peer.
     masked: AtomicBool,
-    guard: PortGuard,
 }
 
 impl std::fmt::Debug for SimChannel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SimChannel")
             .field("port", &self.guard.port)
-            .field("mine", &self.mine.load(Ordering::Relaxed))
-            .field("theirs", &self.theirs.load(Ordering::Relaxed))
-            .field("masked", &self.masked)
+            .field("mine", &self.bits.mine.load(Ordering::Relaxed))
+            .field("theirs", &self.bits.theirs.load(Ordering::Relaxed))
+            .field("masked", &self.bits.masked)
             .finish()
     }
+}
+
+fn bad_reply(why: &'static str) -> EvtchnError {
+    EvtchnError::from(crate::error::BrokerError::BadReply(why))
 }
 
 impl SimChannel {
@@ -89,35 +98,48 @@ impl SimChannel {
         end: End,
         guard: PortGuard,
     ) -> Result<SimChannel, EvtchnError> {
-        let bad = |why| EvtchnError::from(crate::error::BrokerError::BadReply(why));
         let mut fds = fds.into_iter();
         let (Some(rx), Some(tx), Some(page), None) =
             (fds.next(), fds.next(), fds.next(), fds.next())
         else {
-            return Err(bad("a port needs two eventfds and its channel page"));
+            return Err(bad_reply("a port needs two eventfds and its channel page"));
         };
+        Ok(SimChannel {
+            bits: Bits::new(rx, tx, &page, end)?,
+            guard,
+        })
+    }
+}
+
+impl Bits {
+    fn new(rx: OwnedFd, tx: OwnedFd, page: &OwnedFd, end: End) -> Result<Bits, EvtchnError> {
         let shm = Region::map_shared(page.as_fd(), 0, PAGE_SIZE, Access::Writable)
             .map_err(|errno| EvtchnError::Os {
                 op: "mmap channel page",
                 errno,
             })?
             .into_shm();
-        let word = |off| AtomicWord::new(&shm, off).map_err(|_| bad("channel page too small"));
+        let word =
+            |off| AtomicWord::new(&shm, off).map_err(|_| bad_reply("channel page too small"));
         let (mine, theirs) = match end {
             End::Allocator => (word(0)?, word(4)?),
             End::Binder => (word(4)?, word(0)?),
         };
-        // A binder takes over a word a previous binder may have left pending or masked.
         if end == End::Binder {
+            // A binder takes over a port a previous binder may have left in any state. That
+            // one may also have died between setting the allocator's pending bit and writing
+            // its eventfd: a bit left set would swallow every later notification (senders
+            // write only on the edge from idle). The allocator loses nothing: events of a
+            // dead backend are moot, and the new one has sent none yet.
             mine.store(0, Ordering::SeqCst);
+            theirs.fetch_and(!PENDING, Ordering::SeqCst);
         }
-        Ok(SimChannel {
+        Ok(Bits {
             rx,
             tx,
             mine,
             theirs,
             masked: AtomicBool::new(false),
-            guard,
         })
     }
 
@@ -134,18 +156,6 @@ impl SimChannel {
                 errno,
             }),
         }
-    }
-}
-
-impl AsFd for SimChannel {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.rx.as_fd()
-    }
-}
-
-impl EventChannel for SimChannel {
-    fn port(&self) -> EvtchnPort {
-        self.guard.port
     }
 
     fn notify(&self) -> Result<(), EvtchnError> {
@@ -187,5 +197,95 @@ impl EventChannel for SimChannel {
             }
         }
         Ok(())
+    }
+}
+
+impl AsFd for SimChannel {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.bits.rx.as_fd()
+    }
+}
+
+impl EventChannel for SimChannel {
+    fn port(&self) -> EvtchnPort {
+        self.guard.port
+    }
+
+    fn notify(&self) -> Result<(), EvtchnError> {
+        self.bits.notify()
+    }
+
+    fn take_pending(&self) -> Result<bool, EvtchnError> {
+        self.bits.take_pending()
+    }
+
+    fn unmask(&self) -> Result<(), EvtchnError> {
+        self.bits.unmask()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustix::event::{eventfd, EventfdFlags};
+    use rustix::fs::{memfd_create, MemfdFlags};
+
+    fn efd() -> OwnedFd {
+        eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).unwrap()
+    }
+
+    fn page() -> OwnedFd {
+        let fd = memfd_create("test-evtchn", MemfdFlags::CLOEXEC).unwrap();
+        rustix::fs::ftruncate(&fd, PAGE_SIZE as u64).unwrap();
+        fd
+    }
+
+    fn dup(fd: &OwnedFd) -> OwnedFd {
+        rustix::io::fcntl_dupfd_cloexec(fd, 0).unwrap()
+    }
+
+    /// The allocator's and the binder's ends over the same eventfds and page.
+    fn pair(page: &OwnedFd, a_rx: &OwnedFd, b_rx: &OwnedFd) -> (Bits, Bits) {
+        let a = Bits::new(dup(a_rx), dup(b_rx), page, End::Allocator).unwrap();
+        let b = Bits::new(dup(b_rx), dup(a_rx), page, End::Binder).unwrap();
+        (a, b)
+    }
+
+    #[test]
+    fn a_binder_that_died_mid_notify_does_not_silence_the_next_one() {
+        let (page, a_rx, b_rx) = (page(), efd(), efd());
+        let (fe, be) = pair(&page, &a_rx, &b_rx);
+        // The backend dies between setting the frontend's pending bit and the eventfd write.
+        be.theirs.fetch_or(PENDING, Ordering::SeqCst);
+        drop(be);
+        assert!(!fe.take_pending().unwrap());
+        let be = Bits::new(dup(&b_rx), dup(&a_rx), &page, End::Binder).unwrap();
+        be.notify().unwrap();
+        assert!(
+            fe.take_pending().unwrap(),
+            "the restarted backend's event arrives"
+        );
+    }
+
+    #[test]
+    fn a_peer_scribbling_on_our_word_cannot_make_us_take_events_while_masked() {
+        let (page, a_rx, b_rx) = (page(), efd(), efd());
+        let (fe, be) = pair(&page, &a_rx, &b_rx);
+        fe.notify().unwrap();
+        assert!(be.take_pending().unwrap());
+        // A hostile frontend clears our mask bit and notifies: the eventfd fires, but the
+        // port stays masked until we unmask it ourselves.
+        fe.theirs.store(0, Ordering::SeqCst);
+        fe.notify().unwrap();
+        assert!(!be.take_pending().unwrap());
+        be.unmask().unwrap();
+        assert!(be.take_pending().unwrap());
+        be.unmask().unwrap();
+        // And garbage in every bit costs at most a spurious delivery.
+        fe.theirs.store(u32::MAX, Ordering::SeqCst);
+        be.unmask().unwrap();
+        fe.notify().unwrap();
+        let _ = be.take_pending().unwrap();
+        be.unmask().unwrap();
     }
 }
