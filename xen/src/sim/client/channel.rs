@@ -11,8 +11,9 @@
 //!
 //! The page is shared with the peer, which may write anything into it. That can only cost
 //! this end a spurious wake-up or its own peer's events (a peer that sets our mask bit stops
-//! its own notifications from waking us): [`SimChannel::take_pending`] trusts this end's own
-//! `masked` flag, never the page.
+//! its own notifications from waking us): taking an event trusts this end's own `masked`
+//! flag, never the page. A new binder resets its word and the allocator's pending bit, so
+//! a backend killed in the middle of a notify cannot leave the frontend deaf.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
