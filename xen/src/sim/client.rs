@@ -78,21 +78,28 @@ impl Wire {
         }
     }
 
-    /// Waits for the reply to request `seq` (of operation `op`).
+    /// Waits for the reply to request `seq` (of operation `op`), looking without sleeping
+    /// for the first [`REPLY_SPIN`].
     fn reply(
         &mut self,
         seq: u32,
         op: u32,
         max_fds: usize,
     ) -> Result<(Reply, Vec<OwnedFd>), BrokerError> {
+        let spin_until = std::time::Instant::now() + REPLY_SPIN;
         loop {
-            let got = match fdpass::recv(
-                self.sock.as_fd(),
-                &mut self.buf,
-                max_fds,
-                RecvFlags::empty(),
-            ) {
+            let spinning = std::time::Instant::now() < spin_until;
+            let flags = if spinning {
+                RecvFlags::DONTWAIT
+            } else {
+                RecvFlags::empty()
+            };
+            let got = match fdpass::recv(self.sock.as_fd(), &mut self.buf, max_fds, flags) {
                 Ok(got) => got,
+                Err(Errno::AGAIN) if spinning => {
+                    std::thread::yield_now();
+                    continue;
+                }
                 Err(Errno::INTR) => continue,
                 Err(Errno::CONNRESET) => return Err(BrokerError::Closed),
                 Err(e) => return Err(BrokerError::Io(e)),
@@ -125,6 +132,11 @@ impl Wire {
         }
     }
 }
+
+/// How long a caller looks for the broker's reply before it sleeps: a hypercall runs on the
+/// calling vCPU, which does not sleep while Xen works, and the broker usually answers well
+/// within this.
+const REPLY_SPIN: std::time::Duration = std::time::Duration::from_micros(50);
 
 #[derive(Debug)]
 struct Conn {
