@@ -1,4 +1,5 @@
-//! Unit tests for the iso loopback model, driven through the `Model` trait as the bus does.
+//! Unit tests for the iso loopback model (compiled only under `#[cfg(test)]`, see the end of
+//! iso_loopback.rs), driven through the `Model` trait as the bus does.
 
 use super::*;
 use crate::host::{UrbBuf, XferKind};
