@@ -1,7 +1,7 @@
 //! Isochronous source: interface 0 alt 0 has no bandwidth, alt 1 streams one packet per 1 ms
 //! frame on EP 0x81 whose bytes follow a counter (byte i of frame f = (f * 7 + i) as u8).
 
-use super::{build_descriptors, Alt, Ep, Io, Model, Poll};
+use super::{build_descriptors, Alt, Ep, Io, Model};
 use crate::host::desc::Descriptors;
 use crate::host::{HostSpeed, IsoPacketResult};
 
@@ -54,10 +54,6 @@ impl IsoSource {
 }
 
 impl Model for IsoSource {
-    fn transfer(&mut self, _ep: u8, _io: &mut Io<'_>, _now: std::time::Instant) -> Poll {
-        Poll::Stall
-    }
-
     fn iso(
         &mut self,
         ep: u8,

@@ -22,7 +22,7 @@
 
 use std::collections::VecDeque;
 
-use super::{build_descriptors, Alt, Ep, Io, Model, Poll};
+use super::{build_descriptors, Alt, Ep, Io, Model};
 use crate::host::desc::Descriptors;
 use crate::host::{errno, HostSpeed, IsoPacketResult};
 
@@ -164,10 +164,6 @@ impl IsoLoopback {
 }
 
 impl Model for IsoLoopback {
-    fn transfer(&mut self, _ep: u8, _io: &mut Io<'_>, _now: std::time::Instant) -> Poll {
-        Poll::Stall
-    }
-
     fn iso(
         &mut self,
         ep: u8,

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::host::{UrbBuf, XferKind};
+use crate::sim::model::Poll;
 
 /// Runs an OUT URB of `packets` starting at `frame`; returns the per-packet results.
 fn out(m: &mut IsoLoopback, frame: u64, packets: &[Vec<u8>]) -> Vec<IsoPacketResult> {

@@ -145,8 +145,13 @@ pub trait Model: Send + std::fmt::Debug {
         Poll::Stall
     }
 
-    /// A bulk or interrupt transfer on endpoint `ep` (address).
-    fn transfer(&mut self, ep: u8, io: &mut Io<'_>, now: Instant) -> Poll;
+    /// A bulk or interrupt transfer on endpoint `ep` (address). A model without such
+    /// endpoints never sees one (the core refuses URBs for endpoints the descriptors lack);
+    /// the default stalls, as a device does for an endpoint it does not serve.
+    fn transfer(&mut self, ep: u8, io: &mut Io<'_>, now: Instant) -> Poll {
+        let _ = (ep, io, now);
+        Poll::Stall
+    }
 
     /// An iso transfer on `ep` starting at `frame`: fill each packet of `lengths` (laid out back
     /// to back in `io`) and report each one's result.
