@@ -93,21 +93,7 @@ fn pipelined_loopback_transfers_and_unlinks() {
 
 #[test]
 fn isochronous_in_through_frame_descriptor_pages() {
-    let s = stack(0, ModelSpec::IsoSource { packet_size: 192 });
-    let mut c = s.import();
-    let set = |setup: [u8; 8]| CmdSubmit {
-        ep: 0,
-        setup,
-        ..CmdSubmit::default()
-    };
-    assert_eq!(c.transfer(set([0, 9, 1, 0, 0, 0, 0, 0])).status, 0);
-    // SET_INTERFACE(0, alt 1): the iso endpoint appears.
-    assert_eq!(
-        c.transfer(set([1, 0x0b, 1, 0, 0, 0, 0, 0])).status,
-        0,
-        "{}",
-        s.logs()
-    );
+    let (s, mut c) = at_alt1(ModelSpec::IsoSource { packet_size: 192 });
     // usbfs takes at most 128 packets per URB (the backend passes them through).
     let packets = 96u32;
     let iso: Vec<IsoPacket> = (0..packets)
@@ -140,7 +126,13 @@ fn isochronous_in_through_frame_descriptor_pages() {
 
 /// The iso loopback of `packet_size` on a whole stack, configured, interface 0 at alt 1.
 fn iso_loopback(packet_size: u16) -> (common::stack::Stack, common::client::Client) {
-    let s = stack(0, ModelSpec::IsoLoopback { packet_size });
+    at_alt1(ModelSpec::IsoLoopback { packet_size })
+}
+
+/// `model` on a whole stack, configured, interface 0 at alt 1 (where its iso endpoints
+/// appear).
+fn at_alt1(model: ModelSpec) -> (common::stack::Stack, common::client::Client) {
+    let s = stack(0, model);
     let mut c = s.import();
     let set = |setup: [u8; 8]| CmdSubmit {
         ep: 0,
