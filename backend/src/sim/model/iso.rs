@@ -7,13 +7,7 @@ use crate::host::{HostSpeed, IsoPacketResult};
 
 /// Descriptors: vendor class; alt 0 no endpoints, alt 1 iso EP 0x81 of `packet_size`.
 pub fn descriptors(speed: HostSpeed, packet_size: u16) -> Descriptors {
-    let alt = |n: u8, endpoints: Vec<Ep>| Alt {
-        number: 0,
-        alt: n,
-        class: [0xff, 0, 0],
-        extra: Vec::new(),
-        endpoints,
-    };
+    let alt = Alt::vendor;
     build_descriptors(
         speed,
         [0xff, 0, 0],

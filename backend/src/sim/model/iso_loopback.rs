@@ -39,13 +39,7 @@ const ISO_NO_SYNC: u8 = 0x01;
 /// Descriptors: vendor class; alt 0 no endpoints, alt 1 iso EP 0x01 OUT + 0x82 IN of
 /// `packet_size` (bits 0-10 of wMaxPacketSize), every frame.
 pub fn descriptors(speed: HostSpeed, packet_size: u16) -> Descriptors {
-    let alt = |n: u8, endpoints: Vec<Ep>| Alt {
-        number: 0,
-        alt: n,
-        class: [0xff, 0, 0],
-        extra: Vec::new(),
-        endpoints,
-    };
+    let alt = Alt::vendor;
     let ep = |address: u8| Ep {
         address,
         attributes: ISO_NO_SYNC,

@@ -19,12 +19,9 @@ pub fn descriptors(speed: HostSpeed) -> Descriptors {
         speed,
         [0xff, 0, 0],
         (0x1209, 0x0001),
-        &[Alt {
-            number: 0,
-            alt: 0,
-            class: [0xff, 0, 0],
-            extra: Vec::new(),
-            endpoints: vec![
+        &[Alt::vendor(
+            0,
+            vec![
                 Ep {
                     address: 0x81,
                     attributes: 2,
@@ -50,7 +47,7 @@ pub fn descriptors(speed: HostSpeed) -> Descriptors {
                     interval: 1,
                 },
             ],
-        }],
+        )],
     )
 }
 

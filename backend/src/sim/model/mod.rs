@@ -240,6 +240,19 @@ pub struct Alt {
     pub endpoints: Vec<Ep>,
 }
 
+impl Alt {
+    /// Interface 0, alt setting `alt`, vendor-specific class, no class descriptors.
+    pub fn vendor(alt: u8, endpoints: Vec<Ep>) -> Alt {
+        Alt {
+            number: 0,
+            alt,
+            class: [0xff, 0, 0],
+            extra: Vec::new(),
+            endpoints,
+        }
+    }
+}
+
 /// Builds device + single-configuration descriptors the way a real device would send them.
 pub fn build_descriptors(
     speed: HostSpeed,
