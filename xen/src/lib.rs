@@ -1,12 +1,14 @@
 //! Grant tables and event channels: one trait per resource, a real (/dev/xen) and a simulated
 //! implementation.
 //!
-//! Three traits cover what a PV split driver needs from the hypervisor:
+//! Four traits cover what a PV split driver needs from the hypervisor:
 //! - [`GrantMapper`] (backend side): map N grant references of a domain as one contiguous
 //!   mapping; the returned [`GrantMapping`] unmaps on drop (munmap, *then* the grant unmap —
 //!   the order gntdev requires).
 //!   [`GrantMapper::map_batch`] maps several requests' references at once (one broker
 //!   round trip on the sim; one map each on real Xen).
+//! - [`GrantCopier`] (backend side): grant copy, the hypervisor copying between granted
+//!   pages and this process's [`LocalPages`] without mapping the guest's pages at all.
 //! - [`GrantAllocator`] (frontend side): allocate N pages granted to a domain;
 //!   [`GrantedPages::end_access`] fails while the peer still maps a page on the simulated
 //!   platform (the real gntalloc defers the free instead; see [`xen::gntalloc`]).
@@ -41,12 +43,14 @@ use std::fmt;
 use std::os::fd::AsFd;
 use std::str::FromStr;
 
+pub mod copy;
 pub mod error;
 pub mod mem;
 pub mod platform;
 pub mod sim;
 pub mod xen;
 
+pub use copy::{CopyDir, CopyError, CopySeg, GrantCopier, LocalPages, SegError};
 pub use error::{AllocError, DeviceError, EndAccessError, EvtchnError, MapError};
 pub use mem::{GrantMapping, GrantedPages, MemError};
 pub use platform::{Platform, PlatformKind};

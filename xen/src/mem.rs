@@ -104,6 +104,40 @@ impl Region {
         Ok(Region { ptr, len, access })
     }
 
+    /// `pages` zeroed pages of private anonymous memory, readable and writable: grant copy's
+    /// local side on Xen.
+    pub(crate) fn anonymous(pages: usize) -> Result<Region, Errno> {
+        let len = pages
+            .checked_mul(PAGE_SIZE)
+            .filter(|&l| l > 0)
+            .ok_or(Errno::INVAL)?;
+        // SAFETY: as in map_shared: a fresh kernel-chosen anonymous range owned by the Region.
+        let ptr = unsafe {
+            rustix::mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::PRIVATE,
+            )?
+        };
+        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(Errno::NOMEM)?;
+        Ok(Region {
+            ptr,
+            len,
+            access: Access::Writable,
+        })
+    }
+
+    /// Start of the region.
+    pub(crate) fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// Length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
     /// Reserves `pages` pages of address space (PROT_NONE) to be filled by [`Region::map_fixed`]:
     /// the simulated mapper builds one contiguous mapping out of several memfds this way.
     pub(crate) fn reserve(pages: usize, access: Access) -> Result<Region, Errno> {
@@ -187,11 +221,11 @@ impl Region {
         unsafe { Shm::from_raw_parts(self.ptr, self.len, access) }
     }
 
-    fn read_at(&self, off: usize, buf: &mut [u8]) -> Result<(), MemError> {
+    pub(crate) fn read_at(&self, off: usize, buf: &mut [u8]) -> Result<(), MemError> {
         self.view().read(off, buf).map_err(|e| self.mem_error(e))
     }
 
-    fn write_at(&self, off: usize, data: &[u8]) -> Result<(), MemError> {
+    pub(crate) fn write_at(&self, off: usize, data: &[u8]) -> Result<(), MemError> {
         if self.access == Access::ReadOnly {
             return Err(MemError::ReadOnly);
         }
@@ -234,7 +268,7 @@ impl fmt::Debug for Region {
 
 impl Region {
     /// A `pvusb_ring` view of the region, keeping `owner` (whose drop unmaps it) alive.
-    fn shm(&self, writable: bool, owner: Arc<dyn Send + Sync>) -> Shm {
+    pub(crate) fn shm_of(&self, writable: bool, owner: Arc<dyn Send + Sync>) -> Shm {
         let access = if writable {
             ShmAccess::ReadWrite
         } else {
@@ -254,7 +288,7 @@ impl Region {
     pub(crate) fn into_shm(self) -> Shm {
         let writable = self.access == Access::Writable;
         let owner = Arc::new(self);
-        owner.shm(writable, owner.clone())
+        owner.shm_of(writable, owner.clone())
     }
 }
 
@@ -338,7 +372,7 @@ impl GrantMapping {
     /// `Arc` are dropped.
     pub fn shm(self: &Arc<Self>) -> Shm {
         self.region
-            .shm(self.region.access == Access::Writable, self.clone())
+            .shm_of(self.region.access == Access::Writable, self.clone())
     }
     /// Tries to make a read-only mapping writable with `mprotect`; the kernel must refuse
     /// (`EACCES`) for a read-only grant. Exists so tests can prove it without a segfault.
@@ -430,7 +464,7 @@ impl GrantedPages {
     /// The pages as a `pvusb_ring` shared-memory view (always writable by this domain).
     /// Views hold the `Arc`; [`Arc::try_unwrap`] it after they are gone to end access.
     pub fn shm(self: &Arc<Self>) -> Shm {
-        self.region.shm(true, self.clone())
+        self.region.shm_of(true, self.clone())
     }
     /// Ends the peer's access to every page, like `gnttab_end_foreign_access_ref`: refused
     /// with [`EndAccessError::StillMapped`] (which hands the pages back) while the peer maps

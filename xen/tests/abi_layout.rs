@@ -1,38 +1,35 @@
-//! The /dev/xen ioctl structs and numbers, checked against the kernel's uapi headers by a C
-//! program compiled with the system gcc. A missing gcc or header fails the test.
+//! The /dev/xen ioctl structs and numbers, checked against the kernel's uapi headers (and the
+//! grant-copy constants against Xen's public `grant_table.h`) by C programs compiled with the
+//! system gcc. A missing gcc or header fails the test.
 
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use pvusb_xen::xen::abi::layout_facts;
+use pvusb_xen::xen::abi::{grant_table_facts, layout_facts};
 
-const HEADERS: [&str; 3] = [
+const HEADERS: [&str; 4] = [
     "/usr/include/xen/gntdev.h",
     "/usr/include/xen/gntalloc.h",
     "/usr/include/xen/evtchn.h",
+    "/usr/include/xen/grant_table.h",
 ];
 
-#[test]
-fn rust_layouts_match_the_uapi_headers() {
+/// Compiles and runs a program that includes `prelude` and prints each name's value (each
+/// name is also the C expression computing it); returns name → value.
+fn c_values(prelude: &str, names: &[&str]) -> BTreeMap<String, i64> {
     for h in HEADERS {
         assert!(
             std::path::Path::new(h).exists(),
-            "{h} is missing: install linux-libc-dev (ci/test.sh does)"
+            "{h} is missing: install linux-libc-dev and libxen-dev (ci/test.sh does)"
         );
     }
-    let facts = layout_facts();
-    let mut src = String::from(
+    let mut src = format!(
         "#include <stddef.h>\n#include <stdint.h>\n#include <stdio.h>\n#include <sys/ioctl.h>\n\
-         #include <linux/types.h>\n\
-         /* The uapi headers use the Xen typedefs without defining them. */\n\
-         typedef uint16_t domid_t;\ntypedef uint32_t grant_ref_t;\n\
-         #include <xen/evtchn.h>\n#include <xen/gntdev.h>\n#include <xen/gntalloc.h>\n\
-         int main(void) {\n",
+         {prelude}\nint main(void) {{\n"
     );
-    for (name, _) in &facts {
-        // Each name is also the C expression that computes it.
+    for name in names {
         src.push_str(&format!(
-            "    printf(\"%s=%llu\\n\", \"{name}\", (unsigned long long)({name}));\n"
+            "    printf(\"%s=%lld\\n\", \"{name}\", (long long)({name}));\n"
         ));
     }
     src.push_str("    return 0;\n}\n");
@@ -53,16 +50,19 @@ fn rust_layouts_match_the_uapi_headers() {
     );
     let out = Command::new(&exe).output().unwrap();
     assert!(out.status.success());
-    let c_values: BTreeMap<String, u64> = String::from_utf8(out.stdout)
+    String::from_utf8(out.stdout)
         .unwrap()
         .lines()
         .map(|l| {
             let (k, v) = l.rsplit_once('=').unwrap();
             (k.to_string(), v.parse().unwrap())
         })
-        .collect();
+        .collect()
+}
+
+fn compare(facts: &[(&str, i64)], c_values: &BTreeMap<String, i64>) {
     let mut mismatches = Vec::new();
-    for (name, rust) in &facts {
+    for (name, rust) in facts {
         let c = c_values[*name];
         if c != *rust {
             mismatches.push(format!("{name}: C {c:#x}, Rust {rust:#x}"));
@@ -73,5 +73,35 @@ fn rust_layouts_match_the_uapi_headers() {
         "layout mismatches:\n{}",
         mismatches.join("\n")
     );
-    assert!(facts.len() >= 30, "every struct and ioctl is covered");
+}
+
+#[test]
+fn rust_layouts_match_the_uapi_headers() {
+    let facts: Vec<(&str, i64)> = layout_facts()
+        .into_iter()
+        .map(|(n, v)| (n, i64::try_from(v).unwrap()))
+        .collect();
+    let names: Vec<&str> = facts.iter().map(|(n, _)| *n).collect();
+    let values = c_values(
+        "#include <linux/types.h>\n\
+         /* The uapi headers use the Xen typedefs without defining them. */\n\
+         typedef uint16_t domid_t;\ntypedef uint32_t grant_ref_t;\n\
+         #include <xen/evtchn.h>\n#include <xen/gntdev.h>\n#include <xen/gntalloc.h>\n",
+        &names,
+    );
+    compare(&facts, &values);
+    assert!(facts.len() >= 40, "every struct and ioctl is covered");
+    assert!(
+        names.contains(&"IOCTL_GNTDEV_GRANT_COPY"),
+        "grant copy is covered"
+    );
+}
+
+#[test]
+fn grant_copy_constants_match_xens_grant_table_header() {
+    let facts = grant_table_facts();
+    let names: Vec<&str> = facts.iter().map(|(n, _)| *n).collect();
+    let values = c_values("#include <xen/grant_table.h>\n", &names);
+    compare(&facts, &values);
+    assert!(facts.len() >= 8);
 }

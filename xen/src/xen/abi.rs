@@ -123,6 +123,84 @@ pub struct EvtchnRestrictDomid {
 /// `GNTALLOC_FLAG_WRITABLE`.
 pub const GNTALLOC_FLAG_WRITABLE: u16 = 1;
 
+/// The `foreign` member of `struct gntdev_grant_copy_segment`'s `source`/`dest` union.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
+#[repr(C)]
+pub struct GrantCopyForeign {
+    /// Grant reference.
+    pub gref: u32,
+    /// Offset in the granted page.
+    pub offset: u16,
+    /// Granting domain.
+    pub domid: u16,
+}
+
+/// One side of a copy segment: the C union of `void *virt` and [`GrantCopyForeign`]
+/// (8 bytes on the 64-bit hosts this crate supports).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
+#[repr(C)]
+pub struct GrantCopyPtr {
+    /// The union's bytes.
+    pub bytes: [u8; 8],
+}
+
+impl GrantCopyPtr {
+    /// The `virt` member: an address in this process.
+    pub fn virt(addr: usize) -> GrantCopyPtr {
+        let mut bytes = [0u8; 8];
+        let a = addr.to_ne_bytes();
+        bytes[..a.len()].copy_from_slice(&a);
+        GrantCopyPtr { bytes }
+    }
+    /// The `foreign` member.
+    pub fn foreign(f: GrantCopyForeign) -> GrantCopyPtr {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(f.as_bytes());
+        GrantCopyPtr { bytes }
+    }
+}
+
+/// `struct gntdev_grant_copy_segment` (24 bytes: two padding bytes after `status`).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
+#[repr(C)]
+pub struct GntdevGrantCopySegment {
+    /// Where bytes come from.
+    pub source: GrantCopyPtr,
+    /// Where they go.
+    pub dest: GrantCopyPtr,
+    /// Bytes to copy.
+    pub len: u16,
+    /// [`GNTCOPY_SOURCE_GREF`] and/or [`GNTCOPY_DEST_GREF`].
+    pub flags: u16,
+    /// OUT: `GNTST_*`.
+    pub status: i16,
+    /// Tail padding of the C struct.
+    pub pad: u16,
+}
+
+/// `struct ioctl_gntdev_grant_copy` (64-bit layout: the pointer follows 4 bytes of padding).
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct GntdevGrantCopy {
+    /// Number of segments.
+    pub count: u32,
+    /// Padding.
+    pub pad: u32,
+    /// `struct gntdev_grant_copy_segment *segments`.
+    pub segments: u64,
+}
+
+/// `GNTCOPY_source_gref`: the source is a grant reference.
+pub const GNTCOPY_SOURCE_GREF: u16 = 1;
+/// `GNTCOPY_dest_gref`: the destination is a grant reference.
+pub const GNTCOPY_DEST_GREF: u16 = 2;
+
 const fn gnt(nr: u8, size: usize) -> Opcode {
     opcode::from_components(Direction::None, b'G', nr, size)
 }
@@ -151,6 +229,8 @@ pub const IOCTL_GNTALLOC_ALLOC_GREF: Opcode = gnt(5, SIZEOF_GNTALLOC_ALLOC_GREF)
 pub const IOCTL_GNTALLOC_DEALLOC_GREF: Opcode = gnt(6, size_of::<GntallocDeallocGref>());
 /// `IOCTL_GNTALLOC_SET_UNMAP_NOTIFY`.
 pub const IOCTL_GNTALLOC_SET_UNMAP_NOTIFY: Opcode = gnt(7, size_of::<UnmapNotify>());
+/// `IOCTL_GNTDEV_GRANT_COPY`.
+pub const IOCTL_GNTDEV_GRANT_COPY: Opcode = gnt(8, size_of::<GntdevGrantCopy>());
 /// `IOCTL_EVTCHN_BIND_VIRQ`.
 pub const IOCTL_EVTCHN_BIND_VIRQ: Opcode = evt(0, size_of::<EvtchnU32>());
 /// `IOCTL_EVTCHN_BIND_INTERDOMAIN`.
@@ -295,6 +375,54 @@ pub fn layout_facts() -> Vec<(&'static str, u64)> {
             "IOCTL_GNTALLOC_SET_UNMAP_NOTIFY",
             u64::from(IOCTL_GNTALLOC_SET_UNMAP_NOTIFY),
         ),
+        (
+            "sizeof(struct gntdev_grant_copy_segment)",
+            z(size_of::<GntdevGrantCopySegment>()),
+        ),
+        (
+            "offsetof(struct gntdev_grant_copy_segment, dest)",
+            z(offset_of!(GntdevGrantCopySegment, dest)),
+        ),
+        (
+            "offsetof(struct gntdev_grant_copy_segment, source.foreign.ref)",
+            z(offset_of!(GrantCopyForeign, gref)),
+        ),
+        (
+            "offsetof(struct gntdev_grant_copy_segment, source.foreign.offset)",
+            z(offset_of!(GrantCopyForeign, offset)),
+        ),
+        (
+            "offsetof(struct gntdev_grant_copy_segment, source.foreign.domid)",
+            z(offset_of!(GrantCopyForeign, domid)),
+        ),
+        (
+            "sizeof(((struct gntdev_grant_copy_segment *)0)->source)",
+            z(size_of::<GrantCopyPtr>()),
+        ),
+        (
+            "offsetof(struct gntdev_grant_copy_segment, len)",
+            z(offset_of!(GntdevGrantCopySegment, len)),
+        ),
+        (
+            "offsetof(struct gntdev_grant_copy_segment, flags)",
+            z(offset_of!(GntdevGrantCopySegment, flags)),
+        ),
+        (
+            "offsetof(struct gntdev_grant_copy_segment, status)",
+            z(offset_of!(GntdevGrantCopySegment, status)),
+        ),
+        (
+            "sizeof(struct ioctl_gntdev_grant_copy)",
+            z(size_of::<GntdevGrantCopy>()),
+        ),
+        (
+            "offsetof(struct ioctl_gntdev_grant_copy, segments)",
+            z(offset_of!(GntdevGrantCopy, segments)),
+        ),
+        (
+            "IOCTL_GNTDEV_GRANT_COPY",
+            u64::from(IOCTL_GNTDEV_GRANT_COPY),
+        ),
         ("IOCTL_EVTCHN_BIND_VIRQ", u64::from(IOCTL_EVTCHN_BIND_VIRQ)),
         (
             "IOCTL_EVTCHN_BIND_INTERDOMAIN",
@@ -312,6 +440,29 @@ pub fn layout_facts() -> Vec<(&'static str, u64)> {
             u64::from(IOCTL_EVTCHN_RESTRICT_DOMID),
         ),
         ("GNTALLOC_FLAG_WRITABLE", u64::from(GNTALLOC_FLAG_WRITABLE)),
+    ]
+}
+
+/// The Xen ABI constants grant copy uses, by their `<xen/grant_table.h>` names (checked
+/// like [`layout_facts`], in a program of their own: that header and the uapi ones define
+/// some types twice).
+pub fn grant_table_facts() -> Vec<(&'static str, i64)> {
+    use crate::copy::{
+        GNTST_BAD_COPY_ARG, GNTST_BAD_DOMAIN, GNTST_BAD_GNTREF, GNTST_GENERAL_ERROR, GNTST_OKAY,
+        GNTST_PERMISSION_DENIED,
+    };
+    vec![
+        ("GNTCOPY_source_gref", i64::from(GNTCOPY_SOURCE_GREF)),
+        ("GNTCOPY_dest_gref", i64::from(GNTCOPY_DEST_GREF)),
+        ("GNTST_okay", i64::from(GNTST_OKAY)),
+        ("GNTST_general_error", i64::from(GNTST_GENERAL_ERROR)),
+        ("GNTST_bad_domain", i64::from(GNTST_BAD_DOMAIN)),
+        ("GNTST_bad_gntref", i64::from(GNTST_BAD_GNTREF)),
+        (
+            "GNTST_permission_denied",
+            i64::from(GNTST_PERMISSION_DENIED),
+        ),
+        ("GNTST_bad_copy_arg", i64::from(GNTST_BAD_COPY_ARG)),
     ]
 }
 
@@ -386,6 +537,39 @@ unsafe impl Ioctl for BufIoctl<'_> {
     ) -> rustix::io::Result<IoctlOutput> {
         Ok(out)
     }
+}
+
+/// `IOCTL_GNTDEV_GRANT_COPY` over `segs`; the kernel writes each segment's `status`.
+///
+/// # Safety
+///
+/// Every `virt` side of `segs` must point to `len` bytes of memory of this process that
+/// stay mapped for the call (writable when it is the destination), and no Rust reference
+/// may exist into those bytes: the kernel reads or writes them.
+pub(crate) unsafe fn grant_copy(
+    fd: BorrowedFd<'_>,
+    segs: &mut [GntdevGrantCopySegment],
+) -> Result<(), Errno> {
+    let head = GntdevGrantCopy {
+        count: u32::try_from(segs.len()).map_err(|_| Errno::INVAL)?,
+        pad: 0,
+        segments: segs.as_mut_ptr() as u64,
+    };
+    let mut buf = ArgBuf::with(&head, &[], 0);
+    // SAFETY: the opcode takes `struct ioctl_gntdev_grant_copy`, which `buf` holds; its
+    // `segments` points at `segs.len()` writable segments (the kernel writes only their
+    // `status` fields) that `segs` borrows mutably for the whole call, and the caller
+    // guarantees the `virt` memory they name.
+    unsafe {
+        rustix::ioctl::ioctl(
+            fd,
+            BufIoctl {
+                opcode: IOCTL_GNTDEV_GRANT_COPY,
+                buf: &mut buf,
+            },
+        )?
+    };
+    Ok(())
 }
 
 /// Performs an ioctl from this module's table with an argument encoded by [`ArgBuf`].

@@ -10,6 +10,7 @@ use rustix::io::Errno;
 use crate::DeviceError;
 
 pub mod abi;
+pub mod copy;
 pub mod evtchn;
 pub mod gntalloc;
 pub mod gntdev;
