@@ -25,6 +25,18 @@ pub trait Mapped: Send + Sync + fmt::Debug {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// How bytes written into the data view reach the guest when the view is a copy of its
+    /// pages (grant copy); `None` (the default) when the view *is* the guest's pages.
+    fn write_back(&self) -> Option<Arc<dyn WriteBack>> {
+        None
+    }
+}
+
+/// Carries bytes written into a copied data view back to the guest's pages.
+pub trait WriteBack: Send + Sync + fmt::Debug {
+    /// Queues mapping bytes `off..off+len` for the guest; they reach it in the next
+    /// [`GuestMemory::flush`], which the engine calls before publishing any response.
+    fn queue(&self, off: usize, len: usize);
 }
 
 /// Maps one frontend domain's grants.
@@ -39,6 +51,19 @@ pub trait GuestMemory: Send + fmt::Debug {
 
     /// Drops prefetched mappings nobody asked for (call once the batch is served).
     fn end_prefetch(&self) {}
+
+    /// Maps `refs` writable for a buffer the engine reads *and* writes (isochronous frame
+    /// descriptors). Differs from `map(refs, true)` only for a copying implementation, which
+    /// must then fetch the guest's bytes first.
+    fn map_update(&self, refs: &[u32]) -> Result<Box<dyn Mapped>, MapError> {
+        self.map(refs, true)
+    }
+
+    /// Delivers queued [`WriteBack`] bytes to the guest. Returns how many pieces could not
+    /// be delivered (the guest revoked or never granted the pages), for the caller to warn.
+    fn flush(&self) -> usize {
+        0
+    }
 }
 
 impl Mapped for GrantMapping {

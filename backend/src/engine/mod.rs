@@ -10,6 +10,7 @@
 //! error status, a protocol violation (ring index overflow, a duplicate live id) makes
 //! [`Engine::on_ring_event`] return a [`Fatal`] and the caller closes that controller.
 
+pub mod copy;
 mod host_side;
 pub mod memory;
 pub mod payload;
@@ -520,6 +521,12 @@ impl Engine {
         let Some(link) = &mut self.link else { return };
         if link.unpublished {
             link.unpublished = false;
+            // Copied IN data reaches the guest's pages before any response is visible.
+            let lost = link.mem.flush();
+            if lost > 0 {
+                let span = &self.span;
+                guest_warn!(self.warn, parent: span, lost, "IN data not copied back: the guest revoked its grants");
+            }
             if link.urb.push_responses_and_check_notify() {
                 link.notify.notify();
             }

@@ -17,7 +17,9 @@ use pvusb_ring::shm::Shm;
 use pvusb_ring::urb::backend::HostResult;
 use pvusb_ring::wire::{IsoPacket, Setup, Status};
 
-use super::memory::Mapped;
+use std::sync::Arc;
+
+use super::memory::{Mapped, WriteBack};
 use crate::host::{errno, Completion, HostUrb, IsoPacketResult, UrbBuf, UrbFlags, XferKind};
 
 /// Where a request's byte stream lies in a mapping: `(offset in mapping, length)` pieces in
@@ -29,6 +31,8 @@ pub struct GuestBuf {
     /// `(offset in the mapping, length)` in stream order.
     spans: Vec<(usize, usize)>,
     len: usize,
+    /// Set when `map` is a copy of the guest's pages: written bytes go back through it.
+    back: Option<Arc<dyn WriteBack>>,
 }
 
 impl GuestBuf {
@@ -39,6 +43,7 @@ impl GuestBuf {
         segs: impl Iterator<Item = (u16, u16)>,
         len: usize,
     ) -> Option<Self> {
+        let back = map.write_back();
         let map = map.into_data()?;
         let mut spans: Vec<(usize, usize)> = Vec::new();
         let mut left = len;
@@ -59,6 +64,7 @@ impl GuestBuf {
             map,
             spans,
             len: len - left,
+            back,
         })
     }
 
@@ -119,6 +125,19 @@ impl GuestBuf {
             out.get_mut(b..b + n)
                 .is_some_and(|dst| map.read(m, dst).is_ok())
         })
+    }
+
+    /// Marks stream bytes `off..off+n` as the transfer's result: when the mapping is a copy
+    /// (grant copy), they are queued for the guest's pages; a real mapping already is them.
+    pub fn written(&self, off: usize, n: usize) {
+        if let Some(back) = &self.back {
+            if n > 0 {
+                self.walk(off, n, |_, m, _, len| {
+                    back.queue(m, len);
+                    true
+                });
+            }
+        }
     }
 
     /// Copies `data` into stream bytes `off..off+data.len()` of the guest pages.
@@ -336,7 +355,9 @@ impl Payload {
                     data.truncate(fits);
                     actual = data.len();
                     if let Some(g) = &self.data_in {
-                        if !g.scatter(0, &data) {
+                        if g.scatter(0, &data) {
+                            g.written(0, actual);
+                        } else {
                             actual = 0;
                         }
                     }
@@ -370,6 +391,9 @@ impl Payload {
                         break;
                     }
                 }
+                if let Some(g) = &self.data_in {
+                    g.written(0, actual);
+                }
                 host_result(status, actual)
             }
             Plan::Iso { packets, .. } => {
@@ -387,8 +411,9 @@ impl Payload {
                     let got = r.actual_length.min(pkt.length);
                     if let Some(g) = &self.data_in {
                         let mut data = vec![0u8; got as usize];
-                        if c.buf.read_at(packed, &mut data) {
-                            g.scatter(pkt.offset as usize, &data);
+                        if c.buf.read_at(packed, &mut data) && g.scatter(pkt.offset as usize, &data)
+                        {
+                            g.written(pkt.offset as usize, data.len());
                         }
                     }
                     packed += pkt.length as usize;
@@ -400,6 +425,9 @@ impl Payload {
                         res[4..].copy_from_slice(&r.status.to_le_bytes());
                         d.scatter(i * 16 + 8, &res);
                     }
+                }
+                if let Some(d) = &self.desc {
+                    d.written(0, d.len());
                 }
                 let mut r = host_result(c.status, actual as usize);
                 // Counted from the descriptors just written rather than taken from the host:

@@ -148,7 +148,7 @@ pub fn prepare(slot: &mut PortSlot, sub: &Submit, mem: &dyn GuestMemory) -> Prep
             let desc_len = usize::from(iso.number_of_packets) * 16;
             let segs = desc_segs.iter().map(|s| (s.offset, s.length));
             let desc = match mem
-                .map(&refs, true)
+                .map_update(&refs)
                 .ok()
                 .and_then(|m| GuestBuf::new(m, segs, desc_len))
             {

@@ -15,6 +15,10 @@ use pvusb_xen::{DomId, GrantRef, MapError};
 use tracing::Span;
 use zerocopy::FromBytes;
 
+mod copier;
+pub use copier::FakeCopier;
+
+use super::copy::Copied;
 use super::memory::{GuestMemory, Mapped, Notify};
 use super::{Engine, EngineConfig, Link};
 use crate::host::{
@@ -268,12 +272,23 @@ pub struct Rig {
     /// Whether the controller was closed for a protocol error.
     pub closed: bool,
     aca: bool,
+    /// Set when data moves by grant copy instead of mappings.
+    pub copier: Option<FakeCopier>,
 }
 
 impl Rig {
     /// A connected controller (`aca`: containment negotiated).
     pub fn new(max_bulk_urb: usize, aca: bool) -> Option<Self> {
         Self::with_conn_slots(max_bulk_urb, aca, u16::MAX)
+    }
+
+    /// Like [`Rig::new`], but data moves by grant copy ([`super::copy::Copied`]).
+    pub fn copying(max_bulk_urb: usize, aca: bool) -> Option<Self> {
+        let mut rig = Self::new(max_bulk_urb, aca)?;
+        rig.copier = Some(FakeCopier::new(rig.mem.clone()));
+        rig.engine.disconnect();
+        rig.reconnect()?;
+        Some(rig)
     }
 
     /// Like [`Rig::new`], but the guest posts only `slots` conn ring requests.
@@ -307,6 +322,7 @@ impl Rig {
             events: Vec::new(),
             closed: false,
             aca,
+            copier: None,
         };
         rig.link()?;
         Some(rig)
@@ -328,11 +344,23 @@ impl Rig {
     fn link(&mut self) -> Option<()> {
         let urb = UrbBackRing::new(self.mem.page(0)).ok()?;
         let conn = ConnBackRing::new(self.mem.page(1)).ok()?;
+        let mem: Box<dyn GuestMemory> = match &self.copier {
+            Some(c) => Box::new(
+                Copied::new(
+                    self.mem.clone(),
+                    Arc::new(c.clone()),
+                    DomId(1),
+                    super::copy::ARENA_PAGES,
+                )
+                .ok()?,
+            ),
+            None => Box::new(self.mem.clone()),
+        };
         let link = Link::new(
             urb,
             conn,
             Box::new(CountNotify::default()),
-            Box::new(self.mem.clone()),
+            mem,
             4,
             self.aca,
         );
@@ -421,7 +449,13 @@ pub fn fuzz_controller(data: &[u8]) {
     let mut input = data;
     let head = take(&mut input, 2);
     let max_bulk = 1024 * (1 + usize::from(head[0] % 8));
-    let Some(mut rig) = Rig::new(max_bulk, head[1] & 1 != 0) else {
+    let aca = head[1] & 1 != 0;
+    let rig = if head[1] & 2 != 0 {
+        Rig::copying(max_bulk, aca)
+    } else {
+        Rig::new(max_bulk, aca)
+    };
+    let Some(mut rig) = rig else {
         return;
     };
     let mut pushed = 0usize;

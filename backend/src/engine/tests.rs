@@ -58,7 +58,17 @@ fn answer(rig: &mut Rig, req: &UrbRequest) -> (i32, u32) {
 }
 
 fn addressed(max_bulk: usize) -> Rig {
-    let mut rig = Rig::new(max_bulk, false).unwrap();
+    addressed_in(max_bulk, false)
+}
+
+/// An addressed rig whose data moves by mapping, or by grant copy (`copy`).
+fn addressed_in(max_bulk: usize, copy: bool) -> Rig {
+    let mut rig = if copy {
+        Rig::copying(max_bulk, false)
+    } else {
+        Rig::new(max_bulk, false)
+    }
+    .unwrap();
     for port in 1..=3 {
         assert_eq!(ctrl(&mut rig, 1, port, 0, Setup::new(0, 5, 7, 0, 0)).0, 0);
         assert_eq!(ctrl(&mut rig, 2, port, 7, Setup::new(0, 9, 1, 0, 0)).0, 0);
@@ -94,27 +104,31 @@ fn address_zero_and_unknown_addresses() {
 
 #[test]
 fn loopback_round_trip_unmaps_everything() {
-    let mut rig = addressed(usize::MAX);
-    let data: Vec<u8> = (0..6000u32).map(|i| i as u8).collect();
-    rig.mem.arena().write(4 * 4096, &data).unwrap();
-    assert_eq!(answer(&mut rig, &bulk(3, 0x01, &[4, 5], 6000)), (0, 6000));
-    assert_eq!(answer(&mut rig, &bulk(4, 0x81, &[8, 9], 6000)), (0, 6000));
-    let mut back = vec![0u8; 6000];
-    rig.mem.arena().read(8 * 4096, &mut back).unwrap();
-    assert!(back == data);
-    assert_eq!(rig.mem.live_mappings(), 0);
+    for copy in [false, true] {
+        let mut rig = addressed_in(usize::MAX, copy);
+        let data: Vec<u8> = (0..6000u32).map(|i| i as u8).collect();
+        rig.mem.arena().write(4 * 4096, &data).unwrap();
+        assert_eq!(answer(&mut rig, &bulk(3, 0x01, &[4, 5], 6000)), (0, 6000));
+        assert_eq!(answer(&mut rig, &bulk(4, 0x81, &[8, 9], 6000)), (0, 6000));
+        let mut back = vec![0u8; 6000];
+        rig.mem.arena().read(8 * 4096, &mut back).unwrap();
+        assert!(back == data, "copy: {copy}");
+        assert_eq!(rig.mem.live_mappings(), 0);
+    }
 }
 
 #[test]
 fn split_transfers_match_whole_ones() {
-    let mut rig = addressed(1024);
-    let data: Vec<u8> = (0..6000u32).map(|i| (i * 3) as u8).collect();
-    rig.mem.arena().write(4 * 4096, &data).unwrap();
-    assert_eq!(answer(&mut rig, &bulk(3, 0x01, &[4, 5], 6000)), (0, 6000));
-    assert_eq!(answer(&mut rig, &bulk(4, 0x81, &[8, 9], 6000)), (0, 6000));
-    let mut back = vec![0u8; 6000];
-    rig.mem.arena().read(8 * 4096, &mut back).unwrap();
-    assert!(back == data);
+    for copy in [false, true] {
+        let mut rig = addressed_in(1024, copy);
+        let data: Vec<u8> = (0..6000u32).map(|i| (i * 3) as u8).collect();
+        rig.mem.arena().write(4 * 4096, &data).unwrap();
+        assert_eq!(answer(&mut rig, &bulk(3, 0x01, &[4, 5], 6000)), (0, 6000));
+        assert_eq!(answer(&mut rig, &bulk(4, 0x81, &[8, 9], 6000)), (0, 6000));
+        let mut back = vec![0u8; 6000];
+        rig.mem.arena().read(8 * 4096, &mut back).unwrap();
+        assert!(back == data, "copy: {copy}");
+    }
 }
 
 #[test]
