@@ -105,7 +105,6 @@ pub struct LocalPages {
     // Declared before `forget`: the memory is unmapped before the broker forgets it.
     region: Region,
     /// Which broker registration this is (sim), `None` for plain memory.
-    #[allow(dead_code)] // read by the simulated copier (next commit)
     pub(crate) sim_id: Option<u32>,
     _forget: ForgetOnDrop,
 }
@@ -139,7 +138,6 @@ impl LocalPages {
 
     /// Local pages over `region`, registered as `sim_id` with a broker that `forget` tells
     /// when they are gone.
-    #[allow(dead_code)] // used by the simulated copier (next commit)
     pub(crate) fn registered(region: Region, sim_id: u32, forget: Box<dyn Forget>) -> Self {
         LocalPages {
             region,

@@ -138,6 +138,46 @@ impl Region {
         self.len
     }
 
+    /// Copies `len` bytes at `src_off` of `src` to `dst_off` of `self` (the simulated
+    /// hypervisor's grant copy, between two of its own long-lived mappings).
+    ///
+    /// Both mappings are shared with other processes that may write them meanwhile, so
+    /// the bytes copied are whatever is there; no Rust reference is made into either. They
+    /// may even be two mappings of the same file, hence `ptr::copy` (memmove).
+    pub(crate) fn copy_from(
+        &self,
+        dst_off: usize,
+        src: &Region,
+        src_off: usize,
+        len: usize,
+    ) -> Result<(), MemError> {
+        if self.access == Access::ReadOnly {
+            return Err(MemError::ReadOnly);
+        }
+        for (r, off) in [(src, src_off), (self, dst_off)] {
+            if off.checked_add(len).is_none_or(|end| end > r.len) {
+                return Err(MemError::OutOfRange {
+                    off,
+                    len,
+                    size: r.len,
+                });
+            }
+        }
+        // SAFETY: both ranges were just checked to lie inside their Region's mapping, which
+        // `&self`/`&src` keep mapped for the call (readable, and `self` writable); memfds
+        // behind broker mappings are sealed against shrinking, so no page can vanish. The
+        // only references involved are the raw pointers; concurrent writers in other
+        // processes can make the copied bytes arbitrary but not the copy unsound for us.
+        unsafe {
+            std::ptr::copy(
+                src.ptr.as_ptr().add(src_off),
+                self.ptr.as_ptr().add(dst_off),
+                len,
+            );
+        }
+        Ok(())
+    }
+
     /// Reserves `pages` pages of address space (PROT_NONE) to be filled by [`Region::map_fixed`]:
     /// the simulated mapper builds one contiguous mapping out of several memfds this way.
     pub(crate) fn reserve(pages: usize, access: Access) -> Result<Region, Errno> {

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use crate::copy::{CopyError, CopySeg, GrantCopier, LocalPages, SegError};
 use crate::error::BrokerError;
 use crate::sim::SimPlatform;
 use crate::xen::XenPlatform;
@@ -42,7 +43,7 @@ pub enum OpenError {
     Broker(#[from] BrokerError),
 }
 
-/// The hypervisor interface a daemon uses: implements all three traits, so it can be shared as
+/// The hypervisor interface a daemon uses: implements all four traits, so it can be shared as
 /// `Arc<Platform>` or handed out as `&dyn GrantMapper` etc.
 #[derive(Debug)]
 pub enum Platform {
@@ -91,6 +92,27 @@ impl GrantMapper for Platform {
         match self {
             Platform::Xen(p) => p.map_batch(domid, reqs),
             Platform::Sim(p) => p.map_batch(domid, reqs),
+        }
+    }
+}
+
+impl GrantCopier for Platform {
+    fn alloc_local(&self, pages: usize) -> Result<LocalPages, AllocError> {
+        match self {
+            Platform::Xen(p) => p.alloc_local(pages),
+            Platform::Sim(p) => p.alloc_local(pages),
+        }
+    }
+
+    fn copy(
+        &self,
+        domid: DomId,
+        local: &LocalPages,
+        segs: &[CopySeg],
+    ) -> Result<Vec<Result<(), SegError>>, CopyError> {
+        match self {
+            Platform::Xen(p) => p.copy(domid, local, segs),
+            Platform::Sim(p) => p.copy(domid, local, segs),
         }
     }
 }

@@ -452,10 +452,18 @@ fn serve_one(
     let Ok((header, body)) = Request::parse_header(bytes) else {
         return close(inner, out);
     };
-    let parsed = if got.truncated || got.fds_truncated || !got.fds.is_empty() {
+    let parsed = if got.truncated || got.fds_truncated {
         Err(Status::BadRequest)
     } else {
         Request::parse_body(header.op, body).map_err(|_| Status::BadRequest)
+    };
+    // Only LOCAL_REGISTER carries an fd (exactly one); any other fd is closed unused.
+    let mut fds = got.fds;
+    let parsed = match parsed {
+        Ok(Request::LocalRegister { .. }) if fds.len() != 1 => Err(Status::BadRequest),
+        Ok(Request::LocalRegister { .. }) => parsed,
+        _ if !fds.is_empty() => Err(Status::BadRequest),
+        p => p,
     };
     // A message that does not parse is answered even if its op is a one-way one.
     let wants_reply = parsed.as_ref().map_or(true, Request::wants_reply);
@@ -474,9 +482,12 @@ fn serve_one(
             drain(shared, inner, other, &mut out.released);
         }
     }
-    let (result, effects) = match parsed {
-        Ok(req) => inner.state.handle(conn, req),
-        Err(s) => (Err(s), Vec::new()),
+    let (result, effects) = match (parsed, fds.pop()) {
+        (Ok(Request::LocalRegister { pages }), Some(fd)) => {
+            (inner.state.register_local(conn, pages, fd), Vec::new())
+        }
+        (Ok(req), _) => inner.state.handle(conn, req),
+        (Err(s), _) => (Err(s), Vec::new()),
     };
     let applied = match apply(shared, inner, effects) {
         Ok(released) => {

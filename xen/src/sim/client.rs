@@ -1,6 +1,6 @@
-//! [`SimPlatform`]: a domain's connection to the broker, implementing the three traits.
+//! [`SimPlatform`]: a domain's connection to the broker, implementing the four traits.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -22,6 +22,7 @@ use crate::{
 };
 
 mod channel;
+mod copier;
 mod mapper;
 
 use channel::{End, PortGuard, SimChannel};
@@ -51,11 +52,16 @@ impl Wire {
     /// Sends a request with the next sequence number. One-way requests take one too, so a
     /// reply can never be mistaken for another's.
     fn send(&mut self, req: &Request) -> Result<u32, BrokerError> {
+        self.send_with(req, &[])
+    }
+
+    /// [`Wire::send`] with fds attached (LOCAL_REGISTER's memfd).
+    fn send_with(&mut self, req: &Request, fds: &[BorrowedFd<'_>]) -> Result<u32, BrokerError> {
         self.seq = self.seq.wrapping_add(1);
         fdpass::send(
             self.sock.as_fd(),
             &req.emit(self.seq),
-            &[],
+            fds,
             SendFlags::empty(),
         )
         .map_err(send_error)?;
@@ -155,8 +161,18 @@ impl Conn {
     }
 
     fn call(&self, req: &Request, max_fds: usize) -> Result<(Reply, Vec<OwnedFd>), BrokerError> {
+        self.call_with(req, &[], max_fds)
+    }
+
+    /// [`Conn::call`] passing `fds` with the request.
+    fn call_with(
+        &self,
+        req: &Request,
+        fds: &[BorrowedFd<'_>],
+        max_fds: usize,
+    ) -> Result<(Reply, Vec<OwnedFd>), BrokerError> {
         let mut wire = self.lock();
-        let seq = wire.send(req)?;
+        let seq = wire.send_with(req, fds)?;
         wire.reply(seq, req.op(), max_fds)
     }
 

@@ -29,6 +29,13 @@
 //!   (allocation serial × access) each connection holds, the client caches them
 //!   ([`files::FileCache`], bounded, evicted with a one-way FORGET) and closes those the
 //!   broker reports dead in a later MAP reply.
+//! - Grant copy: a backend registers local memory once (a memfd sealed against resizing,
+//!   passed with SCM_RIGHTS and mapped by the broker until the client forgets it or its
+//!   connection closes); each COPY is one round trip in which the broker checks every
+//!   segment as a map would be checked (granted by that domain to the caller, not ended,
+//!   writable for a copy into the grant, within the page and the local memory) and copies
+//!   between its own long-lived mappings of the grant files and of the local memfd: no
+//!   mmap or munmap per copy on either side.
 //! - Limits of the model: the simulation is not a security boundary between processes of one
 //!   host. A mapper is handed the memfd itself, and a process that kept it could reach the
 //!   pages without asking — before and after access ended. That was true when every MAP

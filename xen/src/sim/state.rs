@@ -16,6 +16,7 @@ use super::wire::{Counters, EndMode, FileKey, Reply, Request, Status};
 use crate::{Access, DomId, EvtchnPort, PAGE_SIZE};
 
 mod grants;
+mod locals;
 
 /// Identifies one client connection.
 pub type ConnId = u64;
@@ -67,6 +68,8 @@ struct Alloc {
     mapped_by: u32,
     /// Access ended (no new mappings); freed once `mapped_by` drops to zero.
     revoking: bool,
+    /// The broker's own mapping of the memfd, made by the first COPY (see `locals`).
+    view: Option<crate::mem::Region>,
 }
 
 /// One client connection: its domain, the mappings it owns (for O(1) limits and O(own)
@@ -121,6 +124,9 @@ pub struct State {
     next_map: u32,
     next_serial: u64,
     ports: HashMap<(DomId, u32), Port>,
+    /// Registered local memories (grant copy), by id.
+    locals: HashMap<u32, locals::Local>,
+    next_local: u32,
 }
 
 /// A successful request's reply and the fds to pass with it.
@@ -187,6 +193,7 @@ impl State {
             channels: n(self.ports.len()),
             domains: n(self.domains.len()),
             connections: n(self.conns.len()),
+            locals: n(self.locals.len()),
         }
     }
 
@@ -254,6 +261,7 @@ impl State {
             return Vec::new();
         };
         let domid = client.domid;
+        self.forget_locals_of(conn);
         for id in client.mappings {
             self.unmap(id);
         }
@@ -338,7 +346,14 @@ impl State {
                 (Err(Status::NotPermitted), Vec::new())
             }
             // The side channel is a socket: the broker shell opens it, the tables know nothing.
-            Request::SideOpen => (Err(Status::BadRequest), Vec::new()),
+            // LOCAL_REGISTER carries an fd: the shell calls `register_local` with it.
+            Request::SideOpen | Request::LocalRegister { .. } => {
+                (Err(Status::BadRequest), Vec::new())
+            }
+            Request::LocalForget { id } => (done(self.forget_local(conn, id)), Vec::new()),
+            Request::Copy { domid, local, segs } => {
+                (self.copy(conn, me, domid, local, &segs), Vec::new())
+            }
             Request::GrantAlloc {
                 grantee,
                 count,

@@ -20,6 +20,7 @@
 //! | 11 UNMAP_ONEWAY | map_id | *none* (one-way: no reply, not even an error) | — |
 //! | 12 FORGET | count, `{serial_lo, serial_hi, flags}[count]` | *none* (one-way) | — |
 //! | 13 SIDE_OPEN | — | — | the client's end of the connection's side channel |
+//! | 14–16 grant copy | see [`copy`] (LOCAL_REGISTER, LOCAL_FORGET, COPY) | | |
 //!
 //! The channel page (one per channel, sealed at one page) holds two native `u32` state words,
 //! the allocating end's at offset 0 and the binding end's at 4: bit 0 pending, bit 1 masked
@@ -45,18 +46,23 @@
 //!
 //! `parse` is total (any bytes give a value or a [`BadMessage`]) and `parse(emit(x)) == x`.
 
-use std::fmt;
-
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::{Access, DomId, EvtchnPort, GrantRef, MAX_PAGES_PER_CALL};
 
+pub mod copy;
 mod map;
+mod status;
 
+pub use copy::{RawCopySeg, WireSeg, MAX_LOCAL_PAGES};
 pub use map::{FileKey, FileRef, MapOutcome, MapSpec, PageLoc};
+pub use status::Status;
+#[cfg(test)]
+use status::STATUSES;
 
-/// The largest datagram either side sends or accepts (a full MAP reply is about 14 KiB).
-pub const MAX_MESSAGE: usize = 16384;
+/// The largest datagram either side sends or accepts (a full COPY request is about 32 KiB,
+/// a full MAP reply about 14 KiB).
+pub const MAX_MESSAGE: usize = 36 * 1024;
 
 /// The largest one-way message (a full FORGET is about 3 KiB).
 pub const MAX_ONEWAY: usize = 4096;
@@ -108,6 +114,9 @@ mod op {
     pub const UNMAP_ONEWAY: u32 = 11;
     pub const FORGET: u32 = 12;
     pub const SIDE_OPEN: u32 = 13;
+    pub const LOCAL_REGISTER: u32 = 14;
+    pub const LOCAL_FORGET: u32 = 15;
+    pub const COPY: u32 = 16;
 }
 
 /// A request that does not parse.
@@ -128,73 +137,6 @@ pub enum BadMessage {
     /// A field is out of range (domid above 0xffff, count 0 or too large, bad flag bits).
     #[error("field out of range")]
     BadField,
-}
-
-/// The outcome of a request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Status {
-    /// Done; the reply body follows.
-    Ok,
-    /// The request did not parse.
-    BadRequest,
-    /// Only dom0 may do this.
-    NotPermitted,
-    /// The named domain does not exist or is dying.
-    NoSuchDomain,
-    /// A reference is not granted to the caller.
-    NotGranted,
-    /// A writable mapping of a read-only grant was asked for.
-    ReadOnlyGrant,
-    /// The grant is still mapped by its grantee.
-    StillMapped,
-    /// The remote port is not an unbound port offered to the caller.
-    NotBindable,
-    /// No such handle, mapping or port of this connection.
-    NoSuchObject,
-    /// The domain already exists.
-    DomainExists,
-    /// The pages come from too many separate grants to pass in one message.
-    TooManyFiles,
-    /// The broker could not allocate the resource (memfd, eventfd, ...).
-    Resource,
-}
-
-const STATUSES: [Status; 12] = [
-    Status::Ok,
-    Status::BadRequest,
-    Status::NotPermitted,
-    Status::NoSuchDomain,
-    Status::NotGranted,
-    Status::ReadOnlyGrant,
-    Status::StillMapped,
-    Status::NotBindable,
-    Status::NoSuchObject,
-    Status::DomainExists,
-    Status::TooManyFiles,
-    Status::Resource,
-];
-
-impl Status {
-    /// The wire number.
-    pub fn to_wire(self) -> u32 {
-        STATUSES
-            .iter()
-            .position(|&s| s == self)
-            .map_or(u32::MAX, |i| i as u32)
-    }
-    /// Parses a wire number.
-    pub fn from_wire(v: u32) -> Result<Status, BadMessage> {
-        usize::try_from(v)
-            .ok()
-            .and_then(|i| STATUSES.get(i).copied())
-            .ok_or(BadMessage::UnknownStatus(v))
-    }
-}
-
-impl fmt::Display for Status {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self, f)
-    }
 }
 
 /// How GRANT_END treats a grant that is still mapped.
@@ -222,6 +164,8 @@ pub struct Counters {
     pub domains: u32,
     /// Open client connections.
     pub connections: u32,
+    /// Registered local memories (grant copy's local side).
+    pub locals: u32,
 }
 
 /// A parsed request.
@@ -245,6 +189,16 @@ pub enum Request {
     Forget { files: Vec<FileKey> },
     /// Open the connection's side channel for one-way messages.
     SideOpen,
+    /// Register the attached memfd (`pages` pages) as local memory for COPY.
+    LocalRegister { pages: u32 },
+    /// The client unmapped local memory `id` (no reply).
+    LocalForget { id: u32 },
+    /// Copy between grants of `domid` and registered local memory `local`.
+    Copy {
+        domid: DomId,
+        local: u32,
+        segs: Vec<WireSeg>,
+    },
     /// Allocate a port `remote` may bind.
     EvtchnAllocUnbound { remote: DomId },
     /// Bind to `remote`'s unbound port.
@@ -279,6 +233,10 @@ pub enum Reply {
     Port { op: u32, port: EvtchnPort },
     /// The counters.
     Counters(Counters),
+    /// LOCAL_REGISTER succeeded.
+    Registered { id: u32 },
+    /// COPY was done: one `GNTST_*` status per segment.
+    Copied { statuses: Vec<i16> },
     /// Any other request succeeded.
     Done { op: u32 },
 }
@@ -382,6 +340,9 @@ impl Request {
             Request::UnmapOneway { .. } => op::UNMAP_ONEWAY,
             Request::Forget { .. } => op::FORGET,
             Request::SideOpen => op::SIDE_OPEN,
+            Request::LocalRegister { .. } => op::LOCAL_REGISTER,
+            Request::LocalForget { .. } => op::LOCAL_FORGET,
+            Request::Copy { .. } => op::COPY,
             Request::EvtchnAllocUnbound { .. } => op::EVTCHN_ALLOC_UNBOUND,
             Request::EvtchnBind { .. } => op::EVTCHN_BIND,
             Request::EvtchnUnbind { .. } => op::EVTCHN_UNBIND,
@@ -393,7 +354,10 @@ impl Request {
 
     /// Whether the broker answers this request (one-way messages get no reply at all).
     pub fn wants_reply(&self) -> bool {
-        !matches!(self, Request::UnmapOneway { .. } | Request::Forget { .. })
+        !matches!(
+            self,
+            Request::UnmapOneway { .. } | Request::Forget { .. } | Request::LocalForget { .. }
+        )
     }
 
     /// Parses a request datagram into its sequence number and request. The header is parsed
@@ -427,6 +391,8 @@ impl Request {
             }
             op::MAP => map::parse_request(body)?,
             op::FORGET => map::parse_forget(body)?,
+            op::LOCAL_REGISTER => copy::parse_register(body)?,
+            op::COPY => copy::parse_copy(body)?,
             op::COUNTERS => {
                 end(body)?;
                 Request::Counters
@@ -445,6 +411,7 @@ impl Request {
             }
             op::UNMAP
             | op::UNMAP_ONEWAY
+            | op::LOCAL_FORGET
             | op::EVTCHN_ALLOC_UNBOUND
             | op::EVTCHN_UNBIND
             | op::DOMAIN_CREATE
@@ -454,6 +421,7 @@ impl Request {
                 match op {
                     op::UNMAP => Request::Unmap { map_id: v },
                     op::UNMAP_ONEWAY => Request::UnmapOneway { map_id: v },
+                    op::LOCAL_FORGET => Request::LocalForget { id: v },
                     op::EVTCHN_ALLOC_UNBOUND => Request::EvtchnAllocUnbound { remote: domid(v)? },
                     op::EVTCHN_UNBIND => Request::EvtchnUnbind {
                         port: EvtchnPort(v),
@@ -490,9 +458,11 @@ impl Request {
             }
             Request::Map { domid, maps } => map::emit_request(&mut out, *domid, maps),
             Request::Forget { files } => map::emit_forget(&mut out, files),
-            Request::Unmap { map_id } | Request::UnmapOneway { map_id } => {
-                push_u32s(&mut out, [*map_id])
-            }
+            Request::Unmap { map_id: v }
+            | Request::UnmapOneway { map_id: v }
+            | Request::LocalRegister { pages: v }
+            | Request::LocalForget { id: v } => push_u32s(&mut out, [*v]),
+            Request::Copy { domid, local, segs } => copy::emit_copy(&mut out, *domid, *local, segs),
             Request::EvtchnAllocUnbound { remote } => push_u32s(&mut out, [u32::from(remote.0)]),
             Request::EvtchnBind {
                 remote,
@@ -517,6 +487,8 @@ impl Reply {
             Reply::Mapped { .. } => (op::MAP, Status::Ok),
             Reply::Port { op, .. } | Reply::Done { op } => (*op, Status::Ok),
             Reply::Counters(_) => (op::COUNTERS, Status::Ok),
+            Reply::Registered { .. } => (op::LOCAL_REGISTER, Status::Ok),
+            Reply::Copied { .. } => (op::COPY, Status::Ok),
         };
         let mut out = RawReplyHeader {
             seq,
@@ -533,6 +505,8 @@ impl Reply {
             }
             Reply::Mapped { files, dead, maps } => map::emit_reply(&mut out, files, dead, maps),
             Reply::Port { port, .. } => push_u32s(&mut out, [port.0]),
+            Reply::Registered { id } => push_u32s(&mut out, [*id]),
+            Reply::Copied { statuses } => copy::emit_copied(&mut out, statuses),
             Reply::Counters(c) => out.extend_from_slice(c.as_bytes()),
             Reply::Error { .. } | Reply::Done { .. } => {}
         }
@@ -566,6 +540,12 @@ impl Reply {
                     port: EvtchnPort(port),
                 }
             }
+            op::LOCAL_REGISTER => {
+                let (id, rest) = take::<u32>(body)?;
+                end(rest)?;
+                Reply::Registered { id }
+            }
+            op::COPY => copy::parse_copied(body)?,
             op::COUNTERS => {
                 let (c, rest) = take::<Counters>(body)?;
                 end(rest)?;

@@ -57,6 +57,7 @@ pub fn idle(connections: u32) -> Counters {
         channels: 0,
         domains: 1,
         connections,
+        locals: 0,
     }
 }
 

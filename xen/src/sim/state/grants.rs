@@ -83,6 +83,7 @@ impl State {
             grefs,
             mapped_by: 0,
             revoking: false,
+            view: None,
         };
         self.allocs.insert(handle, alloc);
         Ok((reply, vec![memfd]))

@@ -1,6 +1,7 @@
 use proptest::prelude::*;
 
 use super::*;
+use crate::copy::{CopyDir, MAX_COPY_SEGS};
 
 fn cases() -> ProptestConfig {
     let n = std::env::var("PROPTEST_CASES")
@@ -96,7 +97,31 @@ fn request() -> impl Strategy<Value = Request> {
         domid().prop_map(|domid| Request::DomainDestroy { domid }),
         Just(Request::Counters),
         Just(Request::SideOpen),
+        (1..=MAX_LOCAL_PAGES as u32).prop_map(|pages| Request::LocalRegister { pages }),
+        any::<u32>().prop_map(|id| Request::LocalForget { id }),
+        (
+            domid(),
+            any::<u32>(),
+            proptest::collection::vec(wire_seg(), 1..=MAX_COPY_SEGS)
+        )
+            .prop_map(|(domid, local, segs)| Request::Copy { domid, local, segs }),
     ]
+}
+
+fn wire_seg() -> impl Strategy<Value = WireSeg> {
+    (any::<(u32, u16, u16, u32)>(), any::<bool>()).prop_map(|((gref, offset, len, local), to)| {
+        WireSeg {
+            gref: GrantRef(gref),
+            offset,
+            len,
+            local,
+            dir: if to {
+                CopyDir::ToGrant
+            } else {
+                CopyDir::FromGrant
+            },
+        }
+    })
 }
 
 fn status() -> impl Strategy<Value = Status> {
@@ -123,13 +148,17 @@ fn reply() -> impl Strategy<Value = Reply> {
                 op,
                 port: EvtchnPort(p)
             }),
-        any::<[u32; 5]>().prop_map(|c| Reply::Counters(Counters {
+        any::<[u32; 6]>().prop_map(|c| Reply::Counters(Counters {
             grants: c[0],
             mappings: c[1],
             channels: c[2],
             domains: c[3],
-            connections: c[4]
+            connections: c[4],
+            locals: c[5],
         })),
+        any::<u32>().prop_map(|id| Reply::Registered { id }),
+        proptest::collection::vec(any::<i16>(), 1..=MAX_COPY_SEGS)
+            .prop_map(|statuses| Reply::Copied { statuses }),
         prop_oneof![
             Just(op::GRANT_END),
             Just(op::UNMAP),
@@ -373,4 +402,85 @@ fn the_largest_one_way_message_fits_the_side_channel_buffer() {
     };
     assert!(forget.emit(u32::MAX).len() <= MAX_ONEWAY);
     assert!(Request::UnmapOneway { map_id: 1 }.emit(1).len() <= MAX_ONEWAY);
+}
+
+#[test]
+fn copy_messages_are_bounded_and_strict() {
+    let seg = WireSeg {
+        gref: GrantRef(8),
+        offset: 100,
+        len: 3000,
+        local: 5000,
+        dir: CopyDir::ToGrant,
+    };
+    let full = Request::Copy {
+        domid: DomId(3),
+        local: 1,
+        segs: vec![seg; MAX_COPY_SEGS],
+    };
+    let bytes = full.emit(1);
+    assert!(bytes.len() <= MAX_MESSAGE, "{} bytes", bytes.len());
+    assert_eq!(Request::parse(&bytes), Ok((1, full)));
+    let copied = Reply::Copied {
+        statuses: vec![-3; MAX_COPY_SEGS],
+    };
+    assert!(copied.emit(1).len() <= MAX_MESSAGE);
+    // One segment too many, zero segments, an unknown direction bit.
+    let mut too_many = RawHeader {
+        op: op::COPY,
+        seq: 1,
+    }
+    .as_bytes()
+    .to_vec();
+    push_u32s(&mut too_many, [3, 1, len32(MAX_COPY_SEGS + 1)]);
+    for _ in 0..=MAX_COPY_SEGS {
+        too_many.extend_from_slice(RawCopySeg::default().as_bytes());
+    }
+    assert_eq!(Request::parse(&too_many), Err(BadMessage::BadField));
+    let mut none = RawHeader {
+        op: op::COPY,
+        seq: 1,
+    }
+    .as_bytes()
+    .to_vec();
+    push_u32s(&mut none, [3, 1, 0]);
+    assert_eq!(Request::parse(&none), Err(BadMessage::BadField));
+    let mut bad_dir = RawHeader {
+        op: op::COPY,
+        seq: 1,
+    }
+    .as_bytes()
+    .to_vec();
+    push_u32s(&mut bad_dir, [3, 1, 1]);
+    bad_dir.extend_from_slice(
+        RawCopySeg {
+            flags: 2,
+            ..RawCopySeg::default()
+        }
+        .as_bytes(),
+    );
+    assert_eq!(Request::parse(&bad_dir), Err(BadMessage::BadField));
+    // A count promising more segments than the datagram holds.
+    let mut short = RawHeader {
+        op: op::COPY,
+        seq: 1,
+    }
+    .as_bytes()
+    .to_vec();
+    push_u32s(&mut short, [3, 1, 2]);
+    short.extend_from_slice(RawCopySeg::default().as_bytes());
+    assert_eq!(Request::parse(&short), Err(BadMessage::Truncated));
+    // LOCAL_REGISTER: 1..=MAX_LOCAL_PAGES pages.
+    for pages in [0, MAX_LOCAL_PAGES as u32 + 1] {
+        let mut b = RawHeader {
+            op: op::LOCAL_REGISTER,
+            seq: 1,
+        }
+        .as_bytes()
+        .to_vec();
+        push_u32s(&mut b, [pages]);
+        assert_eq!(Request::parse(&b), Err(BadMessage::BadField));
+    }
+    assert!(!Request::LocalForget { id: 1 }.wants_reply());
+    assert!(Request::LocalRegister { pages: 1 }.wants_reply());
 }
