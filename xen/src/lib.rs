@@ -32,8 +32,12 @@
 //!   on the sim the broker is then told with a one-way message, which it always handles
 //!   before answering a later end of access, so the granter never sees a mapping that is
 //!   already gone (see [`sim`] for what the sim's isolation does and does not cover);
-//! - every mapping, grant and port has exactly one owner whose drop releases it; nothing the
-//!   broker tracks outlives the connection that created it;
+//! - a grant copy reaches only the bytes its segment names inside the granted page and
+//!   inside the caller's [`LocalPages`] (both platforms check the bounds; a segment that
+//!   breaks them fails alone), never writes a read-only grant, and needs the same grant a
+//!   map would (granted by that domain to this one, access not ended);
+//! - every mapping, grant, port and registered local memory has exactly one owner whose
+//!   drop releases it; nothing the broker tracks outlives the connection that created it;
 //! - no input from a socket or a peer panics: the broker answers bad requests with an error
 //!   status or closes that one connection.
 

@@ -262,3 +262,90 @@ fn each_map_of_a_batch_succeeds_or_fails_on_its_own() {
     assert_ne!(pages[0].file, pages[1].file);
     assert_eq!(s.counters().mappings, 2);
 }
+
+fn local_memfd(pages: u64) -> OwnedFd {
+    let fd =
+        rustix::fs::memfd_create("t", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
+    rustix::fs::ftruncate(&fd, pages * PAGE_SIZE as u64).unwrap();
+    rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW).unwrap();
+    fd
+}
+
+fn copy_req(local: u32, gref: GrantRef, dir: crate::CopyDir) -> Request {
+    Request::Copy {
+        domid: DomId(1),
+        local,
+        segs: vec![crate::sim::wire::WireSeg {
+            gref,
+            offset: 0,
+            len: 16,
+            local: 0,
+            dir,
+        }],
+    }
+}
+
+#[test]
+fn a_grant_whose_access_is_ending_is_no_longer_copied() {
+    let (mut s, c0, c1) = setup();
+    let (handle, grefs) = alloc(&mut s, c1, 1, Access::Writable);
+    let Reply::Registered { id } = s.register_local(c0, 1, local_memfd(1)).unwrap().0 else {
+        panic!()
+    };
+    let from = || copy_req(id, grefs[0], crate::CopyDir::FromGrant);
+    assert_eq!(
+        ok(s.handle(c0, from())),
+        Reply::Copied { statuses: vec![0] }
+    );
+    // Mapped, then ended lazily: the grant waits for the unmap but is not granted any more.
+    ok(s.handle(c0, map_req(DomId(1), Access::Writable, grefs.clone())));
+    ok(s.handle(
+        c1,
+        Request::GrantEnd {
+            handle,
+            mode: EndMode::Defer,
+        },
+    ));
+    assert_eq!(s.counters().grants, 1);
+    assert_eq!(
+        ok(s.handle(c0, from())),
+        Reply::Copied { statuses: vec![-3] }
+    );
+}
+
+#[test]
+fn local_memory_belongs_to_its_connection_and_dies_with_it() {
+    let (mut s, c0, c1) = setup();
+    let (_, grefs) = alloc(&mut s, c1, 1, Access::ReadOnly);
+    let Reply::Registered { id } = s.register_local(c0, 1, local_memfd(1)).unwrap().0 else {
+        panic!()
+    };
+    let other = s.connect(DomId::DOM0).unwrap();
+    let to = copy_req(id, grefs[0], crate::CopyDir::ToGrant);
+    assert_eq!(
+        s.handle(other, to.clone()).0.unwrap_err(),
+        Status::NoSuchObject
+    );
+    assert_eq!(
+        s.handle(other, Request::LocalForget { id }).0.unwrap_err(),
+        Status::NoSuchObject
+    );
+    assert_eq!(ok(s.handle(c0, to)), Reply::Copied { statuses: vec![-8] });
+    assert_eq!(
+        s.handle(c0, Request::LocalRegister { pages: 1 })
+            .0
+            .unwrap_err(),
+        Status::BadRequest,
+        "registering needs the fd the broker shell passes"
+    );
+    assert_eq!(s.counters().locals, 1);
+    s.disconnect(c0);
+    assert_eq!(s.counters().locals, 0);
+    for _ in 0..locals::MAX_LOCALS_PER_CONN {
+        s.register_local(other, 1, local_memfd(1)).unwrap();
+    }
+    assert_eq!(
+        s.register_local(other, 1, local_memfd(1)).unwrap_err(),
+        Status::Resource
+    );
+}
