@@ -77,8 +77,8 @@ pub enum CopyError {
     /// Too many segments for one call (more than [`MAX_COPY_SEGS`]).
     #[error("{0} segments in one copy call (at most {MAX_COPY_SEGS})")]
     TooMany(usize),
-    /// The local pages belong to another platform instance (sim: not registered with this
-    /// broker connection).
+    /// The local pages belong to another platform instance (sim: not registered by this
+    /// broker connection, e.g. [`LocalPages::anonymous`] or another connection's).
     #[error("the local pages are not known to this platform")]
     ForeignLocal,
     /// The simulated broker failed.
