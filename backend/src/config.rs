@@ -62,6 +62,7 @@ fn parse_platform(s: &str) -> Result<PlatformKind, String> {
 /// max-bulk-urb = 16384           # split bulk transfers into usbfs URBs of at most this
 /// feature-aca = true             # offer error containment (feature-aca) to frontends
 /// feature-persistent = true      # offer persistent grants (feature-persistent)
+/// grant-copy = true              # stock peers: copy data pages (GNTTABOP_copy), not map them
 /// poll-us = 0                     # busy-poll this long after each event (0 = off)
 /// ```
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -81,6 +82,9 @@ pub struct FileConfig {
     /// Offer persistent grants (`feature-persistent`).
     #[serde(default = "yes")]
     pub feature_persistent: bool,
+    /// Move a stock peer's data by grant copy instead of mapping each request's pages.
+    #[serde(default = "yes")]
+    pub grant_copy: bool,
     /// Microseconds to keep polling after each event before sleeping (0: off).
     #[serde(default)]
     pub poll_us: u64,
@@ -97,6 +101,7 @@ impl Default for FileConfig {
             max_bulk_urb: None,
             feature_aca: true,
             feature_persistent: true,
+            grant_copy: true,
             poll_us: 0,
         }
     }

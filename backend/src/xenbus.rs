@@ -16,13 +16,14 @@ use anyhow::Context;
 use pvusb_ring::sring::{ConnBackRing, UrbBackRing};
 use pvusb_ring::urb::aca::FEATURE_ACA;
 use pvusb_ring::wire::{Port, UsbVer};
-use pvusb_xen::{DomId, EventChannel, EventChannels, EvtchnPort, GrantMapper};
-use tracing::{debug, error, info, Span};
+use pvusb_xen::{DomId, EventChannel, EventChannels, EvtchnPort, GrantCopier, GrantMapper};
+use tracing::{debug, error, info, warn, Span};
 use xenstore_cfg::vusb::{self, keys, VusbId};
 use xenstore_cfg::xenbus::{read_rings, read_state, switch_state, XenbusState};
 use xenstore_cfg::{Xs, XsOps};
 
 use crate::config::FileConfig;
+use crate::engine::copy::{Copied, ARENA_PAGES};
 use crate::engine::memory::{Grants, GuestMemory};
 use crate::engine::persistent::{Persistent, FEATURE_PERSISTENT, MAX_PERSISTENT};
 use crate::engine::{DeviceState, Engine, EngineConfig, Link};
@@ -124,6 +125,13 @@ impl Controller {
     /// Our serial number (poller tokens).
     pub fn serial(&self) -> u32 {
         self.serial
+    }
+
+    /// Whether the frontend has put requests on the ring that no event announced yet (see
+    /// [`Engine::has_requests`]): a busy-polling daemon then serves them as if the event
+    /// channel had fired.
+    pub fn has_requests(&self) -> bool {
+        self.evtchn.is_some() && self.engine.has_requests()
     }
 
     fn switch(&mut self, xs: &mut Xs, state: XenbusState) {
@@ -266,9 +274,20 @@ impl Controller {
             .context("polling the event channel")?;
         let aca = env.file.feature_aca && fe_aca;
         // Persistent grants: the pages stay mapped past their responses (the frontend
-        // promised not to revoke them while connected); a stock peer keeps map-per-request.
+        // promised not to revoke them while connected). A stock peer's data is copied by
+        // the hypervisor (grant copy), or mapped per request if copying is off or its
+        // bounce pages cannot be had.
         let mem: Box<dyn GuestMemory> = if persistent {
             Box::new(Persistent::new(mem, MAX_PERSISTENT))
+        } else if env.file.grant_copy {
+            let copier: Arc<dyn GrantCopier> = env.hyp.clone();
+            match Copied::new(mem, copier, domid, ARENA_PAGES) {
+                Ok(c) => Box::new(c),
+                Err(e) => {
+                    warn!(parent: &self.span, error = %e, "no bounce pages for grant copy: mapping instead");
+                    Box::new(Grants::new(env.hyp.clone(), domid))
+                }
+            }
         } else {
             Box::new(mem)
         };
@@ -282,7 +301,7 @@ impl Controller {
         );
         self.engine.connect(link);
         self.evtchn = Some(ch);
-        debug!(parent: &self.span, ?rings, aca, persistent, "rings mapped");
+        debug!(parent: &self.span, ?rings, aca, persistent, copy = env.file.grant_copy, "rings mapped");
         Ok(())
     }
 

@@ -13,9 +13,9 @@
 //!
 //! `cargo bench -p pvusb-tests` · `PVUSB_BENCH_SECS` (per cell, default 1) ·
 //! `PVUSB_BENCH_FULL=1` for the full 8 controllers × 31 ports scaling run ·
-//! `PVUSB_BENCH_SKIP=throughput,scaling,floor` to leave sections out ·
+//! `PVUSB_BENCH_SKIP=throughput,map,scaling,floor` to leave sections out ·
 //! `PVUSB_BENCH_REPEAT=3` for the median of three interleaved runs of each throughput cell ·
-//! `PVUSB_BENCH_PROFILE=persistent|stock`: only the stack's 64 KiB QD16 cell with a
+//! `PVUSB_BENCH_PROFILE=persistent|stock|map`: only the stack's 64 KiB QD16 cell with a
 //! per-process CPU split (to run under `perf record`).
 
 use std::collections::HashMap;
@@ -53,7 +53,7 @@ fn median(mut cells: Vec<Cell>) -> Cell {
     cells[cells.len() / 2]
 }
 
-/// `PVUSB_BENCH_SKIP=throughput,scaling,floor` leaves those sections out.
+/// `PVUSB_BENCH_SKIP=throughput,map,scaling,floor` leaves those sections out.
 fn skip(section: &str) -> bool {
     std::env::var("PVUSB_BENCH_SKIP").is_ok_and(|v| v.split(',').any(|s| s == section))
 }
@@ -125,10 +125,23 @@ fn configured(mut c: UsbipClient) -> UsbipClient {
     c
 }
 
-/// The backend configuration of the stock usbif protocol (every request's pages mapped and
-/// unmapped by the backend) and of the negotiated persistent-grant extension.
-fn backend_config(persistent: bool, poll_us: u32) -> String {
-    format!("feature-persistent = {persistent}\npoll-us = {poll_us}\n")
+/// How the backend reaches the guest's data pages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Proto {
+    /// Stock usbif, each request's pages copied by the hypervisor (grant copy, the default).
+    Copy,
+    /// Stock usbif, each request's pages mapped and unmapped (`grant-copy = false`).
+    Map,
+    /// The negotiated persistent-grant extension.
+    Persistent,
+}
+
+impl Proto {
+    fn backend_config(self, poll_us: u32) -> String {
+        let persistent = self == Proto::Persistent;
+        let copy = self == Proto::Copy;
+        format!("feature-persistent = {persistent}\ngrant-copy = {copy}\npoll-us = {poll_us}\n")
+    }
 }
 
 /// Busy polling of the latency rows marked "poll" (both daemons' `poll-us`).
@@ -141,17 +154,17 @@ fn over_tcp() -> bool {
 }
 
 impl Stack {
-    fn new(persistent: bool) -> Stack {
-        Stack::with_poll(persistent, 0)
+    fn new(proto: Proto) -> Stack {
+        Stack::with_poll(proto, 0)
     }
 
     /// A stack whose daemons keep polling `poll_us` after each event (0: off, the default).
-    fn with_poll(persistent: bool, poll_us: u32) -> Stack {
+    fn with_poll(proto: Proto, poll_us: u32) -> Stack {
         let mut p = Platform::new(&[1]);
         let busid = p.plug_as_is(&DeviceSpec::new(ModelSpec::Loopback { capacity: CAPACITY }));
         let id = p.add_controller(1, 0, 4);
         p.assign(&id, 1, Some(&busid));
-        p.start_backend_with(&backend_config(persistent, poll_us));
+        p.start_backend_with(&proto.backend_config(poll_us));
         let c = if over_tcp() {
             let addr = p.start_frontend(1);
             UsbipClient::import_when_ready(addr, "1-1", Duration::from_secs(30), || p.logs())
@@ -301,6 +314,38 @@ mod scaling;
 
 use scaling::scaling;
 
+/// The stock protocol with grant copy (`stock`) against grant map (a fresh stack with
+/// `grant-copy = false`) at 64 KiB, interleaved repeats: what copying instead of mapping
+/// each request's pages buys.
+fn copy_vs_map(stock: &mut Stack, dur: Duration) -> serde_json::Value {
+    let mut map = Stack::new(Proto::Map);
+    println!("stock usbif at 64K: grant copy (default) vs grant map (grant-copy = false)");
+    println!(
+        "{:>3} | {:>8} {:>8} {:>6} | {:>8} {:>8}",
+        "qd", "copy", "map", "c/m", "copy c/G", "map c/G"
+    );
+    let mut rows = Vec::new();
+    for &qd in &DEPTHS {
+        let (mut cs, mut ms) = (Vec::new(), Vec::new());
+        for _ in 0..repeats() {
+            cs.push(stock.echo(64 << 10, qd, dur));
+            ms.push(map.echo(64 << 10, qd, dur));
+        }
+        let (c, m) = (median(cs), median(ms));
+        println!(
+            "{qd:>3} | {:>8.0} {:>8.0} {:>6.2} | {:>7.2}s {:>7.2}s",
+            c.mb_s,
+            m.mb_s,
+            c.mb_s / m.mb_s,
+            c.cpu_s_per_gib,
+            m.cpu_s_per_gib
+        );
+        rows.push(json!({"qd": qd, "copy_mb_s": c.mb_s, "map_mb_s": m.mb_s,
+            "copy_cpu_s_per_gib": c.cpu_s_per_gib, "map_cpu_s_per_gib": m.cpu_s_per_gib}));
+    }
+    json!(rows)
+}
+
 fn main() {
     // Re-executed as the socket floor's echo process: serve, then exit.
     pvusb_tests::floor::echo_if_asked();
@@ -310,24 +355,28 @@ fn main() {
         return;
     }
     let dur = secs();
-    // PVUSB_BENCH_PROFILE=1: only the stack's 64 KiB QD16 cell (to run under `perf record`);
-    // PVUSB_BENCH_PROFILE=persistent for the persistent-grant backend.
+    // PVUSB_BENCH_PROFILE=stock: only the stack's 64 KiB QD16 cell (to run under `perf
+    // record`); `persistent` for the persistent-grant backend, `map` for grant map.
     if let Some(v) = std::env::var_os("PVUSB_BENCH_PROFILE") {
-        let persistent = v == "persistent";
-        let mut stack = Stack::new(persistent);
+        let proto = match v.to_str() {
+            Some("persistent") => Proto::Persistent,
+            Some("map") => Proto::Map,
+            _ => Proto::Copy,
+        };
+        let mut stack = Stack::new(proto);
         let c = stack.echo(64 << 10, 16, dur);
         let gib = c.mb_s * dur.as_secs_f64() * 1e6 / f64::from(1u32 << 30);
         let [me, fe, be] = stack.split.map(|d| d.as_secs_f64() / gib.max(1e-9));
         println!(
-            "stack 64K QD16 (persistent grants: {persistent}): {:.0} MB/s, {:.2} s CPU/GiB \
+            "stack 64K QD16 ({proto:?}): {:.0} MB/s, {:.2} s CPU/GiB \
              (split: client {me:.2}, frontend {fe:.2}, backend {be:.2}; the rest is the broker)",
             c.mb_s, c.cpu_s_per_gib,
         );
         return;
     }
     let mut direct = Direct::new();
-    let mut stock = Stack::new(false);
-    let mut pgnt = Stack::new(true);
+    let mut stock = Stack::new(Proto::Copy);
+    let mut pgnt = Stack::new(Proto::Persistent);
     let mut floor = (!skip("floor")).then(|| Floor::spawn(0));
     println!("pvusb issue-8 benchmark: {dur:?} per cell, sim bulk loopback, echoed MB/s (10^6 B)");
     println!(
@@ -338,7 +387,7 @@ fn main() {
             "USB/IP over the AF_UNIX socket vhci_hcd holds (--vhci)"
         }
     );
-    println!("stock = usbif as specified (backend maps and unmaps every request's pages);");
+    println!("stock = usbif as specified (the backend has every request's pages grant-copied);");
     println!("pgnt = negotiated feature-persistent (each run of granted pages mapped once per connection)");
     println!(
         "floor = the guest's socket alone: 48-byte header + payload echoed by another process \
@@ -423,6 +472,7 @@ fn main() {
             rows.push(row);
         }
     }
+    let copy_vs_map = (!skip("map")).then(|| copy_vs_map(&mut stock, dur));
     let mut lat_json = serde_json::Map::new();
     // The latency rows' floor: a 64-byte round trip on the socket alone (one URB's worth of
     // guest transport), the echo process blocking in read, then polling as the daemons do.
@@ -444,8 +494,8 @@ fn main() {
     });
     drop(floor);
     // Latency with the defaults, then with both daemons busy-polling (`poll-us`).
-    let mut spoll = Stack::with_poll(false, POLL_US);
-    let mut gpoll = Stack::with_poll(true, POLL_US);
+    let mut spoll = Stack::with_poll(Proto::Copy, POLL_US);
+    let mut gpoll = Stack::with_poll(Proto::Persistent, POLL_US);
     let mut stacks = [&mut stock, &mut pgnt, &mut spoll, &mut gpoll];
     let names = ["stock", "pgnt", "stock+poll", "pgnt+poll"];
     println!(
@@ -525,6 +575,7 @@ fn main() {
         );
     }
     let j = json!({"bench": "pvusb-stack", "secs_per_cell": dur.as_secs_f64(), "throughput": rows,
+        "stock_copy_vs_map": copy_vs_map,
         "latency_us": lat_json,
         "scaling": scale});
     println!("{j}");

@@ -23,7 +23,8 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use pvusb_ring::shm::Shm;
 use pvusb_ring::wire::PAGE_SIZE;
@@ -119,8 +120,9 @@ impl Drop for Slot {
     }
 }
 
-/// IN bytes waiting for the next flush, each holding its slot.
-type Pending = Mutex<Vec<(Arc<Slot>, CopySeg)>>;
+/// IN bytes waiting for the next flush, each holding its request's write-back (and so its
+/// slot).
+type Pending = Mutex<Vec<(Arc<BackState>, CopySeg)>>;
 
 /// Copies made ahead by [`GuestMemory::prefetch`]: `(refs, writable, copy)` in request order.
 type Ahead = Mutex<VecDeque<(Vec<u32>, bool, Box<dyn Mapped>)>>;
@@ -318,13 +320,21 @@ impl<M: GuestMemory> GuestMemory for Copied<M> {
             return 0;
         }
         let segs: Vec<CopySeg> = queued.iter().map(|(_, s)| *s).collect();
-        let failed = match self.copier.copy(self.domid, &self.arena.local, &segs) {
-            Ok(results) => results.iter().filter(|r| r.is_err()).count(),
+        let results = match self.copier.copy(self.domid, &self.arena.local, &segs) {
+            Ok(r) if r.len() == segs.len() => r.into_iter().map(|r| r.is_ok()).collect(),
+            Ok(_) => vec![false; segs.len()],
             Err(e) => {
                 tracing::debug!(error = %e, "grant copy to the guest failed");
-                segs.len()
+                vec![false; segs.len()]
             }
         };
+        let mut failed = 0;
+        for ((back, _), ok) in queued.iter().zip(results) {
+            if !ok {
+                back.failed.store(true, Ordering::Relaxed);
+                failed += 1;
+            }
+        }
         // The slots are given back only now (dropping `queued`), after their bytes left.
         drop(queued);
         failed
@@ -355,49 +365,64 @@ impl Mapped for CopyMap {
         if !self.writable {
             return None;
         }
-        Some(Arc::new(Back {
+        Some(Arc::new(Back(Arc::new(BackState {
             slot: self.slot.clone(),
             refs: self.refs.clone(),
-            pending: self.pending.clone(),
-        }))
+            pending: Arc::downgrade(&self.pending),
+            failed: AtomicBool::new(false),
+        }))))
     }
 }
 
 /// Queues a writable copy's bytes for its guest pages.
 #[derive(Debug)]
-struct Back {
+struct Back(Arc<BackState>);
+
+/// A write-back, shared by its request and its queued segments.
+#[derive(Debug)]
+struct BackState {
     slot: Arc<Slot>,
     refs: Vec<u32>,
-    pending: Arc<Pending>,
+    /// Weak: the queue holds these, which must not keep the queue alive in turn.
+    pending: Weak<Pending>,
+    failed: AtomicBool,
 }
 
 impl WriteBack for Back {
+    fn failed(&self) -> bool {
+        self.0.failed.load(Ordering::Relaxed)
+    }
+
     fn queue(&self, off: usize, len: usize) {
+        let this = &self.0;
         let Some(end) = off
             .checked_add(len)
-            .filter(|&e| e <= self.refs.len() * PAGE_SIZE)
+            .filter(|&e| e <= this.refs.len() * PAGE_SIZE)
         else {
             return;
         };
-        let mut pending = lock(&self.pending);
+        let Some(pending) = this.pending.upgrade() else {
+            return;
+        };
+        let mut pending = lock(&pending);
         let mut pos = off;
         while pos < end {
             let page = pos / PAGE_SIZE;
             let in_page = pos % PAGE_SIZE;
             let n = (PAGE_SIZE - in_page).min(end - pos);
-            let Some(&gref) = self.refs.get(page) else {
+            let Some(&gref) = this.refs.get(page) else {
                 return;
             };
             let (Ok(offset), Ok(n16)) = (u16::try_from(in_page), u16::try_from(n)) else {
                 return;
             };
             pending.push((
-                self.slot.clone(),
+                this.clone(),
                 CopySeg {
                     gref: GrantRef(gref),
                     offset,
                     len: n16,
-                    local: self.slot.base() + pos,
+                    local: this.slot.base() + pos,
                     dir: CopyDir::ToGrant,
                 },
             ));

@@ -37,6 +37,9 @@ pub trait WriteBack: Send + Sync + fmt::Debug {
     /// Queues mapping bytes `off..off+len` for the guest; they reach it in the next
     /// [`GuestMemory::flush`], which the engine calls before publishing any response.
     fn queue(&self, off: usize, len: usize);
+    /// True once a flush could not deliver some queued bytes (the guest revoked or never
+    /// granted the pages writable): the request must not be answered as a success.
+    fn failed(&self) -> bool;
 }
 
 /// Maps one frontend domain's grants.

@@ -30,7 +30,7 @@ use pvusb_ring::urb::aca::ACA_CLEAR;
 use pvusb_ring::urb::backend::{Action, Backend, BackendConfig, ProtocolError};
 use pvusb_ring::urb::UrbResult;
 use pvusb_ring::wire::{
-    ConnEvent, Limits, Port, Speed, UrbRequest, UrbResponse, UsbVer, URB_RING_SIZE,
+    ConnEvent, Limits, Port, Speed, Status, UrbRequest, UrbResponse, UsbVer, URB_RING_SIZE,
 };
 use tracing::{debug, info, warn, Span};
 
@@ -82,6 +82,9 @@ pub struct Link {
     tags: HashMap<u64, u16>,
     /// Hotplug events waiting for a conn ring slot.
     conn_queue: VecDeque<(Port, Speed)>,
+    /// Answers waiting for [`Engine::publish`], with their payloads: a copied IN buffer's
+    /// bytes reach the guest there first, and a response whose bytes could not is failed.
+    answered: Vec<(UrbResponse, Option<Payload>)>,
     /// Responses pushed but not yet published.
     unpublished: bool,
 }
@@ -121,6 +124,7 @@ impl Link {
             running: HashMap::new(),
             tags: HashMap::new(),
             conn_queue: VecDeque::new(),
+            answered: Vec::new(),
             unpublished: false,
         }
     }
@@ -171,6 +175,15 @@ impl Engine {
     /// Whether a frontend is connected.
     pub fn is_connected(&self) -> bool {
         self.link.is_some()
+    }
+
+    /// Whether the URB ring holds requests [`Engine::on_ring_event`] would take: a shared
+    /// index read, no system call, for a daemon that busy-polls its rings. A ring whose
+    /// indices are invalid also counts, so that serving it reports the error.
+    pub fn has_requests(&self) -> bool {
+        self.link
+            .as_ref()
+            .is_some_and(|l| l.urb.unconsumed_requests().map_or(true, |n| n > 0))
     }
 
     fn slot(&self, port: Port) -> Option<&PortSlot> {
@@ -242,6 +255,7 @@ impl Engine {
         if let Some(link) = &mut self.link {
             link.conn_queue.push_back((port, Speed::None));
         }
+        self.publish();
         self.flush();
         Some(dev)
     }
@@ -456,10 +470,6 @@ impl Engine {
                     result,
                     payload,
                 } => {
-                    // Unmap the grants *before* pushing the response: xen-hcd revokes them
-                    // on completion and treats a live mapping as fatal. With persistent
-                    // grants this only drops the request's views of the cached pages.
-                    drop(payload);
                     let rsp = UrbResponse {
                         id,
                         start_frame: result.start_frame,
@@ -468,9 +478,7 @@ impl Engine {
                         error_count: result.error_count.min(i32::MAX as u32),
                     };
                     debug!(parent: &span, id, status = ?result.status, len = result.actual_length, "giveback");
-                    if let Err(e) = link.urb.push_response(&rsp.to_raw()) {
-                        warn!(parent: &span, id, error = %e, "response dropped");
-                    }
+                    link.answered.push((rsp, payload));
                     link.unpublished = true;
                 }
             }
@@ -526,6 +534,20 @@ impl Engine {
             if lost > 0 {
                 let span = &self.span;
                 guest_warn!(self.warn, parent: span, lost, "IN data not copied back: the guest revoked its grants");
+            }
+            let span = &self.span;
+            for (mut rsp, payload) in link.answered.drain(..) {
+                if payload.as_ref().is_some_and(Payload::lost) {
+                    rsp.status = Status::IoError.to_wire();
+                    rsp.actual_length = 0;
+                }
+                // Unmap the grants *before* pushing the response: xen-hcd revokes them on
+                // completion and treats a live mapping as fatal. With persistent grants
+                // this only drops the request's views of the cached pages.
+                drop(payload);
+                if let Err(e) = link.urb.push_response(&rsp.to_raw()) {
+                    warn!(parent: span, id = rsp.id, error = %e, "response dropped");
+                }
             }
             if link.urb.push_responses_and_check_notify() {
                 link.notify.notify();

@@ -140,6 +140,11 @@ impl GuestBuf {
         }
     }
 
+    /// True when bytes marked [`GuestBuf::written`] could not be delivered to the guest.
+    pub fn lost(&self) -> bool {
+        self.back.as_ref().is_some_and(|b| b.failed())
+    }
+
     /// Copies `data` into stream bytes `off..off+data.len()` of the guest pages.
     pub fn scatter(&self, off: usize, data: &[u8]) -> bool {
         self.walk(off, data.len(), |map, m, b, n| {
@@ -214,6 +219,15 @@ pub fn piece_size(max_bulk: usize) -> usize {
 }
 
 impl Payload {
+    /// True when the transfer's IN bytes or frame descriptors could not be copied back to
+    /// the guest (grant copy): its answer becomes an error.
+    pub fn lost(&self) -> bool {
+        [&self.data_in, &self.desc]
+            .into_iter()
+            .flatten()
+            .any(GuestBuf::lost)
+    }
+
     /// Builds the host URBs (tags from `next_tag`). `continuation`: the first piece
     /// continues an earlier URB of the endpoint (containment); later pieces always do.
     pub fn host_urbs(

@@ -118,6 +118,23 @@ fn loopback_round_trip_unmaps_everything() {
 }
 
 #[test]
+fn copied_in_bytes_the_guest_cannot_take_fail_the_request() {
+    let mut rig = addressed_in(usize::MAX, true);
+    rig.mem.arena().write(4 * 4096, &[7; 4096]).unwrap();
+    assert_eq!(answer(&mut rig, &bulk(3, 0x01, &[4], 4096)), (0, 4096));
+    let copier = rig.copier.clone().unwrap();
+    copier.set_read_only(8);
+    let (status, len) = answer(&mut rig, &bulk(4, 0x81, &[8], 4096));
+    assert_eq!((status, len), (Status::IoError.to_wire(), 0));
+    // The next request is unaffected.
+    assert_eq!(answer(&mut rig, &bulk(5, 0x01, &[4], 4096)), (0, 4096));
+    assert_eq!(answer(&mut rig, &bulk(6, 0x81, &[9], 4096)), (0, 4096));
+    let mut back = vec![0u8; 4096];
+    rig.mem.arena().read(9 * 4096, &mut back).unwrap();
+    assert!(back.iter().all(|&b| b == 7));
+}
+
+#[test]
 fn split_transfers_match_whole_ones() {
     for copy in [false, true] {
         let mut rig = addressed_in(1024, copy);

@@ -92,7 +92,18 @@ impl Wire {
         op: u32,
         max_fds: usize,
     ) -> Result<(Reply, Vec<OwnedFd>), BrokerError> {
-        let spin_until = std::time::Instant::now() + REPLY_SPIN;
+        self.reply_spinning(seq, op, max_fds, REPLY_SPIN)
+    }
+
+    /// [`Wire::reply`], looking for the reply without sleeping for `spin`.
+    fn reply_spinning(
+        &mut self,
+        seq: u32,
+        op: u32,
+        max_fds: usize,
+        spin: std::time::Duration,
+    ) -> Result<(Reply, Vec<OwnedFd>), BrokerError> {
+        let spin_until = std::time::Instant::now() + spin;
         loop {
             let spinning = std::time::Instant::now() < spin_until;
             let flags = if spinning {
@@ -162,6 +173,21 @@ impl Conn {
 
     fn call(&self, req: &Request, max_fds: usize) -> Result<(Reply, Vec<OwnedFd>), BrokerError> {
         self.call_with(req, &[], max_fds)
+    }
+
+    /// [`Conn::call`] for a request the broker takes a while over: the caller sleeps at once
+    /// unless `spin`. (Xen copies on the calling vCPU; the broker is another process, and
+    /// on a busy machine a caller spinning through a long copy only takes the CPU the
+    /// broker needs.)
+    fn call_long(&self, req: &Request, spin: bool) -> Result<Reply, BrokerError> {
+        let mut wire = self.lock();
+        let seq = wire.send_with(req, &[])?;
+        let spin = if spin {
+            REPLY_SPIN
+        } else {
+            std::time::Duration::ZERO
+        };
+        wire.reply_spinning(seq, req.op(), 0, spin).map(|(r, _)| r)
     }
 
     /// [`Conn::call`] passing `fds` with the request.

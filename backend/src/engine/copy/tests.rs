@@ -161,8 +161,10 @@ fn in_bytes_to_a_read_only_or_revoked_grant_are_counted_lost() {
     let g = GuestBuf::new(m, [(0u16, 4096u16), (0, 4096)].into_iter(), 8192).unwrap();
     assert!(g.scatter(0, &[0x99; 8192]));
     g.written(0, 8192);
-    drop(g);
+    assert!(!g.lost());
     assert_eq!(c.flush(), 2);
+    assert!(g.lost(), "its answer must not be a success");
+    drop(g);
     assert!(page(&mem, 10).iter().all(|&x| x == 0x22));
     assert_eq!(c.pages_in_use(), 0);
 }

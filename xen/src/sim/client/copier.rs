@@ -14,6 +14,11 @@ use crate::mem::Region;
 use crate::sim::wire::{Reply, Request, Status, WireSeg, MAX_LOCAL_PAGES};
 use crate::{Access, AllocError, DomId};
 
+/// Copies of at most this many bytes wait for the broker spinning, like other calls (a
+/// small transfer's latency); larger ones sleep at once: the broker is busy copying on
+/// another CPU for longer than a spin lasts.
+const SPIN_BYTES: usize = 16 * 1024;
+
 /// Tells the broker, after the munmap, that a local memory is gone (one-way, like an unmap).
 #[derive(Debug)]
 struct SimForget {
@@ -93,19 +98,18 @@ impl GrantCopier for SimPlatform {
             local: id,
             segs: wire,
         };
-        match self.conn.call(&req, 0).map_err(CopyError::Broker)? {
-            (Reply::Copied { statuses }, _) if statuses.len() == segs.len() => {
+        let bytes: usize = segs.iter().map(|s| usize::from(s.len)).sum();
+        let spin = bytes <= SPIN_BYTES;
+        match self.conn.call_long(&req, spin).map_err(CopyError::Broker)? {
+            Reply::Copied { statuses } if statuses.len() == segs.len() => {
                 Ok(statuses.into_iter().map(SegError::from_gntst).collect())
             }
-            (Reply::Copied { .. }, _) => Err(BrokerError::BadReply("status count").into()),
-            (
-                Reply::Error {
-                    status: Status::NoSuchObject,
-                    ..
-                },
-                _,
-            ) => Err(CopyError::ForeignLocal),
-            (Reply::Error { status, .. }, _) => Err(BrokerError::Refused(status).into()),
+            Reply::Copied { .. } => Err(BrokerError::BadReply("status count").into()),
+            Reply::Error {
+                status: Status::NoSuchObject,
+                ..
+            } => Err(CopyError::ForeignLocal),
+            Reply::Error { status, .. } => Err(BrokerError::Refused(status).into()),
             _ => Err(BrokerError::BadReply("unexpected reply").into()),
         }
     }
