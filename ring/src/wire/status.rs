@@ -59,23 +59,26 @@ impl Status {
     }
 
     /// Maps any Linux errno (negative, as usbfs reports it) to the nearest usbif code.
+    ///
+    /// usbif has six error codes and Linux xen-hcd reads any other as -ESHUTDOWN ("the host
+    /// controller is going away": drivers stop resubmitting). So only the host's own
+    /// -ESHUTDOWN maps there; every other failure of one transfer is a transfer error the
+    /// guest's driver can retry or report.
     pub const fn from_errno(neg_errno: i32) -> Self {
         match neg_errno {
             0 => Status::Ok,
-            -19 | -108 => {
-                if neg_errno == -19 {
-                    Status::NoDev
-                } else {
-                    Status::Shutdown
-                }
-            }
-            -22 => Status::Inval,
+            -19 => Status::NoDev,
+            -108 => Status::Shutdown,
+            // EINVAL, EFAULT, EFBIG, EMSGSIZE, EPERM, EACCES, ENOTTY, ENOSYS, EOPNOTSUPP:
+            // the request itself cannot be carried out as asked.
+            -22 | -14 | -27 | -90 | -1 | -13 | -25 | -38 | -95 => Status::Inval,
             -32 => Status::Stall,
             -75 => Status::Babble,
-            // ENOENT / ECONNRESET (cancelled), ETIMEDOUT, EILSEQ, EREMOTEIO (short), ECOMM, ENOSR:
-            // all transfer errors a stock frontend understands as EPROTO.
-            -2 | -104 | -110 | -84 | -121 | -70 | -63 | -71 => Status::IoError,
-            _ => Status::Shutdown,
+            // ENOENT / ECONNRESET (cancelled), ETIMEDOUT, EILSEQ, EREMOTEIO (short), ECOMM,
+            // ENOSR, EPROTO, EIO, EXDEV (partial iso), and transient host shortages: ENOMEM
+            // (usbfs_memory_mb), ENOSPC (no periodic bandwidth), EBUSY, EAGAIN, EINTR; and
+            // anything unknown.
+            _ => Status::IoError,
         }
     }
 
@@ -154,7 +157,10 @@ mod tests {
         assert_eq!(Status::from_errno(-32), Status::Stall);
         assert_eq!(Status::from_errno(-19), Status::NoDev);
         assert_eq!(Status::from_errno(-108), Status::Shutdown);
-        assert_eq!(Status::from_errno(-999), Status::Shutdown);
+        assert_eq!(Status::from_errno(-999), Status::IoError);
+        assert_eq!(Status::from_errno(-12), Status::IoError, "ENOMEM");
+        assert_eq!(Status::from_errno(-28), Status::IoError, "ENOSPC");
+        assert_eq!(Status::from_errno(-90), Status::Inval, "EMSGSIZE");
     }
 
     #[test]
