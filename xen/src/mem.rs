@@ -107,25 +107,28 @@ impl Region {
     /// `pages` zeroed pages of private anonymous memory, readable and writable: grant copy's
     /// local side on Xen.
     pub(crate) fn anonymous(pages: usize) -> Result<Region, Errno> {
+        Self::mmap_anonymous(
+            pages,
+            ProtFlags::READ | ProtFlags::WRITE,
+            MapFlags::PRIVATE,
+            Access::Writable,
+        )
+    }
+
+    fn mmap_anonymous(
+        pages: usize,
+        prot: ProtFlags,
+        flags: MapFlags,
+        access: Access,
+    ) -> Result<Region, Errno> {
         let len = pages
             .checked_mul(PAGE_SIZE)
             .filter(|&l| l > 0)
             .ok_or(Errno::INVAL)?;
         // SAFETY: as in map_shared: a fresh kernel-chosen anonymous range owned by the Region.
-        let ptr = unsafe {
-            rustix::mm::mmap_anonymous(
-                std::ptr::null_mut(),
-                len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::PRIVATE,
-            )?
-        };
+        let ptr = unsafe { rustix::mm::mmap_anonymous(std::ptr::null_mut(), len, prot, flags)? };
         let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(Errno::NOMEM)?;
-        Ok(Region {
-            ptr,
-            len,
-            access: Access::Writable,
-        })
+        Ok(Region { ptr, len, access })
     }
 
     /// Start of the region.
@@ -181,21 +184,12 @@ impl Region {
     /// Reserves `pages` pages of address space (PROT_NONE) to be filled by [`Region::map_fixed`]:
     /// the simulated mapper builds one contiguous mapping out of several memfds this way.
     pub(crate) fn reserve(pages: usize, access: Access) -> Result<Region, Errno> {
-        let len = pages
-            .checked_mul(PAGE_SIZE)
-            .filter(|&l| l > 0)
-            .ok_or(Errno::INVAL)?;
-        // SAFETY: as in map_shared: a fresh kernel-chosen anonymous range owned by the Region.
-        let ptr = unsafe {
-            rustix::mm::mmap_anonymous(
-                std::ptr::null_mut(),
-                len,
-                ProtFlags::empty(),
-                MapFlags::PRIVATE | MapFlags::NORESERVE,
-            )?
-        };
-        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(Errno::NOMEM)?;
-        Ok(Region { ptr, len, access })
+        Self::mmap_anonymous(
+            pages,
+            ProtFlags::empty(),
+            MapFlags::PRIVATE | MapFlags::NORESERVE,
+            access,
+        )
     }
 
     /// Maps `pages` pages of `fd` starting at page `file_page` over this region's pages from
