@@ -99,7 +99,27 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         } else {
             std::time::Duration::ZERO
         };
-        let tokens = d.poller.wait(Some(timeout)).context("waiting for events")?;
+        let ctrls = &mut d.ctrls;
+        let tokens = d
+            .poller
+            .wait_polling(Some(timeout), |arm, out| {
+                out.extend(
+                    ctrls
+                        .values_mut()
+                        .filter_map(|c| {
+                            let w = if arm { c.arm() } else { c.has_requests() };
+                            w.then(|| c.serial())
+                        })
+                        .map(|s| {
+                            if arm {
+                                Token::Evtchn(s)
+                            } else {
+                                Token::Ring(s)
+                            }
+                        }),
+                );
+            })
+            .context("waiting for events")?;
         // Controllers that used up their budget last time go again, after everyone else.
         let busy: Vec<u32> = std::mem::take(&mut d.busy).into_iter().collect();
         for t in tokens {
@@ -123,6 +143,11 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                     }
                 }
                 Token::Evtchn(s) => d.evtchn(s),
+                Token::Ring(s) => {
+                    if d.with_serial(s, |c, env| c.on_ring(env)) == Some(true) {
+                        d.busy.insert(s);
+                    }
+                }
                 Token::Device(s, p) => {
                     d.with_serial(s, |c, env| c.on_device(env, p));
                 }

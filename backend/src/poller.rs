@@ -3,7 +3,12 @@
 //! Optional busy polling (`poll-us`, QEMU's `poll-max-ns` idea): for that long after the
 //! last event the set is checked without sleeping (yielding the CPU between checks), so the
 //! next request of a transfer in progress is taken without a wake-up from idle, which costs
-//! tens of microseconds on a virtual CPU. An idle daemon sleeps as before.
+//! tens of microseconds on a virtual CPU. An idle daemon sleeps as before. While polling,
+//! the rings themselves are looked at too ([`Poller::wait_polling`]), as QEMU's aio poll
+//! handlers read a virtqueue's index: a request is seen when its index is published, not
+//! when its notification has gone through the kernel. A polling daemon's rings also leave
+//! their request event index unarmed (the frontend then sends no notification at all);
+//! `rings` re-arms them, with ring.h's final check, before the set sleeps.
 //!
 //! Level-triggered on purpose: a source we did not fully drain (an event channel we
 //! re-check after unmasking, a device with more completions) wakes us again instead of
@@ -30,6 +35,9 @@ pub enum Token {
     Evtchn(u32),
     /// A controller's device on a port.
     Device(u32, u8),
+    /// A controller's ring has requests no event announced (busy polling; never in the
+    /// epoll set).
+    Ring(u32),
 }
 
 impl Token {
@@ -40,6 +48,7 @@ impl Token {
             Token::Hotplug => 3,
             Token::Evtchn(s) => (4 << 56) | (u64::from(s) << 8),
             Token::Device(s, p) => (5 << 56) | (u64::from(s) << 8) | u64::from(p),
+            Token::Ring(s) => (6 << 56) | (u64::from(s) << 8),
         }
     }
 
@@ -55,6 +64,7 @@ impl Token {
             },
             4 => Token::Evtchn(serial),
             5 => Token::Device(serial, port),
+            6 => Token::Ring(serial),
             _ => return None,
         })
     }
@@ -112,13 +122,34 @@ impl Poller {
 
     /// Waits for events (forever if `timeout` is `None`), returning their tokens.
     pub fn wait(&self, timeout: Option<Duration>) -> std::io::Result<Vec<Token>> {
+        self.wait_polling(timeout, |_, _| {})
+    }
+
+    /// [`Poller::wait`], and while busy polling each pass first calls `rings(false, out)`,
+    /// which adds a [`Token::Ring`] for every ring with work (read from shared memory, no
+    /// system call): that work is taken without waiting for a notification. Before the set
+    /// sleeps it calls `rings(true, out)`, which must re-arm every ring's event index
+    /// (`RING_FINAL_CHECK_FOR_REQUESTS`) and add the [`Token::Evtchn`] of each ring that
+    /// has work after all: then the set does not sleep. Rings left unarmed while polling
+    /// thus never cost a lost wake-up. `rings` is never called when busy polling is off.
+    pub fn wait_polling(
+        &self,
+        timeout: Option<Duration>,
+        mut rings: impl FnMut(bool, &mut Vec<Token>),
+    ) -> std::io::Result<Vec<Token>> {
         let until = self.last_event.get() + self.busy_poll;
         let mut ready = Vec::new();
         while ready.is_empty() && Instant::now() < until {
-            ready = self.wait_once(Some(Duration::ZERO))?;
+            rings(false, &mut ready);
+            if ready.is_empty() {
+                ready = self.wait_once(Some(Duration::ZERO))?;
+            }
             if ready.is_empty() {
                 std::thread::yield_now();
             }
+        }
+        if ready.is_empty() && !self.busy_poll.is_zero() {
+            rings(true, &mut ready);
         }
         if ready.is_empty() {
             ready = self.wait_once(timeout)?;
@@ -182,6 +213,40 @@ mod tests {
     }
 
     #[test]
+    fn busy_poll_asks_the_rings_and_only_while_polling() {
+        let p = Poller::with_busy_poll(Duration::from_millis(200)).unwrap();
+        let mut asked = 0;
+        let t = p
+            .wait_polling(None, |arm, out| {
+                assert!(!arm, "re-armed while still polling");
+                asked += 1;
+                if asked == 3 {
+                    out.push(Token::Ring(9));
+                }
+            })
+            .unwrap();
+        assert_eq!((t, asked), (vec![Token::Ring(9)], 3));
+        // The window runs out: the rings are re-armed, and work found then means no sleep.
+        let p = Poller::with_busy_poll(Duration::from_millis(2)).unwrap();
+        let mut armed = 0;
+        let t = p
+            .wait_polling(None, |arm, out| {
+                if arm {
+                    armed += 1;
+                    out.push(Token::Evtchn(4));
+                }
+            })
+            .unwrap();
+        assert_eq!((t, armed), (vec![Token::Evtchn(4)], 1));
+        // Busy polling off: the rings are never asked, the set just times out.
+        let p = Poller::new().unwrap();
+        let t = p
+            .wait_polling(Some(Duration::from_millis(5)), |_, _| panic!("asked"))
+            .unwrap();
+        assert!(t.is_empty());
+    }
+
+    #[test]
     fn tokens_round_trip() {
         for t in [
             Token::Xenstore,
@@ -189,6 +254,7 @@ mod tests {
             Token::Hotplug,
             Token::Evtchn(7),
             Token::Evtchn(u32::MAX),
+            Token::Ring(3),
             Token::Device(3, 31),
             Token::Device(u32::MAX, 1),
         ] {

@@ -97,7 +97,7 @@ impl Controller {
             .watch(&format!("{fe_dir}/{}", keys::STATE), &fe_token(&id))
             .context("watching the frontend state")?;
         let n = usize::from(view.num_ports);
-        let engine = Engine::new(
+        let mut engine = Engine::new(
             EngineConfig {
                 num_ports: view.num_ports,
                 usb_ver,
@@ -105,6 +105,7 @@ impl Controller {
             },
             span.clone(),
         );
+        engine.set_quiet(env.file.poll_us > 0);
         info!(parent: &span, num_ports = view.num_ports, ?usb_ver, "controller found");
         let mut c = Controller {
             id,
@@ -132,6 +133,11 @@ impl Controller {
     /// channel had fired.
     pub fn has_requests(&self) -> bool {
         self.evtchn.is_some() && self.engine.has_requests()
+    }
+
+    /// Re-arms the request event before sleeping; true if requests wait.
+    pub fn arm(&mut self) -> bool {
+        self.evtchn.is_some() && self.engine.arm()
     }
 
     fn switch(&mut self, xs: &mut Xs, state: XenbusState) {
@@ -340,6 +346,17 @@ impl Controller {
             r = self.engine.on_ring_event();
         }
         match r {
+            Ok(more) => more,
+            Err(e) => {
+                self.fail(env, &e);
+                false
+            }
+        }
+    }
+
+    /// Busy polling saw requests on the ring: serve them, leaving the event channel alone.
+    pub fn on_ring(&mut self, env: &mut Env<'_>) -> bool {
+        match self.engine.on_ring_event() {
             Ok(more) => more,
             Err(e) => {
                 self.fail(env, &e);

@@ -141,6 +141,9 @@ pub struct Engine {
     submitted: u32,
     warn: RateLimit,
     span: Span,
+    /// Busy polling: serving leaves the request event index alone (no notifications while
+    /// the daemon polls); [`Engine::arm`] re-arms before it sleeps.
+    quiet: bool,
 }
 
 /// What [`Engine::on_device_ready`] found.
@@ -164,7 +167,21 @@ impl Engine {
             submitted: 0,
             warn: RateLimit::default(),
             span,
+            quiet: false,
         }
+    }
+
+    /// See the `quiet` field.
+    pub fn set_quiet(&mut self, quiet: bool) {
+        self.quiet = quiet;
+    }
+
+    /// `RING_FINAL_CHECK_FOR_REQUESTS` before sleeping: true if requests wait (or the ring
+    /// is broken), so the caller serves instead of sleeping.
+    pub fn arm(&mut self) -> bool {
+        self.link
+            .as_mut()
+            .is_some_and(|l| l.urb.final_check_for_requests().unwrap_or(true))
     }
 
     /// The settings.
@@ -348,7 +365,12 @@ impl Engine {
             if served >= RING_BUDGET {
                 break link.urb.unconsumed_requests()? > 0;
             }
-            if !link.urb.final_check_for_requests()? {
+            let again = if self.quiet {
+                link.urb.unconsumed_requests()? > 0
+            } else {
+                link.urb.final_check_for_requests()?
+            };
+            if !again {
                 break false;
             }
         };

@@ -191,7 +191,10 @@ impl Daemon {
         };
         let be = DomId(paths.be_domid);
         let (engine, info) = match Engine::new(&self.platform, be, offer.num_ports, offer.aca) {
-            Ok(x) => x,
+            Ok((mut e, i)) => {
+                e.set_quiet(!self.busy_poll.is_zero());
+                (e, i)
+            }
             Err(e) => {
                 tracing::error!(parent: &span, error = %e, "setting up the rings");
                 return;
@@ -335,8 +338,14 @@ impl Daemon {
 
     /// Handles the controller's event channel.
     pub(super) fn service_ctrl(&mut self, devid: u32) {
+        self.service_ctrl_with(devid, false);
+    }
+
+    /// `polled`: the daemon saw responses on the ring, no event fired.
+    pub(super) fn service_ctrl_with(&mut self, devid: u32, polled: bool) {
         let mut out = self.take_outputs();
         let r = match self.ctrls.get_mut(&devid).and_then(|c| c.conn.as_mut()) {
+            Some(conn) if polled => conn.engine.service_polled(&mut out),
             Some(conn) => conn.engine.service(&mut out),
             None => return,
         };

@@ -208,10 +208,16 @@ impl Daemon {
             let timeout = next_tick.saturating_duration_since(Instant::now());
             // Busy polling (--poll-us): look without sleeping for a while after an event.
             let until = last_event + self.busy_poll;
+            // Each pass reads the response rings first (no system call): a response is
+            // served when its index is published, with no event (the engines leave the
+            // response event index unarmed while we poll; see `arm_rings` below).
             let mut ready = false;
+            // The poll after serving rings still runs, so sockets are never starved.
+            let mut served = false;
             while !ready && Instant::now() < until {
+                served = self.serve_waiting_rings();
                 match self.poll.poll(&mut events, Some(Duration::ZERO)) {
-                    Ok(()) => ready = !events.is_empty(),
+                    Ok(()) => ready = served || !events.is_empty(),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => return Err(e).context("polling"),
                 }
@@ -220,13 +226,21 @@ impl Daemon {
                 }
             }
             if !ready {
+                // Busy polling left the response events unarmed: arm them before sleeping,
+                // and do not sleep if a response came in between.
+                let timeout = if !self.busy_poll.is_zero() && self.arm_rings() {
+                    served = true;
+                    Duration::ZERO
+                } else {
+                    timeout
+                };
                 match self.poll.poll(&mut events, Some(timeout)) {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => return Err(e).context("polling"),
                 }
             }
-            if !events.is_empty() {
+            if served || !events.is_empty() {
                 last_event = Instant::now();
             }
             for ev in events.iter() {
@@ -252,6 +266,40 @@ impl Daemon {
                 self.tick();
             }
         }
+    }
+
+    /// Serves every controller whose rings hold responses (busy polling only). True if
+    /// there was one.
+    fn serve_waiting_rings(&mut self) -> bool {
+        let waiting: Vec<u32> = self
+            .ctrls
+            .iter()
+            .filter(|(_, c)| c.conn.as_ref().is_some_and(|k| k.engine.has_responses()))
+            .map(|(devid, _)| *devid)
+            .collect();
+        for devid in &waiting {
+            self.service_ctrl_with(*devid, true);
+        }
+        !waiting.is_empty()
+    }
+
+    /// Re-arms every controller's response event; serves those with responses waiting.
+    fn arm_rings(&mut self) -> bool {
+        let waiting: Vec<u32> = self
+            .ctrls
+            .iter_mut()
+            .filter(|(_, c)| c.conn.is_some())
+            .filter_map(|(devid, c)| {
+                c.conn
+                    .as_mut()
+                    .is_some_and(|k| k.engine.arm())
+                    .then_some(*devid)
+            })
+            .collect();
+        for devid in &waiting {
+            self.service_ctrl(*devid);
+        }
+        !waiting.is_empty()
     }
 
     /// Routes SIGTERM and SIGINT to a socket the loop polls (signal-hook writes a byte).

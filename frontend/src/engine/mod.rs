@@ -130,6 +130,9 @@ pub struct Engine {
     grants: Grants,
     sent: Vec<Option<Sent>>,
     num_ports: u8,
+    /// Busy polling: serving leaves the response event index alone; [`Engine::arm`]
+    /// re-arms before the daemon sleeps.
+    quiet: bool,
 }
 
 impl Engine {
@@ -166,6 +169,7 @@ impl Engine {
             grants,
             sent: (0..ids).map(|_| None).collect(),
             num_ports,
+            quiet: false,
         };
         Ok((engine, info))
     }
@@ -173,6 +177,34 @@ impl Engine {
     /// The event channel's pollable fd.
     pub fn evtchn(&self) -> &dyn EventChannel {
         &*self.evtchn
+    }
+
+    /// Whether a response or conn event waits on a ring: shared index reads, no system
+    /// call, for a daemon that busy-polls its rings ([`Engine::service`] takes them as if
+    /// the event channel had fired). A ring whose indices are invalid also counts, so that
+    /// serving it reports the error.
+    pub fn has_responses(&self) -> bool {
+        let urb = self
+            .urb
+            .as_ref()
+            .is_some_and(|r| r.unconsumed_responses().map_or(true, |n| n > 0));
+        urb || self
+            .conn
+            .as_ref()
+            .is_some_and(|r| r.unconsumed_responses().map_or(true, |n| n > 0))
+    }
+
+    /// See the `quiet` field.
+    pub fn set_quiet(&mut self, quiet: bool) {
+        self.quiet = quiet;
+    }
+
+    /// `RING_FINAL_CHECK_FOR_RESPONSES` on the URB ring before sleeping: true if responses
+    /// wait (or the ring is broken).
+    pub fn arm(&mut self) -> bool {
+        self.urb
+            .as_mut()
+            .is_some_and(|r| r.final_check_for_responses().unwrap_or(true))
     }
 
     /// Requests on the ring without an answer.
@@ -233,8 +265,19 @@ impl Engine {
     /// Handles the event channel: consumes every conn event and response, then performs
     /// the resulting actions.
     pub fn service(&mut self, out: &mut Vec<Output>) -> Result<(), EngineError> {
+        self.serve(out, true)
+    }
+
+    /// [`Engine::service`] for a busy-polling daemon that saw responses on a ring: the
+    /// event channel is left alone (an event that did come is still taken when the daemon's
+    /// poller reports it).
+    pub fn service_polled(&mut self, out: &mut Vec<Output>) -> Result<(), EngineError> {
+        self.serve(out, false)
+    }
+
+    fn serve(&mut self, out: &mut Vec<Output>, take: bool) -> Result<(), EngineError> {
         loop {
-            let fired = self.evtchn.take_pending()?;
+            let fired = take && self.evtchn.take_pending()?;
             self.drain_conn(out)?;
             self.drain_urb()?;
             self.flush(out)?;
@@ -242,6 +285,7 @@ impl Engine {
                 self.evtchn.unmask()?;
             }
             let more_urb = match self.urb.as_mut() {
+                Some(r) if self.quiet => r.unconsumed_responses()? > 0,
                 Some(r) => r.final_check_for_responses()?,
                 None => false,
             };
