@@ -283,19 +283,22 @@ impl Controller {
         // promised not to revoke them while connected). A stock peer's data is copied by
         // the hypervisor (grant copy), or mapped per request if copying is off or its
         // bounce pages cannot be had.
-        let mem: Box<dyn GuestMemory> = if persistent {
-            Box::new(Persistent::new(mem, MAX_PERSISTENT))
+        let (mem, data_path): (Box<dyn GuestMemory>, _) = if persistent {
+            (
+                Box::new(Persistent::new(mem, MAX_PERSISTENT)),
+                "persistent grants",
+            )
         } else if env.file.grant_copy {
             let copier: Arc<dyn GrantCopier> = env.hyp.clone();
             match Copied::new(mem, copier, domid, ARENA_PAGES) {
-                Ok(c) => Box::new(c),
+                Ok(c) => (Box::new(c), "grant copy"),
                 Err(e) => {
                     warn!(parent: &self.span, error = %e, "no bounce pages for grant copy: mapping instead");
-                    Box::new(Grants::new(env.hyp.clone(), domid))
+                    (Box::new(Grants::new(env.hyp.clone(), domid)), "grant map")
                 }
             }
         } else {
-            Box::new(mem)
+            (Box::new(mem), "grant map")
         };
         let link = Link::new(
             urb,
@@ -307,7 +310,7 @@ impl Controller {
         );
         self.engine.connect(link);
         self.evtchn = Some(ch);
-        debug!(parent: &self.span, ?rings, aca, persistent, copy = env.file.grant_copy, "rings mapped");
+        info!(parent: &self.span, ?rings, aca, data_path, "rings mapped");
         Ok(())
     }
 
