@@ -42,6 +42,8 @@ Configuration file (--config, TOML; every key optional):
                                     (BULK_CONTINUATION, as libusb does)
   feature-aca = true                offer per-endpoint error containment to frontends
   feature-persistent = true         offer persistent grants (map each page once)
+  grant-copy = true                 stock frontends: have the hypervisor copy their data
+                                    pages (GNTTABOP_copy) instead of mapping each request's
   poll-us = 0                       keep polling this long after each event before
                                     sleeping (lower latency, more CPU; e.g. 100)
 
@@ -183,6 +185,16 @@ mod tests {
         let cfg: FileConfig = toml::from_str("poll-us = 100\n").unwrap();
         assert_eq!(cfg.poll_us, 100);
         assert!(toml::from_str::<FileConfig>("poll-us = -1").is_err());
+        assert!(cfg.grant_copy, "stock peers' data is copied unless asked otherwise");
+        let cfg: FileConfig = toml::from_str("grant-copy = false\n").unwrap();
+        assert!(!cfg.grant_copy);
+    }
+
+    #[test]
+    fn the_shipped_example_is_the_default() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../dist/examples/backend.toml");
+        assert_eq!(FileConfig::load(&path).unwrap(), FileConfig::default());
     }
 
     #[test]
