@@ -185,15 +185,18 @@ mod tests {
         let cfg: FileConfig = toml::from_str("poll-us = 100\n").unwrap();
         assert_eq!(cfg.poll_us, 100);
         assert!(toml::from_str::<FileConfig>("poll-us = -1").is_err());
-        assert!(cfg.grant_copy, "stock peers' data is copied unless asked otherwise");
+        assert!(
+            cfg.grant_copy,
+            "stock peers' data is copied unless asked otherwise"
+        );
         let cfg: FileConfig = toml::from_str("grant-copy = false\n").unwrap();
         assert!(!cfg.grant_copy);
     }
 
     #[test]
     fn the_shipped_example_is_the_default() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../dist/examples/backend.toml");
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/examples/backend.toml");
         assert_eq!(FileConfig::load(&path).unwrap(), FileConfig::default());
     }
 
