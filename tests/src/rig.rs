@@ -35,6 +35,21 @@ pub fn rig(disk_bytes: u64) -> Rig {
 /// Starts the rig with a disk of `disk_bytes` that has `faults` from the start (counted
 /// faults such as `unplug_after` count from its first URB).
 pub fn rig_with_faults(disk_bytes: u64, faults: Faults) -> Rig {
+    rig_configured(disk_bytes, faults, "")
+}
+
+/// The rig with the stock protocol: the backend does not offer persistent grants, so the
+/// guest's data pages go by grant copy (what Linux xen-hcd gets).
+pub fn rig_stock(disk_bytes: u64) -> Rig {
+    rig_configured(
+        disk_bytes,
+        Faults::default(),
+        "feature-persistent = false\n",
+    )
+}
+
+/// The rig with the backend started with `config` (TOML; empty for the defaults).
+fn rig_configured(disk_bytes: u64, faults: Faults, config: &str) -> Rig {
     let mut p = Platform::new(&[1]);
     let mut spec = DeviceSpec::new(ModelSpec::Storage {
         size_bytes: disk_bytes,
@@ -43,7 +58,7 @@ pub fn rig_with_faults(disk_bytes: u64, faults: Faults) -> Rig {
     let busid = p.plug(spec);
     let id = p.add_controller(1, 0, 4);
     p.assign(&id, 1, Some(&busid));
-    p.start_backend();
+    p.start_backend_with(config);
     let addr = p.start_frontend(1);
     Rig {
         p,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use pvusb_backend::sim::Faults;
 use pvusb_tests::proc::kill9_pid;
-use pvusb_tests::rig::{rig, rig_with_faults};
+use pvusb_tests::rig::{rig, rig_stock, rig_with_faults, Rig};
 use pvusb_tests::storage::{PassSpec, RunError, Stats, BLOCK};
 use pvusb_tests::usbip::devlist;
 use pvusb_tests::wait;
@@ -157,14 +157,29 @@ fn backend_killed_and_restarted_mid_transfer() {
 
 #[test]
 fn frontend_killed_releases_everything() {
-    let t = Instant::now();
     let bytes = pvusb_tests::e2e_bytes();
-    let r = rig(bytes);
+    frontend_killed(rig(bytes), bytes, false);
+}
+
+/// The same with the stock protocol (grant copy): the backend's bounce pages go too.
+#[test]
+fn frontend_killed_releases_everything_with_grant_copy() {
+    let bytes = pvusb_tests::e2e_bytes();
+    frontend_killed(rig_stock(bytes), bytes, true);
+}
+
+fn frontend_killed(r: Rig, bytes: u64, copying: bool) {
+    let t = Instant::now();
     let blocks = bytes / u64::from(BLOCK);
     let mut disk = r.disk();
     let mut st = Stats::default();
     let before = r.p.counters();
     assert!(before.grants > 0 && before.mappings > 0 && before.channels > 0);
+    assert_eq!(
+        before.locals > 0,
+        copying,
+        "bounce pages iff grant copy: {before:?}"
+    );
     let pid = r.p.frontends[&1].0.pid().unwrap();
     let quarter = 3 * (blocks / u64::from(spec(false, 0, 1).chunk)) / 4;
     let killer = after_urbs(r.p.trace_path(&r.busid), quarter, move || kill9_pid(pid));
@@ -182,7 +197,7 @@ fn frontend_killed_releases_everything() {
         || r.p.logs(),
         || {
             let c = r.p.counters();
-            (c.grants == 0 && c.mappings == 0 && c.channels == 0).then_some(c)
+            (c.grants == 0 && c.mappings == 0 && c.channels == 0 && c.locals == 0).then_some(c)
         },
     );
     wait::until(

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pvusb_backend::sim::{set_faults, FailNth, Faults, ShortRead};
-use pvusb_tests::rig::{rig, write_verify};
+use pvusb_tests::rig::{rig, rig_stock, write_verify, Rig};
 use pvusb_tests::rng::Rng;
 use pvusb_tests::storage::Chaos;
 
@@ -37,11 +37,30 @@ fn random_faults(rng: &mut Rng) -> Faults {
 
 #[test]
 fn random_errors_and_unlinks_while_pipelined() {
-    let t = Instant::now();
     let bytes = pvusb_tests::e2e_bytes();
-    let r = rig(bytes);
+    errors_and_unlinks(
+        rig(bytes),
+        bytes,
+        "random_errors_and_unlinks_while_pipelined",
+    );
+}
+
+/// The same with the stock protocol: every request's data by grant copy, IN bytes copied
+/// back before each response is published.
+#[test]
+fn random_errors_and_unlinks_with_grant_copy() {
+    let bytes = pvusb_tests::e2e_bytes();
+    errors_and_unlinks(
+        rig_stock(bytes),
+        bytes,
+        "random_errors_and_unlinks_with_grant_copy",
+    );
+}
+
+fn errors_and_unlinks(r: Rig, bytes: u64, name: &str) {
+    let t = Instant::now();
     let mut disk = r.disk();
-    let mut rng = Rng::from_env("random_errors_and_unlinks_while_pipelined");
+    let mut rng = Rng::from_env(name);
     let stop = Arc::new(AtomicBool::new(false));
     let injector = {
         let stop = Arc::clone(&stop);
@@ -79,7 +98,7 @@ fn random_errors_and_unlinks_while_pipelined() {
     disk.c.ledger.assert_settled();
     let matched = r.check_device_order(&disk, true);
     eprintln!(
-        "faults: {injected} fault sets injected, {matched} device URBs matched in order, {:.1?}",
+        "{name}: {injected} fault sets injected, {matched} device URBs matched in order, {:.1?}",
         t.elapsed()
     );
 }
