@@ -26,12 +26,23 @@ fn done(a: Answer) -> pvusb_frontend::usbip::RetSubmit {
 
 #[test]
 fn short_packet_mid_way_through_a_large_bulk_in() {
+    short_packet_mid_way("");
+}
+
+/// The same with the stock protocol: each piece's data by grant copy.
+#[test]
+fn short_packet_mid_way_with_grant_copy() {
+    short_packet_mid_way("feature-persistent = false\n");
+}
+
+/// Runs the rounds with the backend configured by `config` (TOML).
+fn short_packet_mid_way(config: &str) {
     let t = Instant::now();
     let mut p = Platform::new(&[1]);
     let busid = p.plug(DeviceSpec::new(ModelSpec::Loopback { capacity: 4 * MIB }));
     let id = p.add_controller(1, 0, 4);
     p.assign(&id, 1, Some(&busid));
-    p.start_backend();
+    p.start_backend_with(config);
     let addr = p.start_frontend(1);
     let logs = || p.logs();
     let mut c = UsbipClient::import_when_ready(addr, "1-1", T, logs);
