@@ -4,12 +4,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
 
-use common::{idle, wait_until, Sim};
+use common::{idle, say, wait_for_sigkill, wait_until, Sim};
 use pvusb_xen::sim::{Counters, SimPlatform};
 use pvusb_xen::{
     Access, CopyDir, CopyError, CopySeg, DomId, GrantAllocator, GrantCopier, GrantRef,
@@ -304,17 +303,8 @@ fn child_entry() {
         .copy(DomId(1), &local, &[seg(g, 0, 4096, 0, CopyDir::FromGrant)])
         .unwrap();
     assert_eq!(out, vec![Ok(())]);
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "@@ copied").unwrap();
-    stdout.flush().unwrap();
-    let parent = std::os::unix::process::parent_id();
-    for _ in 0..600 {
-        if std::os::unix::process::parent_id() != parent {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    std::process::exit(1);
+    say("copied");
+    wait_for_sigkill();
 }
 
 #[test]

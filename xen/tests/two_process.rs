@@ -4,11 +4,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
-use common::{idle, readable, wait_until, Sim};
+use common::{idle, readable, say, wait_for_sigkill, wait_until, Sim};
 use pvusb_xen::sim::{Counters, SimPlatform};
 use pvusb_xen::{
     Access, DomId, EndAccessError, EventChannels, EvtchnPort, GrantAllocator, GrantMapper,
@@ -48,26 +48,6 @@ fn expect_line(out: &mut BufReader<ChildStdout>) -> Vec<String> {
 fn kill9(mut child: Child) {
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-}
-
-/// Tells the parent something; written straight to fd 1, which libtest does not capture.
-fn say(msg: &str) {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "@@ {msg}").unwrap();
-    out.flush().unwrap();
-}
-
-/// Sleeps until the parent kills us; gives up after a minute, or if the parent died (so a
-/// failed parent leaves no process behind).
-fn wait_for_sigkill() {
-    let parent = std::os::unix::process::parent_id();
-    for _ in 0..600 {
-        if std::os::unix::process::parent_id() != parent {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    std::process::exit(1);
 }
 
 /// Entry point of the child process; does nothing when run as a normal test.

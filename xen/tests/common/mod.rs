@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: an in-process broker in a temp directory.
 #![allow(dead_code)]
 
+use std::io::Write;
 use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -80,4 +81,24 @@ pub fn readable(fd: impl AsFd, timeout: Duration) -> bool {
         rustix::event::PollFlags::IN,
     )];
     rustix::event::poll(&mut fds, Some(&ts)).unwrap() == 1
+}
+
+/// Tells the parent something; written straight to fd 1, which libtest does not capture.
+pub fn say(msg: &str) {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "@@ {msg}").unwrap();
+    out.flush().unwrap();
+}
+
+/// Sleeps until the parent kills us; gives up after a minute, or if the parent died (so a
+/// failed parent leaves no process behind).
+pub fn wait_for_sigkill() {
+    let parent = std::os::unix::process::parent_id();
+    for _ in 0..600 {
+        if std::os::unix::process::parent_id() != parent {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::process::exit(1);
 }
