@@ -6,11 +6,8 @@ mod common;
 
 use common::*;
 use pvusb_backend::sim::ModelSpec;
-use pvusb_ring::wire::{
-    Ep, Isoc, Pipe, Seg, Setup, Status, Submit, Transfer, UrbRequest, UrbResponse, XferType,
-};
+use pvusb_ring::wire::{Setup, Status};
 use xenstore_cfg::vusb::UsbVer;
-use xenstore_cfg::XsOps;
 
 const PORT: u8 = 1;
 const ADDR: u8 = 3;
@@ -36,87 +33,9 @@ fn set_alt(g: &mut Guest, alt: u16) {
     assert_eq!(r.status, 0, "SET_INTERFACE alt {alt}");
 }
 
-/// What the guest gets back from one iso request.
-struct IsoDone {
-    resp: UrbResponse,
-    /// The whole data buffer after the transfer (IN: what the backend wrote).
-    data: Vec<u8>,
-    /// Each frame descriptor's (actual_length, status) as the backend left it.
-    descs: Vec<(u32, i32)>,
-}
-
-/// One iso request on `ep` with packets at `(offset, length)` in a buffer of `buf_len`
-/// bytes; OUT sends `out` (the whole buffer, gaps included). Descriptors start with
-/// actual_length 0xdeadbeef and status 1 so untouched ones show.
+/// One iso request on the loopback's `ep` (see [`common::iso`]).
 fn iso(g: &mut Guest, ep: u8, packets: &[(u32, u32)], buf_len: usize, out: &[u8]) -> IsoDone {
-    let is_in = ep & 0x80 != 0;
-    let data = (buf_len > 0).then(|| {
-        let b = g.alloc(buf_len, !is_in);
-        if !is_in {
-            b.pages.write_at(0, out).unwrap();
-        }
-        b
-    });
-    let desc = g.alloc(packets.len() * 16, false);
-    for (i, &(offset, length)) in packets.iter().enumerate() {
-        let mut d = [0u8; 16];
-        d[0..4].copy_from_slice(&offset.to_le_bytes());
-        d[4..8].copy_from_slice(&length.to_le_bytes());
-        d[8..12].copy_from_slice(&0xdead_beefu32.to_le_bytes());
-        d[12..16].copy_from_slice(&1i32.to_le_bytes());
-        desc.pages.write_at(i * 16, &d).unwrap();
-    }
-    let mut segs = data.as_ref().map(Buf::segs).unwrap_or_default();
-    let mut left = packets.len() * 16;
-    for gref in desc.pages.grefs() {
-        let n = left.min(4096);
-        segs.push(Seg::new(segs.len(), gref.0, 0, n as u16).unwrap())
-            .unwrap();
-        left -= n;
-    }
-    let id = g.fresh_id();
-    let req = UrbRequest::Submit(Submit {
-        id,
-        pipe: Pipe::new(PORT, ADDR, Ep::from_address(ep), XferType::Isoc),
-        xfer: Transfer::Isoc(Isoc {
-            interval: 1,
-            start_frame: 0,
-            number_of_packets: packets.len() as u16,
-            nr_frame_desc_segs: desc.pages.grefs().len() as u16,
-        }),
-        segs,
-        buffer_length: buf_len as u32,
-        short_not_ok: false,
-        ext_flags: 0,
-    });
-    if let Some(b) = data {
-        g.bufs.insert(id, b);
-    }
-    g.push(&req);
-    let (resp, b) = g.wait(id);
-    let data = b.map(|b| b.read(buf_len)).unwrap_or_default();
-    let descs = (0..packets.len())
-        .map(|i| {
-            let mut d = [0u8; 16];
-            desc.pages.read_at(i * 16, &mut d).unwrap();
-            (
-                u32::from_le_bytes(d[8..12].try_into().unwrap()),
-                i32::from_le_bytes(d[12..16].try_into().unwrap()),
-            )
-        })
-        .collect();
-    // A persistent-grants guest leaves its pages granted (the backend keeps them mapped);
-    // a stock one gets every grant back before the response.
-    let persistent =
-        g.xs.read(&format!("{}/feature-persistent", g.id.frontend_dir()))
-            .is_ok();
-    if !persistent {
-        desc.pages
-            .end_access()
-            .map_err(|_| ())
-            .expect("descriptor grants released");
-    }
-    IsoDone { resp, data, descs }
+    common::iso(g, PORT, ADDR, ep, packets, buf_len, out)
 }
 
 /// Byte `i` of OUT packet `p`.

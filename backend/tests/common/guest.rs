@@ -416,9 +416,9 @@ pub fn cbw(tag: u32, data_len: u32, is_in: bool, cdb: &[u8]) -> Vec<u8> {
     v
 }
 
-/// An isochronous IN transfer of `packets` packets of `pkt_len` bytes: data pages plus one
-/// writable page of `usb_iso_packet_descriptor`s. Returns the response, the data and the
-/// descriptors' (actual_length, status) as the backend wrote them back.
+/// An isochronous IN transfer of `packets` packets of `pkt_len` bytes back to back. Returns
+/// the response, the data and the descriptors' (actual_length, status) as the backend wrote
+/// them back.
 pub fn iso_in(
     g: &mut Guest,
     port: u8,
@@ -427,32 +427,59 @@ pub fn iso_in(
     packets: u16,
     pkt_len: u32,
 ) -> (UrbResponse, Vec<u8>, Vec<(u32, i32)>) {
+    let layout: Vec<(u32, u32)> = (0..u32::from(packets))
+        .map(|i| (i * pkt_len, pkt_len))
+        .collect();
     let len = usize::from(packets) * pkt_len as usize;
-    let data = g.alloc(len, false);
-    let desc = g.alloc(usize::from(packets) * 16, false);
-    for i in 0..u32::from(packets) {
+    let done = iso(g, port, dev, ep, &layout, len, &[]);
+    (done.resp, done.data, done.descs)
+}
+
+/// What the guest gets back from one iso request.
+pub struct IsoDone {
+    pub resp: UrbResponse,
+    /// The whole data buffer after the transfer (IN: what the backend wrote).
+    pub data: Vec<u8>,
+    /// Each frame descriptor's (actual_length, status) as the backend left it.
+    pub descs: Vec<(u32, i32)>,
+}
+
+/// One iso request on `ep` of device `dev` on `port`, with packets at `(offset, length)` in a buffer of `buf_len`
+/// bytes; OUT sends `out` (the whole buffer, gaps included). Descriptors start with
+/// actual_length 0xdeadbeef and status 1 so untouched ones show.
+pub fn iso(
+    g: &mut Guest,
+    port: u8,
+    dev: u8,
+    ep: u8,
+    packets: &[(u32, u32)],
+    buf_len: usize,
+    out: &[u8],
+) -> IsoDone {
+    let is_in = ep & 0x80 != 0;
+    let data = (buf_len > 0).then(|| {
+        let b = g.alloc(buf_len, !is_in);
+        if !is_in {
+            b.pages.write_at(0, out).unwrap();
+        }
+        b
+    });
+    let desc = g.alloc(packets.len() * 16, false);
+    for (i, &(offset, length)) in packets.iter().enumerate() {
         let mut d = [0u8; 16];
-        d[0..4].copy_from_slice(&(i * pkt_len).to_le_bytes());
-        d[4..8].copy_from_slice(&pkt_len.to_le_bytes());
+        d[0..4].copy_from_slice(&offset.to_le_bytes());
+        d[4..8].copy_from_slice(&length.to_le_bytes());
         d[8..12].copy_from_slice(&0xdead_beefu32.to_le_bytes());
-        desc.pages.write_at(i as usize * 16, &d).unwrap();
+        d[12..16].copy_from_slice(&1i32.to_le_bytes());
+        desc.pages.write_at(i * 16, &d).unwrap();
     }
-    let mut segs = data.segs();
-    for (i, gref) in desc.pages.grefs().iter().enumerate() {
-        segs.push(
-            Seg::new(
-                segs.len(),
-                gref.0,
-                0,
-                if i == 0 {
-                    (usize::from(packets) * 16).min(4096) as u16
-                } else {
-                    4096
-                },
-            )
-            .unwrap(),
-        )
-        .unwrap();
+    let mut segs = data.as_ref().map(Buf::segs).unwrap_or_default();
+    let mut left = packets.len() * 16;
+    for gref in desc.pages.grefs() {
+        let n = left.min(4096);
+        segs.push(Seg::new(segs.len(), gref.0, 0, n as u16).unwrap())
+            .unwrap();
+        left -= n;
     }
     let id = g.fresh_id();
     let req = UrbRequest::Submit(Submit {
@@ -461,32 +488,42 @@ pub fn iso_in(
         xfer: Transfer::Isoc(Isoc {
             interval: 1,
             start_frame: 0,
-            number_of_packets: packets,
+            number_of_packets: packets.len() as u16,
             nr_frame_desc_segs: desc.pages.grefs().len() as u16,
         }),
         segs,
-        buffer_length: len as u32,
+        buffer_length: buf_len as u32,
         short_not_ok: false,
         ext_flags: 0,
     });
-    g.bufs.insert(id, data);
-    g.push(&req);
-    let (r, b) = g.wait(id);
-    let bytes = b.map(|b| b.read(len)).unwrap_or_default();
-    let mut descs = Vec::new();
-    for i in 0..usize::from(packets) {
-        let mut d = [0u8; 16];
-        desc.pages.read_at(i * 16, &mut d).unwrap();
-        descs.push((
-            u32::from_le_bytes(d[8..12].try_into().unwrap()),
-            i32::from_le_bytes(d[12..16].try_into().unwrap()),
-        ));
+    if let Some(b) = data {
+        g.bufs.insert(id, b);
     }
-    desc.pages
-        .end_access()
-        .map_err(|_| ())
-        .expect("descriptor grants released");
-    (r, bytes, descs)
+    g.push(&req);
+    let (resp, b) = g.wait(id);
+    let data = b.map(|b| b.read(buf_len)).unwrap_or_default();
+    let descs = (0..packets.len())
+        .map(|i| {
+            let mut d = [0u8; 16];
+            desc.pages.read_at(i * 16, &mut d).unwrap();
+            (
+                u32::from_le_bytes(d[8..12].try_into().unwrap()),
+                i32::from_le_bytes(d[12..16].try_into().unwrap()),
+            )
+        })
+        .collect();
+    // A persistent-grants guest leaves its pages granted (the backend keeps them mapped);
+    // a stock one gets every grant back before the response.
+    let persistent =
+        g.xs.read(&format!("{}/feature-persistent", g.id.frontend_dir()))
+            .is_ok();
+    if !persistent {
+        desc.pages
+            .end_access()
+            .map_err(|_| ())
+            .expect("descriptor grants released");
+    }
+    IsoDone { resp, data, descs }
 }
 
 impl Guest {
