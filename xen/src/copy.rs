@@ -90,6 +90,14 @@ pub enum CopyError {
 /// 17 pages each, with room.
 pub const MAX_COPY_SEGS: usize = 2048;
 
+/// Refuses a call of more than [`MAX_COPY_SEGS`] segments (both platforms).
+pub(crate) fn check_count(segs: &[CopySeg]) -> Result<(), CopyError> {
+    if segs.len() > MAX_COPY_SEGS {
+        return Err(CopyError::TooMany(segs.len()));
+    }
+    Ok(())
+}
+
 /// What must happen when [`LocalPages`] are dropped, after the memory is unmapped (the sim
 /// tells the broker to forget them).
 pub(crate) trait Forget: Send + Sync + fmt::Debug {

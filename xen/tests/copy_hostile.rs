@@ -10,7 +10,7 @@ use common::Sim;
 use pvusb_xen::sim::fdpass;
 use pvusb_xen::sim::socket_path;
 use pvusb_xen::sim::wire::{Reply, Request, Status, WireSeg, MAX_MESSAGE};
-use pvusb_xen::{Access, CopyDir, DomId, GrantAllocator, GrantCopier, PAGE_SIZE};
+use pvusb_xen::{Access, CopyDir, DomId, GrantAllocator, GrantCopier, GrantRef, PAGE_SIZE};
 use rustix::fs::{MemfdFlags, Mode, OFlags, SealFlags};
 use rustix::net::{RecvFlags, SendFlags};
 
@@ -78,17 +78,8 @@ fn only_sealed_writable_memfds_of_the_right_size_are_registered() {
     let dom1 = sim.domain(1);
     let pages = dom1.alloc(DomId::DOM0, 1, Access::ReadOnly).unwrap();
     pages.write_at(0, b"granted bytes").unwrap();
-    let copy = Request::Copy {
-        domid: DomId(1),
-        local: id,
-        segs: vec![WireSeg {
-            gref: pages.grefs()[0],
-            offset: 0,
-            len: 13,
-            local: u32::try_from(PAGE_SIZE + 1).unwrap(),
-            dir: CopyDir::FromGrant,
-        }],
-    };
+    let local_off = u32::try_from(PAGE_SIZE + 1).unwrap();
+    let copy = copy_one(id, pages.grefs()[0], 13, local_off, CopyDir::FromGrant);
     assert_eq!(call(&conn, &copy, &[]), Reply::Copied { statuses: vec![0] });
     let mut got = [0u8; 13];
     assert_eq!(
@@ -96,6 +87,21 @@ fn only_sealed_writable_memfds_of_the_right_size_are_registered() {
         Ok(13)
     );
     assert_eq!(&got, b"granted bytes");
+}
+
+/// A COPY of one segment of dom1's `gref` (from offset 0) against local memory `id`.
+fn copy_one(id: u32, gref: GrantRef, len: u16, local: u32, dir: CopyDir) -> Request {
+    Request::Copy {
+        domid: DomId(1),
+        local: id,
+        segs: vec![WireSeg {
+            gref,
+            offset: 0,
+            len,
+            local,
+            dir,
+        }],
+    }
 }
 
 #[test]
@@ -108,17 +114,7 @@ fn another_connections_local_memory_can_be_neither_forgotten_nor_used() {
     let thief = raw(&sim);
     // Ids are small integers; try a range of them.
     for id in 0..16 {
-        let copy = Request::Copy {
-            domid: DomId(1),
-            local: id,
-            segs: vec![WireSeg {
-                gref: pages.grefs()[0],
-                offset: 0,
-                len: 1,
-                local: 0,
-                dir: CopyDir::ToGrant,
-            }],
-        };
+        let copy = copy_one(id, pages.grefs()[0], 1, 0, CopyDir::ToGrant);
         assert_eq!(
             call(&thief, &copy, &[]),
             Reply::Error {

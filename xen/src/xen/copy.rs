@@ -8,7 +8,7 @@ use super::abi::{
     GNTCOPY_SOURCE_GREF,
 };
 use super::XenPlatform;
-use crate::copy::{CopyDir, CopyError, CopySeg, GrantCopier, LocalPages, SegError, MAX_COPY_SEGS};
+use crate::copy::{CopyDir, CopyError, CopySeg, GrantCopier, LocalPages, SegError};
 use crate::{AllocError, DomId};
 
 /// Encodes one segment whose bounds were checked against `local`: the grant side is
@@ -45,9 +45,7 @@ impl GrantCopier for XenPlatform {
         local: &LocalPages,
         segs: &[CopySeg],
     ) -> Result<Vec<Result<(), SegError>>, CopyError> {
-        if segs.len() > MAX_COPY_SEGS {
-            return Err(CopyError::TooMany(segs.len()));
-        }
+        crate::copy::check_count(segs)?;
         // A segment crossing the granted page fails the whole ioctl (EINVAL) and one outside
         // `local` would let the kernel reach other memory: both are answered here and left
         // out of the ioctl.
@@ -137,10 +135,10 @@ mod tests {
         let segs = [seg(4000, 97, 0), seg(0, 10, 4090), seg(0, 1, usize::MAX)];
         let out = p.copy(DomId(1), &local, &segs).unwrap();
         assert_eq!(out, vec![Err(SegError::OutOfRange); 3]);
-        let many = vec![seg(0, 1, 0); MAX_COPY_SEGS + 1];
+        let many = vec![seg(0, 1, 0); crate::copy::MAX_COPY_SEGS + 1];
         assert!(matches!(
             p.copy(DomId(1), &local, &many),
-            Err(CopyError::TooMany(n)) if n == MAX_COPY_SEGS + 1
+            Err(CopyError::TooMany(n)) if n == crate::copy::MAX_COPY_SEGS + 1
         ));
         assert!(p.copy(DomId(1), &local, &[]).unwrap().is_empty());
     }

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use rustix::fs::{MemfdFlags, SealFlags};
 
 use super::{Conn, SimPlatform};
-use crate::copy::MAX_COPY_SEGS;
 use crate::copy::{check_pages, CopyError, CopySeg, Forget, GrantCopier, LocalPages, SegError};
 use crate::error::BrokerError;
 use crate::mem::Region;
@@ -74,9 +73,7 @@ impl GrantCopier for SimPlatform {
         local: &LocalPages,
         segs: &[CopySeg],
     ) -> Result<Vec<Result<(), SegError>>, CopyError> {
-        if segs.len() > MAX_COPY_SEGS {
-            return Err(CopyError::TooMany(segs.len()));
-        }
+        crate::copy::check_count(segs)?;
         let id = local.sim_id.ok_or(CopyError::ForeignLocal)?;
         if segs.is_empty() {
             return Ok(Vec::new());
