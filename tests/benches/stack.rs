@@ -12,7 +12,6 @@
 //! `poll-us`, is subtracted from the stack's latency rows ("fl+": added over the floor).
 //!
 //! `cargo bench -p pvusb-tests` · `PVUSB_BENCH_SECS` (per cell, default 1) ·
-//! `PVUSB_BENCH_FULL=1` for the full 8 controllers × 31 ports scaling run ·
 //! `PVUSB_BENCH_SKIP=throughput,map,scaling,floor` to leave sections out ·
 //! `PVUSB_BENCH_REPEAT=3` for the median of three interleaved runs of each throughput cell ·
 //! `PVUSB_BENCH_PROFILE=persistent|stock|map`: only the stack's 64 KiB QD16 cell with a
@@ -555,23 +554,21 @@ fn main() {
     }
     drop((spoll, gpoll));
     drop((stock, pgnt));
-    let full = std::env::var_os("PVUSB_BENCH_FULL").is_some();
-    let devs = if full { 31 } else { 2 };
-    println!(
-        "scaling: controllers × 31 ports, {devs} loopback(s) per controller{}",
-        if full {
-            ""
-        } else {
-            " (scaled down from 31: 248 USB/IP connections take minutes to set up; PVUSB_BENCH_FULL=1 for all)"
-        }
-    );
+    println!("scaling: controllers × 31 ports, a loopback on every port");
     let mut scale = Vec::new();
     for ctrls in [1u32, 2, 4, 8].into_iter().filter(|_| !skip("scaling")) {
-        let (urbs_s, cpu_us) = scaling(ctrls, devs, dur);
-        println!("  {ctrls} controller(s): {urbs_s:>9.0} URB/s, {cpu_us:>6.1} µs CPU per URB");
+        let r = scaling(ctrls, 31, dur);
+        println!(
+            "  {ctrls} controller(s), {:>3} devices: {:>9.0} URB/s, {:>6.1} µs CPU per URB \
+             ({:.1} of it in the two daemons)",
+            ctrls * 31,
+            r.urbs_s,
+            r.cpu_us,
+            r.daemons_us
+        );
         scale.push(
-            json!({"controllers": ctrls, "devices": ctrls * u32::from(devs),
-            "urbs_s": urbs_s, "cpu_us_per_urb": cpu_us}),
+            json!({"controllers": ctrls, "devices": ctrls * 31, "urbs_s": r.urbs_s,
+            "cpu_us_per_urb": r.cpu_us, "daemons_cpu_us_per_urb": r.daemons_us}),
         );
     }
     let j = json!({"bench": "pvusb-stack", "secs_per_cell": dur.as_secs_f64(), "throughput": rows,

@@ -12,6 +12,10 @@
 //! ```
 //! A device appears by renaming a finished directory into `devices/` and disappears by
 //! renaming it out, so readers and inotify watchers never see half a device.
+//!
+//! The host has [`SIM_BUSES`] root hubs (buses 1, 2, ...), each with device numbers 2..=127
+//! (1 is the root hub itself) as on a real bus: a plug without a bus id takes the first bus
+//! with a free device number, so the first 126 devices land on bus 1.
 
 use std::path::{Path, PathBuf};
 
@@ -28,8 +32,13 @@ pub const FAULTS_FILE: &str = "sim-faults.toml";
 /// A token unique to one plug of a device: an opened device that finds a different token (or
 /// none) knows it was unplugged, even if the same bus id and device number came back.
 pub const INSTANCE_FILE: &str = "sim-instance";
-/// The simulated bus number.
-pub const SIM_BUS: u16 = 1;
+/// How many buses (root hubs) the simulated host has: four xHCI controllers' worth, each
+/// with a USB 2 and a USB 3 root hub.
+pub const SIM_BUSES: u16 = 8;
+/// Device numbers a bus hands out (1 is its root hub).
+const DEVNUMS: std::ops::RangeInclusive<u16> = 2..=127;
+/// Root-hub ports tried for a plug without a bus id.
+const PORTS: std::ops::RangeInclusive<u16> = 1..=127;
 
 /// Why plug/unplug/set_faults failed.
 #[derive(Debug, thiserror::Error)]
@@ -40,11 +49,11 @@ pub enum BusError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("bus id {0:?} is invalid or not on simulated bus 1")]
+    #[error("bus id {0:?} is invalid or not on a simulated bus (1..={SIM_BUSES})")]
     BadBusid(String),
     #[error("bus id {0} is already in use")]
     BusidTaken(String),
-    #[error("no free port or device number on the simulated bus")]
+    #[error("no free port or device number on any of the {SIM_BUSES} simulated buses")]
     Full,
     #[error("no simulated device {0}")]
     NotPlugged(String),
@@ -108,50 +117,75 @@ pub fn read_faults(sysdir: &Path) -> Result<Option<Faults>, BusError> {
     }
 }
 
-/// Plugs a simulated device; returns its bus id ("1-N").
+/// Plugs a simulated device; returns its bus id ("B-P"): the one in `spec`, or the first
+/// free port of the first bus with a free device number.
 pub fn plug(simdir: &Path, spec: &DeviceSpec) -> Result<String, BusError> {
     let roots = UsbRoots::sim(simdir);
     let devices = roots.devices_dir();
-    let nodes = roots.devfs.join(format!("bus/usb/{SIM_BUS:03}"));
     let tmp = usb_dir(simdir).join("tmp");
-    for d in [&devices, &nodes, &tmp] {
+    for d in [&devices, &tmp] {
         io("creating", d, std::fs::create_dir_all(d))?;
     }
-    if let Some(b) = &spec.busid {
-        if check_busid(b).is_err() || !b.starts_with("1-") {
-            return Err(BusError::BadBusid(b.clone()));
+    let buses = match &spec.busid {
+        Some(b) => {
+            let bus = bus_of(b).ok_or_else(|| BusError::BadBusid(b.clone()))?;
+            bus..=bus
+        }
+        None => 1..=SIM_BUSES,
+    };
+    for bus in buses {
+        let Some((devnum, node)) = claim_devnum(&roots, bus)? else {
+            continue;
+        };
+        let result = place(simdir, spec, &roots, (bus, devnum), &node, &tmp);
+        match result {
+            Err(BusError::Full) if spec.busid.is_none() => {
+                let _ = std::fs::remove_file(&node);
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&node);
+                return Err(e);
+            }
+            Ok(busid) => return Ok(busid),
         }
     }
-    // Device number: the first free node, created exclusively (concurrent plugs race here).
-    let (devnum, node) = (2u16..=127)
-        .find_map(|d| {
-            let node = roots.node_path(SIM_BUS, d);
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&node)
-                .ok()
-                .map(|_| (d, node))
-        })
-        .ok_or(BusError::Full)?;
-    let result = place(simdir, spec, &roots, devnum, &node, &tmp);
-    if result.is_err() {
-        let _ = std::fs::remove_file(&node);
-    }
-    result
+    Err(BusError::Full)
+}
+
+/// The bus number of a valid simulated bus id ("B-P..."), if B is one of our buses.
+fn bus_of(busid: &str) -> Option<u16> {
+    check_busid(busid).ok()?;
+    let bus: u16 = busid.split_once('-')?.0.parse().ok()?;
+    (1..=SIM_BUSES).contains(&bus).then_some(bus)
+}
+
+/// Takes the first free device number of `bus` by creating its node exclusively
+/// (concurrent plugs race here); `None` when the bus has none left.
+fn claim_devnum(roots: &UsbRoots, bus: u16) -> Result<Option<(u16, PathBuf)>, BusError> {
+    let nodes = roots.devfs.join(format!("bus/usb/{bus:03}"));
+    io("creating", &nodes, std::fs::create_dir_all(&nodes))?;
+    Ok(DEVNUMS.into_iter().find_map(|d| {
+        let node = roots.node_path(bus, d);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&node)
+            .ok()
+            .map(|_| (d, node))
+    }))
 }
 
 fn place(
     simdir: &Path,
     spec: &DeviceSpec,
     roots: &UsbRoots,
-    devnum: u16,
+    (bus, devnum): (u16, u16),
     node: &Path,
     tmp: &Path,
 ) -> Result<String, BusError> {
     let candidates: Vec<String> = match &spec.busid {
         Some(b) => vec![b.clone()],
-        None => (1..=127).map(|p| format!("{SIM_BUS}-{p}")).collect(),
+        None => PORTS.map(|p| format!("{bus}-{p}")).collect(),
     };
     for busid in candidates {
         let target = roots.devices_dir().join(&busid);
@@ -165,7 +199,7 @@ fn place(
             .get_or_insert_with(|| format!("SIM{}", busid.replace(['-', '.'], "")))
             .clone();
         let staging = tmp.join(unique(&busid));
-        write_tree(&staging, &spec, &serial, devnum)?;
+        write_tree(&staging, &spec, &serial, (bus, devnum))?;
         let state = state_dir(simdir, &serial);
         io("creating", &state, std::fs::create_dir_all(&state))?;
         io("writing", node, std::fs::write(node, format!("{busid}\n")))?;
@@ -194,14 +228,19 @@ fn place(
     }
 }
 
-fn write_tree(dir: &Path, spec: &DeviceSpec, serial: &str, devnum: u16) -> Result<(), BusError> {
+fn write_tree(
+    dir: &Path,
+    spec: &DeviceSpec,
+    serial: &str,
+    (bus, devnum): (u16, u16),
+) -> Result<(), BusError> {
     io("creating", dir, std::fs::create_dir_all(dir))?;
     let id = identity(spec, serial);
     let d = &id.descriptors.device;
     let cfg = id.descriptors.configs.first();
     let busid = spec.busid.as_deref().unwrap_or_default();
     let attrs: Vec<(&str, String)> = vec![
-        ("busnum", SIM_BUS.to_string()),
+        ("busnum", bus.to_string()),
         ("devnum", devnum.to_string()),
         (
             "devpath",
@@ -262,11 +301,13 @@ pub fn unplug(simdir: &Path, busid: &str) -> Result<(), BusError> {
         }
         Err(e) => return io("renaming", &src, Err(e)),
     }
-    if let Some(devnum) = std::fs::read_to_string(gone.join("devnum"))
-        .ok()
-        .and_then(|s| s.trim().parse::<u16>().ok())
-    {
-        let _ = std::fs::remove_file(roots.node_path(SIM_BUS, devnum));
+    let attr = |name: &str| {
+        std::fs::read_to_string(gone.join(name))
+            .ok()
+            .and_then(|s| s.trim().parse::<u16>().ok())
+    };
+    if let (Some(bus), Some(devnum)) = (attr("busnum"), attr("devnum")) {
+        let _ = std::fs::remove_file(roots.node_path(bus, devnum));
     }
     let _ = std::fs::remove_dir_all(&gone);
     tracing::info!(busid, "simulated device unplugged");

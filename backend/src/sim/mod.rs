@@ -8,7 +8,7 @@ pub mod fuzzing;
 pub mod model;
 pub mod spec;
 
-pub use bus::{plug, set_faults, unplug, BusError};
+pub use bus::{plug, set_faults, unplug, BusError, SIM_BUSES};
 pub use device::{SimDevice, SimOpenError};
 pub use spec::{DeviceSpec, FailNth, Faults, ModelSpec, ShortRead};
 

@@ -23,7 +23,8 @@ pub struct DeviceSpec {
     pub speed: Option<HostSpeed>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial: Option<String>,
-    /// Requested bus id ("1-3"); the next free port of bus 1 otherwise.
+    /// Requested bus id ("1-3"); otherwise the first free port of the first bus with a free
+    /// device number.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub busid: Option<String>,
     #[serde(default)]

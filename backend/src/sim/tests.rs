@@ -104,6 +104,45 @@ fn sim_busid_resolves_through_the_real_resolver() {
 }
 
 #[test]
+fn a_full_bus_spills_onto_the_next_and_freed_numbers_are_reused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let roots = UsbRoots::sim(tmp.path());
+    // 126 device numbers (2..=127) per bus, as a real bus (1 is the root hub).
+    let busids: Vec<String> = (0..130)
+        .map(|_| plug(tmp.path(), &loopback()).unwrap())
+        .collect();
+    assert_eq!((busids[0].as_str(), busids[125].as_str()), ("1-1", "1-126"));
+    assert_eq!(&busids[126..], ["2-1", "2-2", "2-3", "2-4"]);
+    let d = resolve(&roots, "2-1").unwrap();
+    assert_eq!((d.busnum, d.devnum), (2, 2));
+    assert!(d.node.ends_with("bus/usb/002/002"), "{}", d.node.display());
+    let dev = SimDevice::open(&roots, &d).unwrap();
+    drop(dev);
+    // An unplug frees its bus's number and node: the next plug fills the gap on bus 1.
+    let gone = resolve(&roots, "1-7").unwrap();
+    unplug(tmp.path(), "1-7").unwrap();
+    assert!(!gone.node.exists());
+    assert!(resolve(&roots, "2-1").unwrap().node.exists());
+    let again = plug(tmp.path(), &loopback()).unwrap();
+    assert_eq!(again, "1-7");
+    assert_eq!(resolve(&roots, &again).unwrap().devnum, gone.devnum);
+    // A requested bus id names its bus; one past the host's buses is refused.
+    let on = |b: &str| {
+        let mut s = loopback();
+        s.busid = Some(b.into());
+        plug(tmp.path(), &s)
+    };
+    assert_eq!(on("3-5").unwrap(), "3-5");
+    assert_eq!(resolve(&roots, "3-5").unwrap().busnum, 3);
+    assert!(matches!(
+        on(&format!("{}-1", SIM_BUSES + 1)),
+        Err(BusError::BadBusid(_))
+    ));
+    assert!(matches!(on("0-1"), Err(BusError::BadBusid(_))));
+    assert!(matches!(on("2-2"), Err(BusError::BusidTaken(_))));
+}
+
+#[test]
 fn hotplug_monitor_sees_plug_and_unplug() {
     use crate::host::hotplug::{HotplugEvent, HotplugMonitor, InotifyMonitor};
     let tmp = tempfile::tempdir().unwrap();

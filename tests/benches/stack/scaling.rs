@@ -10,9 +10,17 @@ use pvusb_tests::usbip::{bulk_in, bulk_out, devlist, UsbipClient};
 
 use super::configured;
 
+/// One scaling row: URBs/s, and CPU µs per URB of the whole run (the bench's client
+/// included, which polls every connection in turn) and of the two daemons alone.
+pub struct Scale {
+    pub urbs_s: f64,
+    pub cpu_us: f64,
+    pub daemons_us: f64,
+}
+
 /// `ctrls` controllers × 31 ports with `devs` loopbacks each; every device gets a
-/// 64-byte OUT/IN ping-pong at QD 4 for `dur`. Returns (URBs/s, CPU µs per URB).
-pub fn scaling(ctrls: u32, devs: u8, dur: Duration) -> (f64, f64) {
+/// 64-byte OUT/IN ping-pong at QD 4 for `dur`.
+pub fn scaling(ctrls: u32, devs: u8, dur: Duration) -> Scale {
     let mut p = Platform::new(&[1]);
     for d in 0..ctrls {
         let id = p.add_controller(1, d, 31);
@@ -64,7 +72,7 @@ pub fn scaling(ctrls: u32, devs: u8, dur: Duration) -> (f64, f64) {
         }
     }
     let start = Instant::now();
-    let cpu0 = cpu_time("self") + children(&p);
+    let (self0, daemons0) = (cpu_time("self"), children(&p));
     let mut urbs = 0u64;
     while start.elapsed() < dur {
         for (c, d) in clients.iter_mut().zip(&mut dirs) {
@@ -81,6 +89,12 @@ pub fn scaling(ctrls: u32, devs: u8, dur: Duration) -> (f64, f64) {
         }
     }
     let el = start.elapsed().as_secs_f64();
-    let cpu = (cpu_time("self") + children(&p) - cpu0).as_secs_f64();
-    (urbs as f64 / el, cpu / urbs.max(1) as f64 * 1e6)
+    let daemons = (children(&p) - daemons0).as_secs_f64();
+    let cpu = (cpu_time("self") - self0).as_secs_f64() + daemons;
+    let per_urb = |s: f64| s / urbs.max(1) as f64 * 1e6;
+    Scale {
+        urbs_s: urbs as f64 / el,
+        cpu_us: per_urb(cpu),
+        daemons_us: per_urb(daemons),
+    }
 }
