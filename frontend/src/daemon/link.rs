@@ -213,7 +213,7 @@ impl Daemon {
     /// Closes a connection (the client sees EOF). Its transfers still in the engine are
     /// unlinked by the caller if the port lives on.
     pub(super) fn drop_link(&mut self, id: usize) -> Option<Link> {
-        let mut link = self.links.remove(&id)?;
+        let mut link = self.links.remove(id)?;
         let _ = match &mut link.stream {
             Stream::Unix(s) => self.poll.registry().deregister(s),
             Stream::Tcp(s) => self.poll.registry().deregister(s),
@@ -256,7 +256,7 @@ impl Daemon {
 
     fn link_read(&mut self, id: usize, buf: &mut [u8]) {
         loop {
-            let Some(link) = self.links.get_mut(&id) else {
+            let Some(link) = self.links.get_mut(id) else {
                 return;
             };
             if link.draining.is_some() {
@@ -291,7 +291,7 @@ impl Daemon {
         // A connection serves one port, so its URBs touch one controller; should that
         // change mid-batch (an import), the first one is flushed at the switch.
         let mut touched: Option<u32> = None;
-        while let Some(link) = self.links.get_mut(&id) {
+        while let Some(link) = self.links.get_mut(id) {
             let Some(ev) = link.wire.poll_event() else {
                 break;
             };
@@ -303,7 +303,7 @@ impl Daemon {
                         wire: Wire::Tcp(c),
                         span,
                         ..
-                    }) = self.links.get_mut(&id)
+                    }) = self.links.get_mut(id)
                     {
                         tracing::debug!(parent: &*span, devices = devs.len(), "devlist");
                         let _ = c.reply_devlist(&devs);
@@ -334,7 +334,7 @@ impl Daemon {
             wire: Wire::Tcp(conn),
             span,
             ..
-        }) = self.links.get_mut(&id)
+        }) = self.links.get_mut(id)
         else {
             return;
         };
@@ -357,7 +357,7 @@ impl Daemon {
         }
         let span = span.clone();
         let gen = self.bind_port(devid, port, id);
-        if let (Some(gen), Some(link)) = (gen, self.links.get_mut(&id)) {
+        if let (Some(gen), Some(link)) = (gen, self.links.get_mut(id)) {
             link.bound = Some(Bound { devid, port, gen });
             tracing::info!(parent: &span, busid, "device imported");
         }
@@ -379,13 +379,14 @@ impl Daemon {
         }
     }
 
-    /// Writes what every connection has pending; closes those that are done.
+    /// Writes what every connection touched since the last flush has pending; closes those
+    /// that are done.
     pub(super) fn flush_links(&mut self) {
         let mut ids = std::mem::take(&mut self.link_ids);
         ids.clear();
-        ids.extend(self.links.keys().copied());
+        self.links.take_dirty(&mut ids);
         for &id in &ids {
-            let Some(link) = self.links.get_mut(&id) else {
+            let Some(link) = self.links.peek_mut(id) else {
                 continue;
             };
             if let Err(e) = usbip::write_some(&mut link.stream, &mut link.wire) {
@@ -405,6 +406,9 @@ impl Daemon {
                     if let Some(link) = self.drop_link(id) {
                         tracing::info!(parent: &link.span, drained, "USB/IP connection closed: device gone");
                     }
+                } else {
+                    // Visited by every flush (the tick's too) until drained or late.
+                    self.links.mark(id);
                 }
                 continue;
             }

@@ -5,6 +5,7 @@
 
 mod ctrl;
 mod link;
+mod links;
 mod port;
 mod shutdown;
 
@@ -77,7 +78,7 @@ pub struct Daemon {
     kind: PlatformKind,
     domid: u16,
     ctrls: BTreeMap<u32, Controller>,
-    links: HashMap<usize, Link>,
+    links: links::Links<Link>,
     listener: Option<TcpListener>,
     vhci: Option<Vhci>,
     retired: Retired,
@@ -173,7 +174,7 @@ impl Daemon {
             kind: cfg.platform,
             domid,
             ctrls: BTreeMap::new(),
-            links: HashMap::new(),
+            links: links::Links::new(),
             listener,
             vhci,
             retired: Retired::default(),

@@ -183,7 +183,7 @@ impl Daemon {
             return None;
         }
         let link = entry.link?;
-        self.links.get_mut(&link)?.wire.session()
+        self.links.get_mut(link)?.wire.session()
     }
 
     fn port_attached(&mut self, devid: u32, port: Port, speed: RingSpeed) {
@@ -239,7 +239,7 @@ impl Daemon {
             }
         }
         let Some(id) = entry.link else { return };
-        if let Some(link) = self.links.get_mut(&id) {
+        if let Some(link) = self.links.get_mut(id) {
             if let Some(s) = link.wire.session() {
                 s.complete_all(status);
             }
@@ -274,7 +274,7 @@ impl Daemon {
             };
             let Some(s) = entry
                 .link
-                .and_then(|l| self.links.get_mut(&l))
+                .and_then(|l| self.links.get_mut(l))
                 .and_then(|l| l.wire.session())
             else {
                 continue;
@@ -415,7 +415,7 @@ impl Daemon {
             return;
         };
         let gen = self.bind_port(devid, port, id);
-        if let (Some(gen), Some(link)) = (gen, self.links.get_mut(&id)) {
+        if let (Some(gen), Some(link)) = (gen, self.links.get_mut(id)) {
             link.bound = Some(Bound { devid, port, gen });
         }
         if let Some(entry) = self.port_mut(devid, port) {

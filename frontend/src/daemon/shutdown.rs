@@ -35,7 +35,7 @@ impl Daemon {
             .links
             .iter()
             .filter(|(_, l)| l.draining.is_none())
-            .map(|(&id, _)| id)
+            .map(|(id, _)| id)
             .collect();
         for id in ids {
             self.close_link(id, "shutting down");
