@@ -243,6 +243,7 @@ impl Engine {
             fix_ep0,
             addr: None,
             span,
+            split_tail: Default::default(),
         };
         info!(parent: &slot.span, ?speed, "device attached");
         if let Some(link) = &mut self.link {

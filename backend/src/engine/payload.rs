@@ -219,6 +219,23 @@ pub fn piece_size(max_bulk: usize) -> usize {
 }
 
 impl Payload {
+    /// The endpoint address of a bulk transfer.
+    pub fn bulk_endpoint(&self) -> Option<u8> {
+        match &self.plan {
+            Plan::Data {
+                kind: XferKind::Bulk,
+                endpoint,
+                ..
+            } => Some(*endpoint),
+            _ => None,
+        }
+    }
+
+    /// Whether [`Payload::host_urbs`] cuts it into several URBs under `max_bulk`.
+    pub fn splits(&self, max_bulk: usize) -> bool {
+        matches!(&self.plan, Plan::Data { kind: XferKind::Bulk, len, .. } if *len > piece_size(max_bulk))
+    }
+
     /// True when the transfer's IN bytes or frame descriptors could not be copied back to
     /// the guest (grant copy): its answer becomes an error.
     pub fn lost(&self) -> bool {

@@ -249,3 +249,31 @@ fn short_split_read_fails_only_if_the_guest_asked() {
         assert_eq!(answer(&mut rig, &req), (want, 100), "SHORT_NOT_OK {flag}");
     }
 }
+
+#[test]
+fn short_host_split_read_does_not_cancel_the_next_transfer_under_aca() {
+    let mut rig = Rig::new(1024, true).unwrap();
+    assert_eq!(ctrl(&mut rig, 1, 1, 0, Setup::new(0, 5, 7, 0, 0)).0, 0);
+    assert_eq!(ctrl(&mut rig, 2, 1, 7, Setup::new(0, 9, 1, 0, 0)).0, 0);
+    rig.mem.arena().write(4 * 4096, &[7u8; 100]).unwrap();
+    rig.mem.arena().write(5 * 4096, &[9u8; 50]).unwrap();
+    assert_eq!(answer(&mut rig, &bulk(3, 0x01, &[4], 100)), (0, 100));
+    assert_eq!(answer(&mut rig, &bulk(4, 0x01, &[5], 50)), (0, 50));
+    // A 6000-byte IN (six host URBs of 1024) meets the 100-byte record; the 50-byte IN
+    // queued behind it is a transfer of its own and must run.
+    rig.push(&bulk(5, 0x81, &[8, 9], 6000).to_raw());
+    rig.push(&bulk(6, 0x81, &[10], 50).to_raw());
+    rig.collect();
+    let got = |rig: &Rig, id| {
+        rig.responses
+            .iter()
+            .find(|r| r.id == id)
+            .map(|r| (r.status, r.actual_length))
+    };
+    assert_eq!(got(&rig, 5), Some((0, 100)));
+    assert_eq!(got(&rig, 6), Some((0, 50)));
+    rig.responses.clear();
+    // The endpoint is not left refusing continuations either.
+    assert_eq!(answer(&mut rig, &bulk(7, 0x01, &[4], 30)), (0, 30));
+    assert_eq!(answer(&mut rig, &bulk(8, 0x81, &[8], 30)), (0, 30));
+}
