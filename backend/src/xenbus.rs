@@ -15,6 +15,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use pvusb_ring::sring::{ConnBackRing, UrbBackRing};
 use pvusb_ring::urb::aca::FEATURE_ACA;
+use pvusb_ring::urb::chain::FEATURE_SPLIT_CHAIN;
 use pvusb_ring::wire::{Port, UsbVer};
 use pvusb_xen::{DomId, EventChannel, EventChannels, EvtchnPort, GrantCopier, GrantMapper};
 use tracing::{debug, error, info, warn, Span};
@@ -26,7 +27,7 @@ use crate::config::FileConfig;
 use crate::engine::copy::{Copied, ARENA_PAGES};
 use crate::engine::memory::{Grants, GuestMemory};
 use crate::engine::persistent::{Persistent, FEATURE_PERSISTENT, MAX_PERSISTENT};
-use crate::engine::{DeviceState, Engine, EngineConfig, Link};
+use crate::engine::{DeviceState, Engine, EngineConfig, Features, Link};
 use crate::host::{self, HostDevice, Readiness};
 use crate::logging::RateLimit;
 use crate::poller::{Poller, Token};
@@ -87,6 +88,11 @@ impl Controller {
             env.xs
                 .write(&format!("{be_dir}/{FEATURE_ACA}"), b"1")
                 .context("offering feature-aca")?;
+        }
+        if env.file.feature_split_chain {
+            env.xs
+                .write(&format!("{be_dir}/{FEATURE_SPLIT_CHAIN}"), b"1")
+                .context("offering feature-split-chain")?;
         }
         if env.file.feature_persistent {
             env.xs
@@ -243,6 +249,7 @@ impl Controller {
                 .is_some_and(|v| v.trim_ascii() == b"1")
         };
         let fe_aca = fe_flag(env, FEATURE_ACA);
+        let split_chain = env.file.feature_split_chain && fe_flag(env, FEATURE_SPLIT_CHAIN);
         let persistent = env.file.feature_persistent && fe_flag(env, FEATURE_PERSISTENT);
         let domid = DomId(self.id.fe);
         let mapper: Arc<dyn GrantMapper> = env.hyp.clone();
@@ -306,11 +313,11 @@ impl Controller {
             Box::new(ch.clone()),
             mem,
             self.engine.config().num_ports,
-            aca,
+            Features { aca, split_chain },
         );
         self.engine.connect(link);
         self.evtchn = Some(ch);
-        info!(parent: &self.span, ?rings, aca, data_path, "rings mapped");
+        info!(parent: &self.span, ?rings, aca, split_chain, data_path, "rings mapped");
         Ok(())
     }
 

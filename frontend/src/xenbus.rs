@@ -3,6 +3,7 @@
 //! in one transaction, as xen-hcd does.
 
 use pvusb_ring::urb::aca::FEATURE_ACA;
+use pvusb_ring::urb::chain::FEATURE_SPLIT_CHAIN;
 use xenstore_cfg::vusb::{self, keys};
 use xenstore_cfg::xenbus::{RingInfo, XenbusState};
 use xenstore_cfg::{Xs, XsError, XsOps};
@@ -30,6 +31,8 @@ pub struct BackendOffer {
     pub usb_ver: u8,
     /// The backend offered error containment (`feature-aca` = 1).
     pub aca: bool,
+    /// The backend offered split chains (`feature-split-chain` = 1).
+    pub split_chain: bool,
 }
 
 fn bad(path: String, value: String) -> XsError {
@@ -53,7 +56,7 @@ pub fn read_paths(xs: &mut impl XsOps, fe_dir: &str) -> Result<Paths, XsError> {
     })
 }
 
-/// Reads `num-ports`, `usb-ver` and `feature-aca` from the backend directory.
+/// Reads `num-ports`, `usb-ver` and the extensions offered from the backend directory.
 pub fn read_offer(xs: &mut impl XsOps, be_dir: &str) -> Result<BackendOffer, XsError> {
     let num_ports = vusb::read_num_ports(xs, be_dir)?;
     let ver_path = format!("{be_dir}/{}", keys::USB_VER);
@@ -64,13 +67,16 @@ pub fn read_offer(xs: &mut impl XsOps, be_dir: &str) -> Result<BackendOffer, XsE
         .ok()
         .filter(|v| matches!(v, 1 | 2))
         .ok_or_else(|| bad(ver_path, ver.clone()))?;
-    let aca = xs
-        .try_read(&format!("{be_dir}/{FEATURE_ACA}"))?
-        .is_some_and(|v| v.trim_ascii() == b"1");
+    let mut offered = |key: &str| -> Result<bool, XsError> {
+        Ok(xs
+            .try_read(&format!("{be_dir}/{key}"))?
+            .is_some_and(|v| v.trim_ascii() == b"1"))
+    };
     Ok(BackendOffer {
         num_ports,
         usb_ver,
-        aca,
+        aca: offered(FEATURE_ACA)?,
+        split_chain: offered(FEATURE_SPLIT_CHAIN)?,
     })
 }
 
@@ -89,6 +95,7 @@ pub fn publish(xs: &mut Xs, fe_dir: &str, rings: &RingInfo, aca: bool) -> Result
         if aca {
             w(tx, FEATURE_ACA, "1".into())?;
         }
+        w(tx, FEATURE_SPLIT_CHAIN, "1".into())?;
         // Every data page comes from the two pools granted once per connection and kept
         // granted until it ends, so the backend may map each page once.
         w(tx, FEATURE_PERSISTENT, "1".into())?;

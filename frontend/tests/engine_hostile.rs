@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use pvusb_frontend::engine::{Engine, Kind, Output, Payload};
+use pvusb_frontend::xenbus::BackendOffer;
 use pvusb_ring::sring::{ConnBackRing, UrbBackRing};
 use pvusb_ring::urb::split::Shape;
 use pvusb_ring::wire::{Ep, Pipe, RawConnResponse, RawUrbResponse, XferType};
@@ -72,7 +73,13 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     broker.create_domain(DomId(1)).unwrap();
     let fe_plat = SimPlatform::connect(dir.path(), DomId(1)).unwrap();
     let be_plat = SimPlatform::connect(dir.path(), DomId(0)).unwrap();
-    let (mut engine, info) = Engine::new(&fe_plat, DomId(0), 4, false).unwrap();
+    let offer = BackendOffer {
+        num_ports: 4,
+        usb_ver: 2,
+        aca: false,
+        split_chain: true,
+    };
+    let (mut engine, info) = Engine::new(&fe_plat, DomId(0), &offer).unwrap();
     let map = |gref: u32| {
         Arc::new(
             be_plat

@@ -46,20 +46,12 @@ impl Engine {
         };
         let Some(link) = &mut self.link else { return };
         let idx = usize::from(port.get() - 1);
-        let Some((dev, tails)) = self
-            .ports
-            .get_mut(idx)
-            .and_then(|s| Some((s.device.as_mut()?, &mut s.split_tail)))
-        else {
+        let Some(dev) = self.ports.get_mut(idx).and_then(|s| s.device.as_mut()) else {
             let r = payload::host_result(-(crate::host::errno::ENODEV), 0);
             let _ = link.backend.handle_host_done(id, r, payload);
             return;
         };
         let max_bulk = self.cfg.max_bulk_urb.min(dev.max_bulk_urb());
-        let continuation = match payload.bulk_endpoint() {
-            Some(ep) => tails.chain(ep, continuation, payload.splits(max_bulk)),
-            None => continuation,
-        };
         let (urbs, mut pieces) = payload.host_urbs(&mut self.next_tag, continuation, max_bulk);
         let mut outstanding = 0;
         let mut stop: Option<i32> = None;

@@ -27,7 +27,9 @@ use std::os::fd::BorrowedFd;
 
 use pvusb_ring::sring::{ConnBackRing, ConsumeError, ProduceError, UrbBackRing};
 use pvusb_ring::urb::aca::ACA_CLEAR;
+use pvusb_ring::urb::backend::SubmitFlags;
 use pvusb_ring::urb::backend::{Action, Backend, BackendConfig, ProtocolError};
+use pvusb_ring::urb::chain::{SPLIT_CONT, SPLIT_MORE};
 use pvusb_ring::urb::UrbResult;
 use pvusb_ring::wire::{
     ConnEvent, Limits, Port, Speed, Status, UrbRequest, UrbResponse, UsbVer, URB_RING_SIZE,
@@ -67,6 +69,15 @@ pub struct EngineConfig {
     pub max_bulk_urb: usize,
 }
 
+/// The protocol extensions both sides offered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Features {
+    /// Error containment (`feature-aca`).
+    pub aca: bool,
+    /// Split chains (`feature-split-chain`).
+    pub split_chain: bool,
+}
+
 /// A connected frontend: the mapped rings, the event channel and the URB state.
 #[derive(Debug)]
 pub struct Link {
@@ -97,15 +108,20 @@ struct Running {
 }
 
 impl Link {
-    /// A link over freshly mapped rings. `aca`: containment was negotiated.
+    /// A link over freshly mapped rings, with the extensions negotiated.
     pub fn new(
         urb: UrbBackRing,
         conn: ConnBackRing,
         notify: Box<dyn Notify>,
         mem: Box<dyn GuestMemory>,
         num_ports: u8,
-        aca: bool,
+        features: Features,
     ) -> Self {
+        let Features { aca, split_chain } = features;
+        let mut ext_flags = if aca { ACA_CLEAR } else { 0 };
+        if split_chain {
+            ext_flags |= SPLIT_MORE | SPLIT_CONT;
+        }
         let ring_size = u16::try_from(urb.size()).unwrap_or(u16::MAX);
         Link {
             urb,
@@ -119,7 +135,7 @@ impl Link {
             }),
             limits: Limits {
                 num_ports,
-                ext_flags: if aca { ACA_CLEAR } else { 0 },
+                ext_flags,
             },
             running: HashMap::new(),
             tags: HashMap::new(),
@@ -243,7 +259,6 @@ impl Engine {
             fix_ep0,
             addr: None,
             span,
-            split_tail: Default::default(),
         };
         info!(parent: &slot.span, ?speed, "device attached");
         if let Some(link) = &mut self.link {
@@ -440,8 +455,21 @@ impl Engine {
                         local(link, sub.id, result)
                     }
                     Prepared::Host(payload) => {
-                        let clear = sub.ext_flags & ACA_CLEAR != 0;
-                        match link.backend.handle_submit(sub.id, sub.pipe, clear, payload) {
+                        let max_bulk = slot
+                            .device
+                            .as_ref()
+                            .map_or(usize::MAX, |d| d.max_bulk_urb())
+                            .min(self.cfg.max_bulk_urb);
+                        let flags = SubmitFlags {
+                            aca_clear: sub.ext_flags & ACA_CLEAR != 0,
+                            split_more: sub.ext_flags & SPLIT_MORE != 0,
+                            split_cont: sub.ext_flags & SPLIT_CONT != 0,
+                            host_split: payload.splits(max_bulk),
+                        };
+                        match link
+                            .backend
+                            .handle_submit_with(sub.id, sub.pipe, flags, payload)
+                        {
                             Ok(_) => Ok(()),
                             Err(rej) => Err(rej.error.into()),
                         }

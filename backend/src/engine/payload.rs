@@ -171,6 +171,9 @@ pub enum Plan {
         len: usize,
         out: Vec<u8>,
         short_not_ok: bool,
+        /// A split chain piece with more to follow ([`pvusb_ring::urb::chain::SPLIT_MORE`]):
+        /// a short read ends it, so every host URB gets SHORT_NOT_OK.
+        split_more: bool,
     },
     /// Isochronous: packets as the guest described them (offsets into its buffer), OUT
     /// bytes packed back to back as usbfs wants them.
@@ -219,18 +222,6 @@ pub fn piece_size(max_bulk: usize) -> usize {
 }
 
 impl Payload {
-    /// The endpoint address of a bulk transfer.
-    pub fn bulk_endpoint(&self) -> Option<u8> {
-        match &self.plan {
-            Plan::Data {
-                kind: XferKind::Bulk,
-                endpoint,
-                ..
-            } => Some(*endpoint),
-            _ => None,
-        }
-    }
-
     /// Whether [`Payload::host_urbs`] cuts it into several URBs under `max_bulk`.
     pub fn splits(&self, max_bulk: usize) -> bool {
         matches!(&self.plan, Plan::Data { kind: XferKind::Bulk, len, .. } if *len > piece_size(max_bulk))
@@ -300,6 +291,7 @@ impl Payload {
                 len,
                 out,
                 short_not_ok,
+                split_more,
             } => {
                 let is_in = *endpoint & 0x80 != 0;
                 let size = if *kind == XferKind::Bulk {
@@ -317,7 +309,7 @@ impl Payload {
                     if (!first || continuation) && *kind == XferKind::Bulk {
                         flags |= UrbFlags::BULK_CONTINUATION;
                     }
-                    let added = is_in && !last;
+                    let added = is_in && (!last || *split_more);
                     if added || (*short_not_ok && is_in) {
                         flags |= UrbFlags::SHORT_NOT_OK;
                     }

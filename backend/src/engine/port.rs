@@ -21,8 +21,6 @@ pub struct PortSlot {
     pub addr: Option<u8>,
     /// Log span (port, busid).
     pub span: Span,
-    /// Bulk IN endpoints whose last request was cut into several host URBs.
-    pub split_tail: SplitTails,
 }
 
 impl PortSlot {
@@ -35,40 +33,7 @@ impl PortSlot {
             fix_ep0: false,
             addr: None,
             span: Span::none(),
-            split_tail: SplitTails::default(),
         }
-    }
-}
-
-/// Bulk IN endpoints (bit = endpoint number) whose last request was cut into several host
-/// URBs.
-///
-/// A request cut into host URBs (a `max-bulk-urb` below the request's length) has
-/// SHORT_NOT_OK added on all its IN pieces but the last, so that a short piece ends it;
-/// usbfs then cancels every continuation URB queued behind, up to the first one that is
-/// not. Had the next request been chained for containment, an ordinary short read would
-/// cancel it too and leave the endpoint refusing continuations. So the request after a
-/// split IN request starts a new chain: a failure of the split request's last piece is
-/// contained when it is reaped, not by the kernel — what interrupt endpoints get too.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct SplitTails(u16);
-
-impl SplitTails {
-    /// Whether a request on `endpoint` (address) may carry BULK_CONTINUATION on its first
-    /// URB, given that the ring state machine asks for it (`continuation`); records
-    /// whether this request is cut into several host URBs (`split`).
-    pub fn chain(&mut self, endpoint: u8, continuation: bool, split: bool) -> bool {
-        if endpoint & 0x80 == 0 {
-            return continuation;
-        }
-        let bit = 1u16 << (endpoint & 0x0f);
-        let after_split = self.0 & bit != 0;
-        if split {
-            self.0 |= bit;
-        } else {
-            self.0 &= !bit;
-        }
-        continuation && !after_split
     }
 }
 

@@ -2,6 +2,7 @@
 //! the standard requests the host stack must do itself, bad buffers) or a [`Payload`] for
 //! the host.
 
+use pvusb_ring::urb::chain::{SPLIT_CONT, SPLIT_MORE};
 use pvusb_ring::urb::UrbResult;
 use pvusb_ring::wire::setup::request;
 use pvusb_ring::wire::{iso_packets, Setup, Status, Submit, Transfer, XferType};
@@ -85,6 +86,12 @@ pub fn prepare(slot: &mut PortSlot, sub: &Submit, mem: &dyn GuestMemory) -> Prep
         }
     }
 
+    if sub.ext_flags & (SPLIT_MORE | SPLIT_CONT) != 0 && !(sub.pipe.is_bulk() && sub.pipe.is_in()) {
+        return local(
+            Status::Inval,
+            "split chain flags on a request that is not bulk IN",
+        );
+    }
     let len = sub.buffer_length as usize;
     let is_in = match setup {
         Some(s) => s.is_in(),
@@ -141,6 +148,7 @@ pub fn prepare(slot: &mut PortSlot, sub: &Submit, mem: &dyn GuestMemory) -> Prep
             len,
             out,
             short_not_ok: sub.short_not_ok,
+            split_more: sub.ext_flags & SPLIT_MORE != 0,
         },
         Transfer::Isoc(iso) => {
             let desc_segs = sub.frame_desc_segs();

@@ -20,7 +20,7 @@ pub use copier::FakeCopier;
 
 use super::copy::Copied;
 use super::memory::{GuestMemory, Mapped, Notify};
-use super::{Engine, EngineConfig, Link};
+use super::{Engine, EngineConfig, Features, Link};
 use crate::host::{
     Completion, CtrlError, Descriptors, DiscardError, HostDevice, HostSpeed, HostUrb, Readiness,
     Refused,
@@ -271,7 +271,9 @@ pub struct Rig {
     pub events: Vec<ConnEvent>,
     /// Whether the controller was closed for a protocol error.
     pub closed: bool,
-    aca: bool,
+    /// Containment as asked; split chains always negotiated (they change nothing for a
+    /// guest that does not use the flags).
+    features: Features,
     /// Set when data moves by grant copy instead of mappings.
     pub copier: Option<FakeCopier>,
 }
@@ -321,7 +323,10 @@ impl Rig {
             responses: Vec::new(),
             events: Vec::new(),
             closed: false,
-            aca,
+            features: Features {
+                aca,
+                split_chain: true,
+            },
             copier: None,
         };
         rig.link()?;
@@ -362,7 +367,7 @@ impl Rig {
             Box::new(CountNotify::default()),
             mem,
             4,
-            self.aca,
+            self.features,
         );
         self.engine.connect(link);
         Some(())

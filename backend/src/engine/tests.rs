@@ -277,3 +277,52 @@ fn short_host_split_read_does_not_cancel_the_next_transfer_under_aca() {
     assert_eq!(answer(&mut rig, &bulk(7, 0x01, &[4], 30)), (0, 30));
     assert_eq!(answer(&mut rig, &bulk(8, 0x81, &[8], 30)), (0, 30));
 }
+
+/// Split chains: three pieces of one IN transfer at once; the first meets a 100-byte record
+/// and ends short, the two behind it are cancelled without reading the next record, which
+/// the next transfer gets. The flags anywhere but on bulk IN are refused.
+#[test]
+fn split_chain_short_piece_cancels_only_its_own_transfer() {
+    use pvusb_ring::urb::chain::{SPLIT_CONT, SPLIT_MORE};
+    for aca in [false, true] {
+        let mut rig = Rig::new(usize::MAX, aca).unwrap();
+        assert_eq!(ctrl(&mut rig, 1, 1, 0, Setup::new(0, 5, 7, 0, 0)).0, 0);
+        assert_eq!(ctrl(&mut rig, 2, 1, 7, Setup::new(0, 9, 1, 0, 0)).0, 0);
+        rig.mem.arena().write(4 * 4096, &[7u8; 100]).unwrap();
+        rig.mem.arena().write(5 * 4096, &[9u8; 50]).unwrap();
+        assert_eq!(answer(&mut rig, &bulk(3, 0x01, &[4], 100)), (0, 100));
+        assert_eq!(answer(&mut rig, &bulk(4, 0x01, &[5], 50)), (0, 50));
+        let piece = |id, page, flags| {
+            let mut r = bulk(id, 0x81, &[page], 4096);
+            if let UrbRequest::Submit(s) = &mut r {
+                s.ext_flags = flags;
+            }
+            r
+        };
+        rig.push(&piece(5, 8, SPLIT_MORE).to_raw());
+        rig.push(&piece(6, 9, SPLIT_MORE | SPLIT_CONT).to_raw());
+        rig.push(&piece(7, 10, SPLIT_CONT).to_raw());
+        rig.collect();
+        let got = |rig: &Rig, id| {
+            rig.responses
+                .iter()
+                .find(|r| r.id == id)
+                .map(|r| (r.status, r.actual_length))
+        };
+        assert_eq!(got(&rig, 5), Some((0, 100)), "aca {aca}");
+        for id in [6, 7] {
+            let (status, len) = got(&rig, id).expect("answered");
+            assert!(status < 0 && len == 0, "piece {id} ran: {status} {len}");
+        }
+        rig.responses.clear();
+        assert_eq!(answer(&mut rig, &bulk(8, 0x81, &[11], 50)), (0, 50));
+        let mut back = [0u8; 50];
+        rig.mem.arena().read(11 * 4096, &mut back).unwrap();
+        assert_eq!(back, [9u8; 50]);
+        let mut out = bulk(9, 0x01, &[4], 10);
+        if let UrbRequest::Submit(s) = &mut out {
+            s.ext_flags = SPLIT_MORE;
+        }
+        assert_eq!(answer(&mut rig, &out).0, Status::Inval.to_wire());
+    }
+}

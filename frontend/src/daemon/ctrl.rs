@@ -190,7 +190,7 @@ impl Daemon {
             }
         };
         let be = DomId(paths.be_domid);
-        let (engine, info) = match Engine::new(&self.platform, be, offer.num_ports, offer.aca) {
+        let (engine, info) = match Engine::new(&self.platform, be, &offer) {
             Ok((mut e, i)) => {
                 e.set_quiet(!self.busy_poll.is_zero());
                 (e, i)
@@ -223,6 +223,7 @@ impl Daemon {
             num_ports = offer.num_ports,
             usb_ver = offer.usb_ver,
             aca = offer.aca,
+            split_chain = offer.split_chain,
             urb_ring_ref = info.urb_ring_ref,
             conn_ring_ref = info.conn_ring_ref,
             evtchn = info.event_channel,

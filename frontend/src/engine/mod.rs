@@ -22,6 +22,7 @@ use pvusb_xen::{AllocError, DomId, EventChannel, EventChannels, EvtchnError, Gra
 use xenstore_cfg::xenbus::RingInfo;
 
 use crate::pool::{Grants, PoolError, Probe, Retired};
+use crate::xenbus::BackendOffer;
 use request::Sent;
 pub use request::{Kind, Payload};
 
@@ -142,9 +143,9 @@ impl Engine {
     pub fn new<P: GrantAllocator + EventChannels>(
         platform: &P,
         be: DomId,
-        num_ports: u8,
-        aca: bool,
+        offer: &BackendOffer,
     ) -> Result<(Engine, RingInfo), SetupError> {
+        let num_ports = offer.num_ports;
         let ids = URB_RING_SIZE as usize;
         let grants = Grants::alloc(platform, be, ids)?;
         let urb = UrbFrontRing::init(grants.urb_shm())?;
@@ -157,8 +158,10 @@ impl Engine {
             conn_ring_ref: grants.conn_ref().0,
             event_channel: evtchn.port().0,
         };
+        // We offer both extensions; each is on when the backend offered it too.
         let cfg = FrontendConfig {
-            aca,
+            aca: offer.aca,
+            split_chain: offer.split_chain,
             ..FrontendConfig::stock(num_ports)
         };
         let engine = Engine {

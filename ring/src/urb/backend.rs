@@ -10,6 +10,9 @@
 //! - **ring order** (contract 2): [`Action::Submit`]s come out in the order requests came
 //!   in, so one endpoint's URBs reach the host in ring order, many in flight at once;
 //! - **containment** (contract 3, when negotiated, see [`super::aca`]);
+//! - **split chains** (contract 6, when negotiated, see [`super::chain`]): which URBs are
+//!   chained with `BULK_CONTINUATION` so that a short piece ends its transfer and nothing
+//!   else;
 //! - **disconnect** (contract 5, seed 003): [`Backend::handle_device_gone`] and
 //!   [`Backend::handle_disconnect`] cancel every URB in flight on the host and refuse every
 //!   later request in the same call, so nothing can slip in between;
@@ -23,6 +26,7 @@ use std::collections::VecDeque;
 use crate::wire::{Pipe, Port, Status};
 
 use super::aca::{self, Admission, BackendAca, CONTAINED};
+use super::chain::{EpChain, Link};
 use super::{clamp_ports, EpKey, UrbResult, EPS_PER_PORT};
 
 /// How the controller was negotiated.
@@ -34,6 +38,20 @@ pub struct BackendConfig {
     pub ring_size: u16,
     /// Error containment was negotiated ([`aca::FEATURE_ACA`] on both sides).
     pub aca: bool,
+}
+
+/// The `transfer_flags` of a submit request that decide how it is chained on the host.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SubmitFlags {
+    /// [`aca::ACA_CLEAR`] (ignored unless containment was negotiated).
+    pub aca_clear: bool,
+    /// [`super::chain::SPLIT_MORE`] (bulk IN only; the shell refuses it unless negotiated).
+    pub split_more: bool,
+    /// [`super::chain::SPLIT_CONT`] (likewise).
+    pub split_cont: bool,
+    /// The shell will cut the request into several host URBs, adding `SHORT_NOT_OK` on its
+    /// IN pieces but the last (see [`super::chain`]).
+    pub host_split: bool,
 }
 
 /// What became of a submit request that was taken.
@@ -135,6 +153,8 @@ pub enum Action<P> {
     /// Start the URB on the host.
     ///
     /// `continuation`: a usbfs shell sets `USBDEVFS_URB_BULK_CONTINUATION`. It is set on
+    /// every piece of a split chain but the first, and not on the request after one that a
+    /// short read can end ([`super::chain`]). Otherwise it is set on
     /// every bulk URB of a contained-capable endpoint except the one that reopens it, so
     /// when one fails the kernel cancels the URBs queued behind it from the completion
     /// handler, before the device runs them, and refuses further ones until the reopening
@@ -218,6 +238,8 @@ pub struct Backend<P> {
     live: Vec<Option<Live>>,
     /// Containment state per endpoint of each port.
     eps: Vec<BackendAca>,
+    /// Split chain state per endpoint of each port.
+    chains: Vec<EpChain>,
     /// Which ports have a device.
     present: Vec<bool>,
     disconnected: bool,
@@ -239,6 +261,7 @@ impl<P> Backend<P> {
             cfg,
             live: vec![None; slots],
             eps: vec![BackendAca::Open; ports * EPS_PER_PORT],
+            chains: vec![EpChain::default(); ports * EPS_PER_PORT],
             present: vec![false; ports],
             disconnected: false,
             seq: 0,
@@ -284,6 +307,27 @@ impl<P> Backend<P> {
         aca_clear: bool,
         payload: P,
     ) -> Result<Disposition, Rejected<P>> {
+        let flags = SubmitFlags {
+            aca_clear,
+            ..SubmitFlags::default()
+        };
+        self.handle_submit_with(id, pipe, flags, payload)
+    }
+
+    /// [`Backend::handle_submit`] with every flag that decides how the request is chained.
+    pub fn handle_submit_with(
+        &mut self,
+        id: u16,
+        pipe: Pipe,
+        flags: SubmitFlags,
+        payload: P,
+    ) -> Result<Disposition, Rejected<P>> {
+        let SubmitFlags {
+            aca_clear,
+            split_more,
+            split_cont,
+            host_split,
+        } = flags;
         if let Err(error) = self.check_id(id) {
             return Err(Rejected { error, payload });
         }
@@ -321,6 +365,18 @@ impl<P> Backend<P> {
                 }
                 Admission::Reopened => continuation = false,
                 Admission::Pass => continuation = pipe.is_bulk(),
+            }
+        }
+        if pipe.is_bulk() {
+            let (cont, cuts) = if pipe.is_in() {
+                (split_cont, split_more || host_split)
+            } else {
+                (false, false)
+            };
+            match self.chains.get_mut(ep).map(|c| c.link(cont, cuts)) {
+                Some(Link::Chained) => continuation = true,
+                Some(Link::Fresh) => continuation = false,
+                Some(Link::Free) | None => {}
             }
         }
         self.seq += 1;
@@ -432,6 +488,9 @@ impl<P> Backend<P> {
         }
         let start = usize::from(port.get() - 1) * EPS_PER_PORT;
         for ep in self.eps.iter_mut().skip(start).take(EPS_PER_PORT) {
+            ep.reset();
+        }
+        for ep in self.chains.iter_mut().skip(start).take(EPS_PER_PORT) {
             ep.reset();
         }
     }

@@ -10,10 +10,12 @@
 //!   client submitted its transfers, and a split transfer's pieces in order, never
 //!   interleaved with the next transfer's;
 //! - **splitting** (contract 6, [`super::split`]): a large bulk transfer becomes several
-//!   requests; an IN transfer's pieces go one at a time, because a short piece must end the
-//!   transfer before its successor can swallow the device's next answer, and usbif has no
-//!   status telling "short" apart from a transfer error, which is what would let the
-//!   backend cancel pipelined pieces the way usbfs does with `SHORT_NOT_OK`;
+//!   requests. A stock backend gets an IN transfer's pieces one at a time, because a short
+//!   piece must end the transfer before its successor can swallow the device's next
+//!   answer, and stock usbif cannot tell the backend that a short read ends the transfer.
+//!   With split chains negotiated ([`super::chain`]) the pieces go out together, each but
+//!   the last flagged, and nothing else of the endpoint follows until the transfer has
+//!   completed;
 //! - **exactly one answer** (contracts 1 and 4): every transfer taken gets exactly one
 //!   [`Action::Complete`], unless it is unlinked before any of it reached the ring, in which
 //!   case its [`Action::UnlinkReset`] (RET_UNLINK -ECONNRESET) is its only answer; every
@@ -49,8 +51,10 @@ struct Transfer<P> {
     ep: usize,
     payload: P,
     split: Split,
-    /// IN transfer of several pieces: one piece in flight at a time.
+    /// IN transfer of several pieces, stock backend: one piece in flight at a time.
     serial: bool,
+    /// IN transfer of several pieces sent as a split chain ([`super::chain`]).
+    chain: bool,
     short_not_ok: bool,
     /// Containment applies to its endpoint.
     contain: bool,
@@ -108,6 +112,9 @@ pub struct Frontend<P> {
     /// Client unlinks answered after their victim's `Complete`: (unlink, victim slot).
     waiting: Vec<(Handle, usize)>,
     eps: Vec<FrontendAca>,
+    /// Per endpoint: a split chain transfer has requests on the ring and has not
+    /// completed; nothing else of the endpoint goes out.
+    chained: Vec<bool>,
     /// Endpoint blocked in the current scan of `pending` iff its entry equals `scan`.
     blocked: Vec<u64>,
     scan: u64,
@@ -138,6 +145,7 @@ impl<P> Frontend<P> {
             unlinks: VecDeque::with_capacity(ids),
             waiting: Vec::with_capacity(ids),
             eps: vec![FrontendAca::default(); eps],
+            chained: vec![false; eps],
             blocked: vec![0; eps],
             scan: 0,
             present: vec![false; usize::from(cfg.num_ports)],
@@ -225,7 +233,8 @@ impl<P> Frontend<P> {
             port: key.port,
             ep,
             payload,
-            serial: pipe.is_in() && !split.is_single(),
+            serial: pipe.is_in() && !split.is_single() && !self.cfg.split_chain,
+            chain: pipe.is_in() && !split.is_single() && self.cfg.split_chain,
             split,
             short_not_ok,
             contain,
@@ -412,6 +421,11 @@ impl<P> Frontend<P> {
     fn take(&mut self, slot: usize) -> Option<Transfer<P>> {
         let t = self.transfers.get_mut(slot).and_then(Option::take)?;
         self.free_slots.push(slot);
+        if t.chain && t.sent {
+            if let Some(c) = self.chained.get_mut(t.ep) {
+                *c = false;
+            }
+        }
         if t.contain {
             if let Some(ep) = self.eps.get_mut(t.ep) {
                 ep.completed(t.sent, t.seen);
@@ -530,7 +544,8 @@ impl<P> Frontend<P> {
         if !t.split.has_next() {
             return Step::Done;
         }
-        let mut hold = t.serial && t.in_flight > 0;
+        let behind_chain = !t.sent && self.chained.get(t.ep).copied().unwrap_or(false);
+        let mut hold = (t.serial && t.in_flight > 0) || behind_chain;
         let mut mark = false;
         if !hold && t.contain && !t.sent {
             match self.eps.get(t.ep).map(|ep| ep.release(t.epoch)) {
@@ -558,8 +573,15 @@ impl<P> Frontend<P> {
                 ep.sent(mark);
             }
         }
+        if t.chain && !t.sent {
+            if let Some(c) = self.chained.get_mut(t.ep) {
+                *c = true;
+            }
+        }
+        let split_cont = t.chain && t.sent;
         t.sent = true;
         t.in_flight += 1;
+        let more = t.split.has_next();
         let request = Request {
             id,
             pipe: t.pipe,
@@ -568,9 +590,10 @@ impl<P> Frontend<P> {
                 piece,
                 short_not_ok: t.short_not_ok,
                 aca_clear: mark,
+                split_more: t.chain && more,
+                split_cont,
             },
         };
-        let more = t.split.has_next();
         self.push(
             request,
             Carries::Piece {

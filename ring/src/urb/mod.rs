@@ -5,11 +5,13 @@
 //! Both are generic over an opaque payload the shell owns (mapped grants, a usbfs URB, a
 //! client buffer) that they hand back exactly once, so every buffer has one owner at a time.
 //! [`split`] cuts large bulk transfers into requests and puts their results together;
-//! [`aca`] is the per-endpoint error containment both halves agree on.
+//! [`aca`] is the per-endpoint error containment both halves agree on; [`chain`] lets a
+//! large IN transfer's pieces be in flight together.
 
 #![warn(missing_docs)]
 pub mod aca;
 pub mod backend;
+pub mod chain;
 pub mod frontend;
 pub mod split;
 

@@ -4,6 +4,7 @@
 use crate::wire::{Pipe, URB_RING_SIZE};
 
 use crate::urb::aca::ACA_CLEAR;
+use crate::urb::chain::{SPLIT_CONT, SPLIT_MORE};
 use crate::urb::split::{Limits, Piece};
 use crate::urb::UrbResult;
 
@@ -16,6 +17,9 @@ pub struct FrontendConfig {
     pub ring_size: u16,
     /// Error containment was negotiated ([`crate::urb::aca::FEATURE_ACA`] on both sides).
     pub aca: bool,
+    /// Split chains were negotiated ([`crate::urb::chain::FEATURE_SPLIT_CHAIN`] on both
+    /// sides): a large IN transfer's pieces go out together.
+    pub split_chain: bool,
     /// Size of one request.
     pub limits: Limits,
     /// Client transfers held without allocating; more are taken, the tables grow.
@@ -29,6 +33,7 @@ impl FrontendConfig {
             num_ports,
             ring_size: URB_RING_SIZE as u16,
             aca: false,
+            split_chain: false,
             limits: Limits::STOCK,
             backlog: 64,
         }
@@ -94,6 +99,10 @@ pub enum RequestKind {
         short_not_ok: bool,
         /// Set [`ACA_CLEAR`] in `transfer_flags`.
         aca_clear: bool,
+        /// Set [`SPLIT_MORE`] in `transfer_flags`: more pieces of the transfer follow.
+        split_more: bool,
+        /// Set [`SPLIT_CONT`] in `transfer_flags`: it continues the transfer's previous piece.
+        split_cont: bool,
     },
     /// Cancel the request `victim`.
     Unlink {
@@ -109,6 +118,8 @@ impl RequestKind {
             RequestKind::Submit {
                 short_not_ok,
                 aca_clear,
+                split_more,
+                split_cont,
                 ..
             } => {
                 let mut flags = 0;
@@ -117,6 +128,12 @@ impl RequestKind {
                 }
                 if aca_clear {
                     flags |= ACA_CLEAR;
+                }
+                if split_more {
+                    flags |= SPLIT_MORE;
+                }
+                if split_cont {
+                    flags |= SPLIT_CONT;
                 }
                 flags
             }

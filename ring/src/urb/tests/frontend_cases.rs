@@ -339,3 +339,59 @@ fn separate_endpoints_do_not_wait_for_each_other() {
     assert_eq!(d.len(), 2);
     assert_eq!(d[1], (2, 0, 10, false));
 }
+
+/// Split chains: a large IN transfer's pieces go out together, flagged; the next transfer
+/// of the endpoint waits for it to complete, and a short piece ends it at once.
+#[test]
+fn split_chain_sends_every_piece_and_holds_the_endpoint() {
+    use crate::urb::chain::{SPLIT_CONT, SPLIT_MORE};
+    let mut fe = Frontend::new(FrontendConfig {
+        ring_size: 16,
+        split_chain: true,
+        ..FrontendConfig::stock(2)
+    });
+    fe.handle_device_attached(Port::new(1).unwrap());
+    fe.submit(1, BULK_IN, shape(3 * 65536 - 4096), false, 1)
+        .unwrap();
+    fe.submit(2, BULK_IN, shape(512), false, 2).unwrap();
+    let sent = pushes(&drain(&mut fe));
+    let pieces = sent.len();
+    assert!(pieces >= 3, "{sent:?}");
+    assert!(sent
+        .iter()
+        .all(|r| matches!(r.kind, RequestKind::Submit { handle: 1, .. })));
+    for (i, r) in sent.iter().enumerate() {
+        let want = if i + 1 < pieces { SPLIT_MORE } else { 0 } | if i > 0 { SPLIT_CONT } else { 0 };
+        assert_eq!(r.kind.transfer_flags(), want, "piece {i}");
+    }
+    let len = |r: &Request| match r.kind {
+        RequestKind::Submit { piece, .. } => piece.len,
+        RequestKind::Unlink { .. } => 0,
+    };
+    // The second piece is short: transfer 1 ends, the pieces after it are unlinked, and
+    // transfer 2 goes out once their answers are in.
+    fe.handle_response(sent[0].id, UrbResult::ok(len(&sent[0])))
+        .unwrap();
+    fe.handle_response(sent[1].id, UrbResult::ok(100)).unwrap();
+    let mut a = drain(&mut fe);
+    assert!(completes(&a).is_empty());
+    assert!(data(&a).is_empty(), "transfer 2 still held");
+    for r in &sent[2..] {
+        fe.handle_response(r.id, UrbResult::status(Status::IoError))
+            .unwrap();
+        a.extend(drain(&mut fe));
+    }
+    for u in pushes(&a) {
+        if matches!(u.kind, RequestKind::Unlink { .. }) {
+            fe.handle_response(u.id, UrbResult::status(Status::Ok))
+                .unwrap();
+            a.extend(drain(&mut fe));
+        }
+    }
+    assert_eq!(completes(&a), vec![(1, UrbResult::ok(len(&sent[0]) + 100))]);
+    assert_eq!(data(&a), vec![(2, 0, 512, false)]);
+    let last = pushes(&a)
+        .into_iter()
+        .find(|r| matches!(r.kind, RequestKind::Submit { .. }));
+    assert_eq!(last.map(|r| r.kind.transfer_flags()), Some(0));
+}

@@ -108,11 +108,12 @@ proptest! {
     #[test]
     fn vusb_keeps_the_contract(
         aca in any::<bool>(),
+        split_chain in any::<bool>(),
         ring_size in prop_oneof![Just(2u16), Just(4), Just(16)],
         ops in vec(op(), 0..120),
         cuts in vec((0usize..120, cut()), 0..2),
     ) {
-        let mut sim = Sim::new(aca, ring_size);
+        let mut sim = Sim::with_chains(aca, split_chain, ring_size);
         let mut ops = ops;
         for (at, c) in cuts {
             ops.insert(at.min(ops.len()), c);

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
-use crate::urb::backend::{self, Backend, BackendConfig, HostResult, HostStatus};
+use crate::urb::backend::{self, Backend, BackendConfig, HostResult, HostStatus, SubmitFlags};
 use crate::urb::frontend::{self, Frontend, FrontendConfig, Handle, RequestKind};
 use crate::urb::split::{Piece, Shape};
 use crate::urb::{aca, UrbResult};
@@ -50,6 +50,9 @@ pub struct HostReq {
     pub handle: Handle,
     pub piece: Piece,
     pub short_not_ok: bool,
+    /// A split chain piece with more to follow: the shell adds SHORT_NOT_OK and reports
+    /// the -EREMOTEIO of a short read as a success.
+    pub split_more: bool,
 }
 
 /// How the device answers the URB at the head of an endpoint's queue.
@@ -127,9 +130,15 @@ pub struct Sim {
 
 impl Sim {
     pub fn new(aca: bool, ring_size: u16) -> Self {
+        Self::with_chains(aca, false, ring_size)
+    }
+
+    /// A vusb with split chains negotiated or not.
+    pub fn with_chains(aca: bool, split_chain: bool, ring_size: u16) -> Self {
         let fe_cfg = FrontendConfig {
             ring_size,
             aca,
+            split_chain,
             ..FrontendConfig::stock(PORTS)
         };
         let be_cfg = BackendConfig {
@@ -283,13 +292,22 @@ impl Sim {
                     piece,
                     short_not_ok,
                     aca_clear,
+                    split_more,
+                    split_cont,
                 } => {
                     let payload = HostReq {
                         handle,
                         piece,
                         short_not_ok,
+                        split_more,
                     };
-                    let out = self.be.handle_submit(req.id, req.pipe, aca_clear, payload);
+                    let flags = SubmitFlags {
+                        aca_clear,
+                        split_more,
+                        split_cont,
+                        host_split: false,
+                    };
+                    let out = self.be.handle_submit_with(req.id, req.pipe, flags, payload);
                     assert!(
                         out.is_ok(),
                         "backend refused a well-formed request: {out:?}"
@@ -332,18 +350,21 @@ impl Sim {
         let step = self.tick();
         let len = urb.req.piece.len;
         let is_in = ep % EPS != 1;
-        let (status, actual) = match outcome {
+        // `ended`: usbfs saw an error (a short read with SHORT_NOT_OK included) and cancels
+        // the continuations queued behind.
+        let (status, actual, ended) = match outcome {
             Outcome::Short(n) if is_in && len > 0 => {
                 let actual = u32::try_from(u64::from(len) * u64::from(n) / 256).unwrap();
-                let status = if urb.req.short_not_ok {
+                let status = if urb.req.short_not_ok && !urb.req.split_more {
                     Status::IoError
                 } else {
                     Status::Ok
                 };
-                (status, actual)
+                let ended = urb.req.short_not_ok || urb.req.split_more;
+                (status, actual, ended && actual < len)
             }
-            Outcome::Fail(status) => (status, len / 2),
-            _ => (Status::Ok, len),
+            Outcome::Fail(status) => (status, len / 2, !status.is_ok()),
+            _ => (Status::Ok, len, false),
         };
         self.execs.push(Exec {
             step,
@@ -354,7 +375,7 @@ impl Sim {
         });
         self.reap
             .push_back((urb.id, HostResult::done(status, actual), urb.req));
-        if !status.is_ok() && ep % EPS != 0 && ep % EPS != 3 {
+        if ended && ep % EPS != 0 && ep % EPS != 3 {
             // usbfs cancel_bulk_urbs, in the failed URB's completion handler: before the
             // device runs anything else.
             let queue = &mut self.host[ep];

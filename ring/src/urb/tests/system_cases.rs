@@ -123,6 +123,36 @@ fn seed001_short_piece_ends_split_transfer() {
     sim.check_at_rest();
 }
 
+/// Seed 001 with split chains: all of the large transfer's pieces are on the host at once;
+/// the second one is short, the rest are cancelled before the device runs them, and the
+/// transfer queued behind waits for the chain, then runs and reads the next answer.
+#[test]
+fn seed001_split_chain_short_piece_cancels_the_rest_only() {
+    for aca in [false, true] {
+        let mut sim = Sim::with_chains(aca, true, 16);
+        let big = sim.submit(IN, 200_000, 3584, false);
+        let next = sim.submit(IN, 13, 0, false);
+        sim.deliver_requests(usize::MAX);
+        let on_host = sim.submits.len();
+        assert_eq!(
+            on_host, 4,
+            "every piece at once, nothing of the next transfer"
+        );
+        sim.run(IN, Outcome::Full);
+        sim.run(IN, Outcome::Short(128));
+        sim.settle();
+        let first = sim.execs[0].req.piece;
+        let second = sim.execs[1].req.piece;
+        let result = sim.xfers[&big].completes[0].1;
+        assert_eq!(result.status, Status::Ok);
+        assert_eq!(result.actual_length, first.len + second.len / 2);
+        assert_eq!(status(&sim, next), Status::Ok);
+        assert_eq!(sim.execs.len(), 3, "aca {aca}: {:?}", sim.execs);
+        assert_eq!(sim.execs[2].req.handle, next);
+        sim.check_at_rest();
+    }
+}
+
 /// Seed 003: unplug with URBs in flight and queued; all complete with an error, later
 /// submissions are refused, and the other port is untouched.
 #[test]

@@ -1,0 +1,122 @@
+//! Split chains: the pieces of one large bulk IN transfer in flight together (an extension).
+//!
+//! A client transfer longer than one request is cut into pieces ([`super::split`]). Stock
+//! usbif has no way to say "a short read here ends the transfer", so an IN transfer's
+//! pieces went one at a time: a piece sent early would swallow the device's next answer
+//! after a short one (seed 001). With this extension the frontend sends them all at once
+//! and the backend keeps seed 001 the way libusb does over usbfs:
+//!
+//! - every piece but the last carries [`SPLIT_MORE`]: it runs with `SHORT_NOT_OK` on every
+//!   host URB, so a short read ends it with -EREMOTEIO, which the backend answers as a
+//!   success of the bytes read;
+//! - every piece but the first carries [`SPLIT_CONT`]: it is chained to the request before
+//!   it (`BULK_CONTINUATION`), so usbfs cancels it from a short piece's completion handler,
+//!   before the device runs it, or refuses it if it comes later; its answer reports it
+//!   cancelled, and the frontend ignores it;
+//! - a request without [`SPLIT_CONT`] after one that a short read can end (a
+//!   [`SPLIT_MORE`] piece, or a request the backend itself cut into several host URBs
+//!   because of its `max-bulk-urb`) starts a new host chain: usbfs's cancel stops there, so
+//!   the next transfer runs whatever the chain before it met, even one the frontend
+//!   abandoned half sent.
+//!
+//! Because that last rule unchains the next transfer, a failure of a chain would not stop
+//! it in the kernel; so the frontend sends nothing else for the endpoint until a chained
+//! transfer has completed (containment, contract 3, is then decided as for any other
+//! transfer). After a request the backend cut itself, a follower the frontend already sent
+//! is stopped only when the failure is reaped, as on interrupt endpoints (usbfs cannot
+//! cancel on a failure but not on a short read); only a `max-bulk-urb` below the
+//! request's length, or a kernel without `USBDEVFS_CAP_NO_PACKET_SIZE_LIM`, cuts requests.
+//!
+//! Negotiated like [`super::aca`]: both sides write [`FEATURE_SPLIT_CHAIN`] = `"1"`; a
+//! backend that did not negotiate it refuses the two flags as unknown.
+
+/// Xenstore key (in each side's own device directory) that offers split chains.
+pub const FEATURE_SPLIT_CHAIN: &str = "feature-split-chain";
+
+/// usbif `transfer_flags` bit: more pieces of this bulk IN transfer follow on the ring; a
+/// short read ends the transfer.
+///
+/// Next to [`super::aca::ACA_CLEAR`] (0x8000), far from the low bits Linux's `URB_*` flags
+/// use.
+pub const SPLIT_MORE: u16 = 0x4000;
+
+/// usbif `transfer_flags` bit: this bulk IN request continues the transfer of the request
+/// before it on its endpoint.
+pub const SPLIT_CONT: u16 = 0x2000;
+
+/// How a request's first host URB relates to the one before it on its endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Link {
+    /// It continues a split chain: chained, whatever containment says.
+    Chained,
+    /// The request before it could end short and cancel what is chained behind it: not
+    /// chained, whatever containment says.
+    Fresh,
+    /// As containment decides.
+    Free,
+}
+
+/// One endpoint's last request submitted to the host, as far as chains go.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EpChain {
+    /// A short read can end it (or the chain it belongs to) and cancel what is chained
+    /// behind it.
+    cuts: bool,
+}
+
+impl EpChain {
+    /// Links the next request submitted to the host. `cont`: it carries [`SPLIT_CONT`];
+    /// `cuts`: a short read can end it (it carries [`SPLIT_MORE`], or the shell cuts it into
+    /// several host URBs).
+    pub fn link(&mut self, cont: bool, cuts: bool) -> Link {
+        let link = if cont {
+            Link::Chained
+        } else if self.cuts {
+            Link::Fresh
+        } else {
+            Link::Free
+        };
+        // A chain's last piece can be cancelled by a short read of an earlier one, and so
+        // could what is chained behind it: it passes the mark on.
+        self.cuts = cuts || (cont && self.cuts);
+        link
+    }
+
+    /// The device went away: a new one starts unchained.
+    pub fn reset(&mut self) {
+        *self = EpChain::default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chain_is_linked_and_the_request_after_it_starts_fresh() {
+        let mut ep = EpChain::default();
+        assert_eq!(ep.link(false, false), Link::Free);
+        // Three pieces: first, middle, last.
+        assert_eq!(ep.link(false, true), Link::Free);
+        assert_eq!(ep.link(true, true), Link::Chained);
+        assert_eq!(ep.link(true, false), Link::Chained);
+        // The next transfer: a short piece of the chain must not cancel it.
+        assert_eq!(ep.link(false, false), Link::Fresh);
+        assert_eq!(ep.link(false, false), Link::Free);
+    }
+
+    #[test]
+    fn an_abandoned_chain_or_a_host_split_request_unchains_the_next_one() {
+        let mut ep = EpChain::default();
+        // Two pieces of a chain went out, the rest never will (it ended short).
+        ep.link(false, true);
+        ep.link(true, true);
+        assert_eq!(ep.link(false, false), Link::Fresh);
+        // A request the shell cuts into host URBs.
+        assert_eq!(ep.link(false, true), Link::Free);
+        assert_eq!(ep.link(false, false), Link::Fresh);
+        ep.link(false, true);
+        ep.reset();
+        assert_eq!(ep.link(false, false), Link::Free);
+    }
+}
