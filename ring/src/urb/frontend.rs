@@ -13,9 +13,9 @@
 //!   requests. A stock backend gets an IN transfer's pieces one at a time, because a short
 //!   piece must end the transfer before its successor can swallow the device's next
 //!   answer, and stock usbif cannot tell the backend that a short read ends the transfer.
-//!   With split chains negotiated ([`super::chain`]) the pieces go out together, each but
-//!   the last flagged, and nothing else of the endpoint follows until the transfer has
-//!   completed;
+//!   With split chains negotiated ([`super::chain`]) up to a quarter of the ring's ids'
+//!   worth of pieces are in flight together, flagged, and nothing else of the endpoint
+//!   follows until the transfer has completed;
 //! - **exactly one answer** (contracts 1 and 4): every transfer taken gets exactly one
 //!   [`Action::Complete`], unless it is unlinked before any of it reached the ring, in which
 //!   case its [`Action::UnlinkReset`] (RET_UNLINK -ECONNRESET) is its only answer; every
@@ -545,7 +545,8 @@ impl<P> Frontend<P> {
             return Step::Done;
         }
         let behind_chain = !t.sent && self.chained.get(t.ep).copied().unwrap_or(false);
-        let mut hold = (t.serial && t.in_flight > 0) || behind_chain;
+        let chain_full = t.chain && t.in_flight >= chain_depth(self.cfg.ring_size);
+        let mut hold = (t.serial && t.in_flight > 0) || chain_full || behind_chain;
         let mut mark = false;
         if !hold && t.contain && !t.sent {
             match self.eps.get(t.ep).map(|ep| ep.release(t.epoch)) {
@@ -619,6 +620,13 @@ impl<P> Frontend<P> {
         }
         self.actions.push_back(Action::Push(request));
     }
+}
+
+/// Pieces of one split chain in flight at once: a quarter of the ring (4 of a stock ring's
+/// 16 ids), at least one. An IN waiting for the device holds its id; a chain may not take
+/// the ids that other endpoints (the OUT that would feed it, other devices) need.
+fn chain_depth(ring_size: u16) -> u32 {
+    u32::from(ring_size / 4).max(1)
 }
 
 /// Outcome of one attempt in [`Frontend::pump`].

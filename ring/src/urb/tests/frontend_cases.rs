@@ -395,3 +395,28 @@ fn split_chain_sends_every_piece_and_holds_the_endpoint() {
         .find(|r| matches!(r.kind, RequestKind::Submit { .. }));
     assert_eq!(last.map(|r| r.kind.transfer_flags()), Some(0));
 }
+
+/// A chain takes at most a quarter of the ring: an IN waiting for the device must leave
+/// ids for the OUT that would feed it.
+#[test]
+fn split_chain_leaves_most_of_the_ring_to_others() {
+    let mut fe = Frontend::new(FrontendConfig {
+        ring_size: 16,
+        split_chain: true,
+        ..FrontendConfig::stock(2)
+    });
+    fe.handle_device_attached(Port::new(1).unwrap());
+    fe.submit(1, BULK_IN, shape(1 << 20), false, 1).unwrap();
+    fe.submit(2, BULK_OUT, shape(1 << 20), false, 2).unwrap();
+    let sent = pushes(&drain(&mut fe));
+    let ins: Vec<&Request> = sent.iter().filter(|r| r.pipe.is_in()).collect();
+    assert_eq!(ins.len(), 4);
+    assert_eq!(sent.len(), 16, "the OUT gets the other twelve ids");
+    fe.handle_response(ins[0].id, UrbResult::ok(65024)).unwrap();
+    let more = pushes(&drain(&mut fe));
+    assert_eq!(more.len(), 1);
+    assert!(
+        more[0].pipe.is_in(),
+        "the chain's fifth piece (ids go in order)"
+    );
+}
