@@ -3,8 +3,9 @@
 //! A client transfer longer than one request is cut into pieces ([`super::split`]). Stock
 //! usbif has no way to say "a short read here ends the transfer", so an IN transfer's
 //! pieces went one at a time: a piece sent early would swallow the device's next answer
-//! after a short one (seed 001). With this extension the frontend sends them all at once
-//! and the backend keeps seed 001 the way libusb does over usbfs:
+//! after a short one (seed 001). With this extension the frontend keeps several in flight
+//! (a quarter of the ring, see `frontend`) and the backend keeps seed 001 the way libusb
+//! does over usbfs:
 //!
 //! - every piece but the last carries [`SPLIT_MORE`]: it runs with `SHORT_NOT_OK` on every
 //!   host URB, so a short read ends it with -EREMOTEIO, which the backend answers as a
