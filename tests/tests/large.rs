@@ -24,20 +24,9 @@ fn done(a: Answer) -> pvusb_frontend::usbip::RetSubmit {
     }
 }
 
-#[test]
-fn short_packet_mid_way_through_a_large_bulk_in() {
-    short_packet_mid_way("");
-}
-
-/// The same with the stock protocol: each piece's data by grant copy.
-#[test]
-fn short_packet_mid_way_with_grant_copy() {
-    short_packet_mid_way("feature-persistent = false\n");
-}
-
-/// Runs the rounds with the backend configured by `config` (TOML).
-fn short_packet_mid_way(config: &str) {
-    let t = Instant::now();
+/// The stack (backend configured by `config`, TOML) with a 4 MiB loopback on port 1 of a
+/// controller, imported over USB/IP and configured: the platform, its bus id, the client.
+fn configured_loopback(config: &str) -> (Platform, String, UsbipClient) {
     let mut p = Platform::new(&[1]);
     let busid = p.plug(DeviceSpec::new(ModelSpec::Loopback { capacity: 4 * MIB }));
     let id = p.add_controller(1, 0, 4);
@@ -53,6 +42,24 @@ fn short_packet_mid_way(config: &str) {
         )
         .unwrap();
     assert_eq!(set.status(), 0, "SET_CONFIGURATION");
+    (p, busid, c)
+}
+
+#[test]
+fn short_packet_mid_way_through_a_large_bulk_in() {
+    short_packet_mid_way("");
+}
+
+/// The same with the stock protocol: each piece's data by grant copy.
+#[test]
+fn short_packet_mid_way_with_grant_copy() {
+    short_packet_mid_way("feature-persistent = false\n");
+}
+
+/// Runs the rounds with the backend configured by `config` (TOML).
+fn short_packet_mid_way(config: &str) {
+    let t = Instant::now();
+    let (p, busid, mut c) = configured_loopback(config);
     let mut rng = Rng::from_env("large");
     let trace = p.trace_path(&busid);
     let rounds = 16;
@@ -116,21 +123,7 @@ fn short_packet_mid_way(config: &str) {
 /// (split chains take at most a quarter of the ring). Both complete; the data comes back.
 #[test]
 fn a_large_in_waiting_for_data_leaves_ids_for_the_out_feeding_it() {
-    let mut p = Platform::new(&[1]);
-    let busid = p.plug(DeviceSpec::new(ModelSpec::Loopback { capacity: 4 * MIB }));
-    let id = p.add_controller(1, 0, 4);
-    p.assign(&id, 1, Some(&busid));
-    p.start_backend();
-    let addr = p.start_frontend(1);
-    let logs = || p.logs();
-    let mut c = UsbipClient::import_when_ready(addr, "1-1", T, logs);
-    let set = c
-        .transfer(
-            pvusb_tests::usbip::control([0, 9, 1, 0, 0, 0, 0, 0], vec![]),
-            T,
-        )
-        .unwrap();
-    assert_eq!(set.status(), 0, "SET_CONFIGURATION");
+    let (p, _, mut c) = configured_loopback("");
     for round in 0..4 {
         let data = pattern(MIB, 2000 + round);
         let rd = c.submit(bulk_in(1, MIB as u32));

@@ -250,26 +250,35 @@ fn short_split_read_fails_only_if_the_guest_asked() {
     }
 }
 
-#[test]
-fn short_host_split_read_does_not_cancel_the_next_transfer_under_aca() {
-    let mut rig = Rig::new(1024, true).unwrap();
+/// A rig (port 1 addressed and configured) whose loopback holds two records, 100 bytes of
+/// 7 then 50 bytes of 9.
+fn two_records(max_bulk: usize, aca: bool) -> Rig {
+    let mut rig = Rig::new(max_bulk, aca).unwrap();
     assert_eq!(ctrl(&mut rig, 1, 1, 0, Setup::new(0, 5, 7, 0, 0)).0, 0);
     assert_eq!(ctrl(&mut rig, 2, 1, 7, Setup::new(0, 9, 1, 0, 0)).0, 0);
     rig.mem.arena().write(4 * 4096, &[7u8; 100]).unwrap();
     rig.mem.arena().write(5 * 4096, &[9u8; 50]).unwrap();
     assert_eq!(answer(&mut rig, &bulk(3, 0x01, &[4], 100)), (0, 100));
     assert_eq!(answer(&mut rig, &bulk(4, 0x01, &[5], 50)), (0, 50));
+    rig
+}
+
+/// The answer to request `id` among those collected: (status, actual length).
+fn got(rig: &Rig, id: u16) -> Option<(i32, u32)> {
+    rig.responses
+        .iter()
+        .find(|r| r.id == id)
+        .map(|r| (r.status, r.actual_length))
+}
+
+#[test]
+fn short_host_split_read_does_not_cancel_the_next_transfer_under_aca() {
+    let mut rig = two_records(1024, true);
     // A 6000-byte IN (six host URBs of 1024) meets the 100-byte record; the 50-byte IN
     // queued behind it is a transfer of its own and must run.
     rig.push(&bulk(5, 0x81, &[8, 9], 6000).to_raw());
     rig.push(&bulk(6, 0x81, &[10], 50).to_raw());
     rig.collect();
-    let got = |rig: &Rig, id| {
-        rig.responses
-            .iter()
-            .find(|r| r.id == id)
-            .map(|r| (r.status, r.actual_length))
-    };
     assert_eq!(got(&rig, 5), Some((0, 100)));
     assert_eq!(got(&rig, 6), Some((0, 50)));
     rig.responses.clear();
@@ -285,13 +294,7 @@ fn short_host_split_read_does_not_cancel_the_next_transfer_under_aca() {
 fn split_chain_short_piece_cancels_only_its_own_transfer() {
     use pvusb_ring::urb::chain::{SPLIT_CONT, SPLIT_MORE};
     for aca in [false, true] {
-        let mut rig = Rig::new(usize::MAX, aca).unwrap();
-        assert_eq!(ctrl(&mut rig, 1, 1, 0, Setup::new(0, 5, 7, 0, 0)).0, 0);
-        assert_eq!(ctrl(&mut rig, 2, 1, 7, Setup::new(0, 9, 1, 0, 0)).0, 0);
-        rig.mem.arena().write(4 * 4096, &[7u8; 100]).unwrap();
-        rig.mem.arena().write(5 * 4096, &[9u8; 50]).unwrap();
-        assert_eq!(answer(&mut rig, &bulk(3, 0x01, &[4], 100)), (0, 100));
-        assert_eq!(answer(&mut rig, &bulk(4, 0x01, &[5], 50)), (0, 50));
+        let mut rig = two_records(usize::MAX, aca);
         let piece = |id, page, flags| {
             let mut r = bulk(id, 0x81, &[page], 4096);
             if let UrbRequest::Submit(s) = &mut r {
@@ -303,12 +306,6 @@ fn split_chain_short_piece_cancels_only_its_own_transfer() {
         rig.push(&piece(6, 9, SPLIT_MORE | SPLIT_CONT).to_raw());
         rig.push(&piece(7, 10, SPLIT_CONT).to_raw());
         rig.collect();
-        let got = |rig: &Rig, id| {
-            rig.responses
-                .iter()
-                .find(|r| r.id == id)
-                .map(|r| (r.status, r.actual_length))
-        };
         assert_eq!(got(&rig, 5), Some((0, 100)), "aca {aca}");
         for id in [6, 7] {
             let (status, len) = got(&rig, id).expect("answered");

@@ -31,6 +31,17 @@ fn frontend(ring_size: u16, aca: bool) -> Frontend<u64> {
     fe
 }
 
+/// A 16-id frontend with split chains negotiated, port 1 attached.
+fn chain_frontend() -> Frontend<u64> {
+    let mut fe = Frontend::new(FrontendConfig {
+        ring_size: 16,
+        split_chain: true,
+        ..FrontendConfig::stock(2)
+    });
+    fe.handle_device_attached(Port::new(1).unwrap());
+    fe
+}
+
 fn drain(fe: &mut Frontend<u64>) -> Vec<Action<u64>> {
     std::iter::from_fn(|| fe.poll_action()).collect()
 }
@@ -345,12 +356,7 @@ fn separate_endpoints_do_not_wait_for_each_other() {
 #[test]
 fn split_chain_sends_every_piece_and_holds_the_endpoint() {
     use crate::urb::chain::{SPLIT_CONT, SPLIT_MORE};
-    let mut fe = Frontend::new(FrontendConfig {
-        ring_size: 16,
-        split_chain: true,
-        ..FrontendConfig::stock(2)
-    });
-    fe.handle_device_attached(Port::new(1).unwrap());
+    let mut fe = chain_frontend();
     fe.submit(1, BULK_IN, shape(3 * 65536 - 4096), false, 1)
         .unwrap();
     fe.submit(2, BULK_IN, shape(512), false, 2).unwrap();
@@ -400,12 +406,7 @@ fn split_chain_sends_every_piece_and_holds_the_endpoint() {
 /// ids for the OUT that would feed it.
 #[test]
 fn split_chain_leaves_most_of_the_ring_to_others() {
-    let mut fe = Frontend::new(FrontendConfig {
-        ring_size: 16,
-        split_chain: true,
-        ..FrontendConfig::stock(2)
-    });
-    fe.handle_device_attached(Port::new(1).unwrap());
+    let mut fe = chain_frontend();
     fe.submit(1, BULK_IN, shape(1 << 20), false, 1).unwrap();
     fe.submit(2, BULK_OUT, shape(1 << 20), false, 2).unwrap();
     let sent = pushes(&drain(&mut fe));
