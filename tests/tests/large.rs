@@ -143,3 +143,34 @@ fn a_large_in_waiting_for_data_leaves_ids_for_the_out_feeding_it() {
     }
     c.ledger.assert_settled();
 }
+
+/// A 1 MiB IN waiting on an empty loopback (a split chain with its first pieces on the
+/// device) is unlinked: it is answered once, and none of its pieces is left behind to
+/// swallow what is written next; a later large IN reads it whole.
+#[test]
+fn unlinking_a_waiting_large_in_leaves_no_piece_behind() {
+    let (p, _, mut c) = configured_loopback("");
+    for round in 0..4 {
+        let rd = c.submit(bulk_in(1, MIB as u32));
+        std::thread::sleep(Duration::from_millis(20));
+        c.unlink(rd);
+        match c.next(T) {
+            Ok(Answer::Cancelled(s)) => assert_eq!(s, rd),
+            Ok(Answer::Done(r)) => {
+                assert_eq!(r.seqnum, rd);
+                assert_ne!(r.status, 0, "round {round}: nothing was written to read");
+            }
+            Err(e) => panic!("round {round}: {e:?}\n{}", p.logs()),
+        }
+        let data = pattern(MIB / 2 + 100, 3000 + round);
+        let w = done(c.transfer(bulk_out(1, data.clone()), T).unwrap());
+        assert_eq!((w.status, w.actual_length as usize), (0, data.len()));
+        let r = done(c.transfer(bulk_in(1, MIB as u32), T).unwrap());
+        assert_eq!(r.status, 0, "round {round}\n{}", p.logs());
+        assert!(
+            r.data == data,
+            "round {round}: a piece of the unlinked IN took data"
+        );
+    }
+    c.ledger.assert_settled();
+}
