@@ -11,6 +11,11 @@ use pvusb_xen::PlatformKind;
 /// presents every device plugged into them to the guest: attached to the kernel's
 /// vhci_hcd (default), or served to USB/IP clients with --usbip-listen. Reconnects by
 /// itself when the backend restarts.
+///
+/// Each controller grants 258 pages through /dev/xen/gntalloc, whose limit (1024 pages by
+/// default, for every gntalloc user of the domain) fits three: raise
+/// /sys/module/xen_gntalloc/parameters/limit for more. A controller that does not fit is
+/// reported in the log and in xenstore (error/device/vusb/<devid>/error).
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {

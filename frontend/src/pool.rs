@@ -1,30 +1,29 @@
 //! The pages one controller connection grants to the backend, once: the two ring pages and
 //! the data pool, which transfers bounce through (gntalloc cannot grant arbitrary memory).
 //!
-//! The pool gives every usbif request id its own 16 pages (the most one request can use),
-//! in a read-only pool for OUT data and a writable one for IN data and isochronous frame
-//! descriptors. A request's pages are therefore reused only when its id is, and the
-//! frontend engine frees an id only when the backend's response for it arrived, which a
-//! backend sends only after unmapping its grants (DESIGN.md contract 7). No grant is
-//! allocated per URB.
-
+//! The pool gives every usbif request id its own 16 pages (the most one request can use):
+//! OUT data, IN data and isochronous frame descriptors alike. A request's pages are
+//! therefore reused only when its id is, and the frontend engine frees an id only when the
+//! backend's response for it arrived, which a backend sends only after unmapping its grants
+//! (DESIGN.md contract 7). No grant is allocated per URB.
+//!
+//! The pool is one writable grant: a backend may map an OUT request's pages writable too,
+//! but nothing is ever read back from them (only the pages of IN requests are), so that
+//! costs the guest nothing, and it halves what a controller takes of gntalloc's limit, which
+//! every gntalloc user of the domain shares (1024 pages by default). A controller takes
+//! [`GRANTS_PER_CONTROLLER`] pages of it: three controllers fit the default limit.
 use std::sync::Arc;
 
 use pvusb_ring::shm::{Shm, ShmError};
-use pvusb_ring::wire::{MAX_SEGMENTS_PER_REQUEST, PAGE_SIZE};
+use pvusb_ring::wire::{MAX_SEGMENTS_PER_REQUEST, PAGE_SIZE, URB_RING_SIZE};
 use pvusb_xen::{Access, AllocError, DomId, GrantAllocator, GrantRef, GrantedPages};
 
-/// Pages of one request id in each pool.
+/// Pages of one request id in the pool.
 pub const PAGES_PER_ID: usize = MAX_SEGMENTS_PER_REQUEST;
 
-/// Which pool a segment lives in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Side {
-    /// Granted read-only: OUT data.
-    Out,
-    /// Granted writable: IN data and isochronous frame descriptors.
-    In,
-}
+/// Pages one controller connection grants: the pool of every URB ring id, and the two
+/// ring pages.
+pub const GRANTS_PER_CONTROLLER: usize = URB_RING_SIZE as usize * PAGES_PER_ID + 2;
 
 /// A page index or byte range outside the pool (an engine bug, reported not panicked).
 #[derive(Debug, thiserror::Error)]
@@ -49,27 +48,22 @@ pub struct Grants {
     urb: Arc<GrantedPages>,
     /// `None` only while [`Grants::probe_conn`] runs.
     conn: Option<Arc<GrantedPages>>,
-    out: Arc<GrantedPages>,
-    inp: Arc<GrantedPages>,
-    /// Views of the pools: word-wise volatile copies (GrantedPages copies byte by byte).
-    out_shm: Shm,
-    inp_shm: Shm,
+    pool: Arc<GrantedPages>,
+    /// A view of the pool: word-wise volatile copies (GrantedPages copies byte by byte).
+    pool_shm: Shm,
     ids: usize,
 }
 
 impl Grants {
-    /// Grants the two ring pages (writable) and a pool for `ids` request ids to `be`.
+    /// Grants the two ring pages and a pool for `ids` request ids to `be`, all writable.
     pub fn alloc(alloc: &dyn GrantAllocator, be: DomId, ids: usize) -> Result<Self, AllocError> {
         let pages = ids.saturating_mul(PAGES_PER_ID).max(1);
-        let out = Arc::new(alloc.alloc(be, pages, Access::ReadOnly)?);
-        let inp = Arc::new(alloc.alloc(be, pages, Access::Writable)?);
+        let pool = Arc::new(alloc.alloc(be, pages, Access::Writable)?);
         Ok(Grants {
             urb: Arc::new(alloc.alloc(be, 1, Access::Writable)?),
             conn: Some(Arc::new(alloc.alloc(be, 1, Access::Writable)?)),
-            out_shm: out.shm(),
-            inp_shm: inp.shm(),
-            out,
-            inp,
+            pool_shm: pool.shm(),
+            pool,
             ids,
         })
     }
@@ -122,20 +116,6 @@ impl Grants {
             .unwrap_or(GrantRef(0))
     }
 
-    fn pool(&self, side: Side) -> &GrantedPages {
-        match side {
-            Side::Out => &self.out,
-            Side::In => &self.inp,
-        }
-    }
-
-    fn view(&self, side: Side) -> &Shm {
-        match side {
-            Side::Out => &self.out_shm,
-            Side::In => &self.inp_shm,
-        }
-    }
-
     fn page_index(&self, id: u16, page: usize) -> Result<usize, PoolError> {
         let id_us = usize::from(id);
         if id_us >= self.ids || page >= PAGES_PER_ID {
@@ -144,10 +124,10 @@ impl Grants {
         Ok(id_us * PAGES_PER_ID + page)
     }
 
-    /// The grant reference of page `page` of request `id` in `side`'s pool.
-    pub fn gref(&self, side: Side, id: u16, page: usize) -> Result<GrantRef, PoolError> {
+    /// The grant reference of page `page` of request `id`.
+    pub fn gref(&self, id: u16, page: usize) -> Result<GrantRef, PoolError> {
         let i = self.page_index(id, page)?;
-        self.pool(side)
+        self.pool
             .grefs()
             .get(i)
             .copied()
@@ -163,29 +143,15 @@ impl Grants {
     }
 
     /// Copies `data` into page `page` of request `id` at `off`.
-    pub fn write(
-        &self,
-        side: Side,
-        id: u16,
-        page: usize,
-        off: usize,
-        data: &[u8],
-    ) -> Result<(), PoolError> {
+    pub fn write(&self, id: u16, page: usize, off: usize, data: &[u8]) -> Result<(), PoolError> {
         let at = self.offset(id, page, off, data.len())?;
-        Ok(self.view(side).write(at, data)?)
+        Ok(self.pool_shm.write(at, data)?)
     }
 
     /// Copies bytes out of page `page` of request `id` at `off` into `buf`.
-    pub fn read(
-        &self,
-        side: Side,
-        id: u16,
-        page: usize,
-        off: usize,
-        buf: &mut [u8],
-    ) -> Result<(), PoolError> {
+    pub fn read(&self, id: u16, page: usize, off: usize, buf: &mut [u8]) -> Result<(), PoolError> {
         let at = self.offset(id, page, off, buf.len())?;
-        Ok(self.view(side).read(at, buf)?)
+        Ok(self.pool_shm.read(at, buf)?)
     }
 
     /// Ends access to everything once the ring views are gone. Pages the backend still
@@ -194,18 +160,13 @@ impl Grants {
         let Grants {
             urb,
             conn,
-            out,
-            inp,
-            out_shm,
-            inp_shm,
+            pool,
+            pool_shm,
             ..
         } = self;
-        drop((out_shm, inp_shm));
+        drop(pool_shm);
         let mut left = Vec::new();
-        for arc in [Some(urb), conn, Some(out), Some(inp)]
-            .into_iter()
-            .flatten()
-        {
+        for arc in [Some(urb), conn, Some(pool)].into_iter().flatten() {
             match Arc::try_unwrap(arc) {
                 Ok(pages) => left.push(pages),
                 // A ring view outlives us: its drop ends access lazily.

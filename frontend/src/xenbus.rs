@@ -96,7 +96,7 @@ pub fn publish(xs: &mut Xs, fe_dir: &str, rings: &RingInfo, aca: bool) -> Result
             w(tx, FEATURE_ACA, "1".into())?;
         }
         w(tx, FEATURE_SPLIT_CHAIN, "1".into())?;
-        // Every data page comes from the two pools granted once per connection and kept
+        // Every data page comes from the pool granted once per connection and kept
         // granted until it ends, so the backend may map each page once.
         w(tx, FEATURE_PERSISTENT, "1".into())?;
         w(tx, keys::STATE, XenbusState::Connected.as_u32().to_string())

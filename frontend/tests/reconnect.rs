@@ -17,8 +17,8 @@ use pvusb_frontend::usbip::ClientEvent;
 use pvusb_xen::DomId;
 use xenstore_cfg::vusb::set_port;
 
-/// Grants of one controller connection: two ring pages, two pools of 16 × 16 pages.
-const GRANTS_PER_CONNECTION: u32 = 2 + 2 * 256;
+/// Grants of one controller connection: two ring pages and the 16 × 16-page pool.
+const GRANTS_PER_CONNECTION: u32 = 2 + 256;
 
 /// Imports the device and leaves one IN transfer waiting in the backend.
 fn pending_in(s: &Stack) -> (Client, u32) {

@@ -129,6 +129,13 @@ impl Platform {
             .expect("destroying a domain");
     }
 
+    /// Sets guest `domid`'s gntalloc limit (in pages), as its admin would write
+    /// `/sys/module/xen_gntalloc/parameters/limit`; Linux's default is 1024.
+    pub fn set_gntalloc_limit(&self, domid: u16, pages: usize) {
+        let path = pvusb_xen::sim::gntalloc_limit_path(self.path(), DomId(domid));
+        std::fs::write(path, pages.to_string()).expect("writing the gntalloc limit");
+    }
+
     /// The broker's live grants, mappings, channels.
     pub fn counters(&self) -> Counters {
         self.hyp().counters().expect("broker counters")

@@ -274,9 +274,11 @@ new_ctrl() {
     done
     printf '%s\n' "$out" | grep -E '^[0-9]+$' | sort -n | tail -1
 }
+# ctrl_connected [DEVID]: backend and frontend of controller DEVID (default $CTRL) are at 4.
 ctrl_connected() {
-    [ "$(xenstore-read "/local/domain/0/backend/vusb/$GDOMID/$CTRL/state" 2>/dev/null)" = 4 ] &&
-        [ "$(xenstore-read "/local/domain/$GDOMID/device/vusb/$CTRL/state" 2>/dev/null)" = 4 ]
+    local c=${1:-$CTRL}
+    [ "$(xenstore-read "/local/domain/0/backend/vusb/$GDOMID/$c/state" 2>/dev/null)" = 4 ] &&
+        [ "$(xenstore-read "/local/domain/$GDOMID/device/vusb/$c/state" 2>/dev/null)" = 4 ]
 }
 # s_ctrl_attach TOOL: TOOL is "xl-usb" (ours) or "xl" (stock libxl).
 s_ctrl_attach() {
@@ -299,6 +301,28 @@ s_ctrl_attach() {
         return 1
     fi
     DETAIL="$tool usbctrl-attach: controller $CTRL connected (backend 4, frontend 4)"
+}
+
+# s_second_ctrl: a second controller in the guest connects next to $CTRL, then goes. Each of
+# pvusb-frontend's controllers takes 258 pages of the guest's gntalloc limit (1024 by
+# default, shared by every gntalloc user); with two pools per controller it took 514, and a
+# second controller failed with ENOSPC.
+s_second_ctrl() {
+    local rc=0 second err
+    timeout 60 "$BIN/xl-usb" usbctrl-attach "$GUEST" type=pv version=1 ports=2 || rc=$?
+    [ "$rc" -eq 0 ] || { DETAIL="xl-usb usbctrl-attach rc=$rc"; return 1; }
+    second=$(new_ctrl)
+    if [ -z "$second" ] || [ "$second" = "$CTRL" ]; then DETAIL="no second controller (got '$second')"; return 1; fi
+    if ! wait_for 30 ctrl_connected "$second"; then
+        err=$(xenstore-read "/local/domain/$GDOMID/error/device/vusb/$second/error" 2>/dev/null)
+        DETAIL="controller $second: frontend state $(xenstore-read "/local/domain/$GDOMID/device/vusb/$second/state" 2>/dev/null), frontend error '${err}'"
+        "$BIN/xl-usb" usb-list "$GUEST"
+        timeout 60 "$BIN/xl-usb" usbctrl-detach "$GUEST" "$second"
+        return 1
+    fi
+    timeout 60 "$BIN/xl-usb" usbctrl-detach "$GUEST" "$second" || rc=$?
+    [ "$rc" -eq 0 ] || { DETAIL="controller $second connected; xl-usb usbctrl-detach rc=$rc"; return 1; }
+    DETAIL="controller $second connected next to $CTRL, then detached"
 }
 
 # diag_crash WHAT RC: a tool died of a signal. Record what crashed (core files), whether other
@@ -461,6 +485,7 @@ round_ours() {
     if [ "$first" = 1 ]; then guarded 2/frontend-start OURS "${ALL[@]}" -- s_frontend_start
     else guarded 2/switch-to-ours OURS "${ALL[@]}" -- s_switch_to ours; fi
     guarded 3/usbctrl-attach-xl-usb OURS "${ALL[@]}" -- s_ctrl_attach xl-usb
+    guarded --soft 3/second-controller OURS "${ALL[@]}" -- s_second_ctrl
     guarded 3/usbdev-attach OURS "${ALL[@]}" -- s_dev_attach
     guarded --soft 3/usb-list OURS "${ALL[@]}" -- s_usb_list ours
     guarded 4/io-ours-vhci OURS "${ALL[@]}" -- s_guest_io ours

@@ -104,6 +104,17 @@ pub enum AllocError {
     /// The grantee does not exist.
     #[error("{0} does not exist")]
     NoSuchDomain(DomId),
+    /// Granting `count` more pages would pass this domain's gntalloc limit, which every
+    /// user of `/dev/xen/gntalloc` in the domain shares (`ENOSPC`).
+    #[error(
+        "granting {count} more pages passes this domain's gntalloc limit \
+         (/sys/module/xen_gntalloc/parameters/limit, shared by every gntalloc user; \
+         Linux's default is 1024 pages): raise it, or attach fewer controllers"
+    )]
+    Limit {
+        /// Pages asked for.
+        count: usize,
+    },
     /// A system call failed.
     #[error("{op} failed: {errno}")]
     Os {

@@ -285,7 +285,8 @@ fn rm_and_prune(tx: &mut Transaction<'_>, path: &str, prune: &[String]) -> Resul
 }
 
 /// Removes a controller as `xl usbctrl-detach` does: frontend, backend and libxl
-/// directories, plus the `vusb` directories left empty, in one transaction.
+/// directories, plus the `vusb` directories left empty, and the frontend's error report,
+/// in one transaction.
 pub fn remove_controller(xs: &mut Xs, id: &VusbId) -> Result<(), VusbError> {
     let fe_vusb = format!("/local/domain/{}/device/{DEVICE_TYPE}", id.fe);
     let be_vusb = format!("/local/domain/{}/backend/{DEVICE_TYPE}", id.be);
@@ -295,6 +296,14 @@ pub fn remove_controller(xs: &mut Xs, id: &VusbId) -> Result<(), VusbError> {
         rm_and_prune(tx, &id.frontend_dir(), std::slice::from_ref(&fe_vusb))?;
         rm_and_prune(tx, &id.backend_dir(), &[be_fe.clone(), be_vusb.clone()])?;
         rm_and_prune(tx, &id.libxl_dir(), std::slice::from_ref(&lx_vusb))?;
+        // What the frontend reported with xenbus_dev_error, as libxl removes it.
+        let err = format!("/local/domain/{}/error/device", id.fe);
+        let err_vusb = format!("{err}/{DEVICE_TYPE}");
+        rm_and_prune(
+            tx,
+            &format!("{err_vusb}/{}", id.devid),
+            &[err_vusb.clone(), err],
+        )?;
         Ok(())
     })?;
     Ok(())

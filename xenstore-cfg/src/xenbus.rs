@@ -188,6 +188,45 @@ pub fn read_rings(xs: &mut impl XsOps, fe_dir: &str) -> Result<RingInfo, XsError
     })
 }
 
+/// Where `xenbus_dev_error` reports a device's error: `dev_dir` is
+/// `/local/domain/<N>/<rest>`, the report goes to `/local/domain/<N>/error/<rest>/error`,
+/// a node of the reporting domain that libxl removes with the device. `None` for a
+/// directory outside a domain's home.
+pub fn error_path(dev_dir: &str) -> Option<String> {
+    let rest = dev_dir.strip_prefix("/local/domain/")?;
+    let (domid, rest) = rest.split_once('/')?;
+    domid.parse::<u16>().ok()?;
+    (!rest.is_empty()).then(|| format!("/local/domain/{domid}/error/{rest}/error"))
+}
+
+/// Reports a device's error as Linux's `xenbus_dev_error` does: `"<errno> <message>"`
+/// (errno positive) at [`error_path`].
+pub fn dev_error(xs: &mut Xs, dev_dir: &str, errno: i32, message: &str) -> Result<(), XsError> {
+    let path = error_path(dev_dir).ok_or(XsError::Xs(XsErrno::EINVAL))?;
+    xs.write(&path, format!("{errno} {message}").as_bytes())
+}
+
+/// The device's reported error, if any.
+pub fn read_dev_error(xs: &mut impl XsOps, dev_dir: &str) -> Result<Option<String>, XsError> {
+    let Some(path) = error_path(dev_dir) else {
+        return Ok(None);
+    };
+    Ok(xs
+        .try_read(&path)?
+        .map(|v| String::from_utf8_lossy(&v).into_owned()))
+}
+
+/// Removes the device's reported error (it connected after all); a missing node is fine.
+pub fn clear_dev_error(xs: &mut Xs, dev_dir: &str) -> Result<(), XsError> {
+    let Some(path) = error_path(dev_dir) else {
+        return Ok(());
+    };
+    match xs.rm(&path) {
+        Err(XsError::Xs(XsErrno::ENOENT)) => Ok(()),
+        other => other,
+    }
+}
+
 /// Whether an error means the node (device) does not exist.
 pub fn is_gone(e: &XsError) -> bool {
     e.errno() == Some(XsErrno::ENOENT)
@@ -208,5 +247,16 @@ mod tests {
         assert_eq!(XenbusState::parse(b"4"), Some(XenbusState::Connected));
         assert_eq!(XenbusState::parse(b"x"), None);
         assert_eq!(XenbusState::parse(b""), None);
+    }
+
+    #[test]
+    fn errors_go_under_the_reporting_domain_like_xenbus_dev_error() {
+        assert_eq!(
+            error_path("/local/domain/3/device/vusb/0").as_deref(),
+            Some("/local/domain/3/error/device/vusb/0/error")
+        );
+        assert_eq!(error_path("/local/domain/3"), None);
+        assert_eq!(error_path("/local/domain/x/device/vusb/0"), None);
+        assert_eq!(error_path("/libxl/3/device/vusb/0"), None);
     }
 }

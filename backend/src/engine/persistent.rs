@@ -36,7 +36,8 @@ use super::memory::{GuestMemory, Mapped};
 /// The xenstore key both ends write to negotiate persistent grants.
 pub const FEATURE_PERSISTENT: &str = "feature-persistent";
 
-/// Most pages cached per connection: the frontend's two 256-page pools, with room.
+/// Most pages cached per connection: our frontend's 256-page pool mapped both ways, with
+/// room.
 pub const MAX_PERSISTENT: usize = 1024;
 
 /// The cached runs of one connection.

@@ -6,14 +6,16 @@ use std::os::fd::AsRawFd;
 
 use mio::unix::SourceFd;
 use mio::{Interest, Token};
-use pvusb_xen::{DomId, PlatformKind};
+use pvusb_xen::{AllocError, DomId, PlatformKind};
+use rustix::io::Errno;
 use xenstore_cfg::xenbus::{read_state, XenbusState};
 use xenstore_cfg::{XsErrno, XsOps};
 
 use super::port::PortEntry;
 use super::{Daemon, Src};
-use crate::engine::Engine;
+use crate::engine::{Engine, SetupError};
 use crate::logging::{peer_warn, RateLimit};
+use crate::pool::GRANTS_PER_CONTROLLER;
 use crate::xenbus::{self, Paths};
 
 /// One `device/vusb/<devid>` of this domain.
@@ -196,7 +198,24 @@ impl Daemon {
                 (e, i)
             }
             Err(e) => {
-                tracing::error!(parent: &span, error = %e, "setting up the rings");
+                tracing::error!(
+                    parent: &span,
+                    error = %e,
+                    grants_per_controller = GRANTS_PER_CONTROLLER,
+                    "setting up the rings; the controller stays unconnected"
+                );
+                // As xen-hcd's xenbus_dev_error, for the toolstack and the admin to see.
+                let errno = match e {
+                    SetupError::Alloc(AllocError::Limit { .. }) => Errno::NOSPC,
+                    _ => Errno::IO,
+                }
+                .raw_os_error();
+                let msg = format!("setting up the rings: {e}");
+                if let Err(e) =
+                    xenstore_cfg::xenbus::dev_error(&mut self.xs, &paths.fe_dir, errno, &msg)
+                {
+                    tracing::warn!(parent: &span, error = %e, "reporting the error in xenstore");
+                }
                 return;
             }
         };
@@ -217,6 +236,9 @@ impl Daemon {
             self.tokens.remove(&token);
             self.retired.absorb(engine.disconnect(&mut Vec::new()));
             return;
+        }
+        if let Err(e) = xenstore_cfg::xenbus::clear_dev_error(&mut self.xs, &paths.fe_dir) {
+            tracing::debug!(parent: &span, error = %e, "removing an earlier error report");
         }
         tracing::info!(
             parent: &span,

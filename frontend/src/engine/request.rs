@@ -1,5 +1,6 @@
 //! Building usbif requests from the state machine's pushes: bounce OUT data and iso frame
-//! descriptors into the request id's pool pages; copying IN data and iso results back.
+//! descriptors into the request id's pool pages (descriptors after the data's pages);
+//! copying IN data and iso results back.
 
 use pvusb_ring::urb::frontend::{Frontend, Handle, Request, RequestKind};
 use pvusb_ring::urb::split::{segments, Piece};
@@ -10,7 +11,7 @@ use pvusb_ring::wire::{
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
 use super::EngineError;
-use crate::pool::{Grants, PoolError, Side};
+use crate::pool::{Grants, PoolError};
 use crate::usbip::IsoPacket;
 
 /// What kind of transfer a payload is, with its type-specific fields.
@@ -57,14 +58,6 @@ pub(super) enum Sent {
     Unlink,
 }
 
-fn side(dir_in: bool) -> Side {
-    if dir_in {
-        Side::In
-    } else {
-        Side::Out
-    }
-}
-
 fn bug(id: u16) -> EngineError {
     EngineError::Pool(PoolError::NoPage { id, page: 0 })
 }
@@ -89,18 +82,17 @@ pub(super) fn build(
         RequestKind::Submit { handle, piece, .. } => (handle, piece),
     };
     let payload = fe.payload_mut(handle).ok_or_else(|| bug(id))?;
-    let data_side = side(payload.dir_in);
     let mut segs = Segments::new();
     let mut done: usize = 0;
     let start = usize::try_from(piece.offset).map_err(|_| bug(id))?;
     for span in segments(piece.page_offset, piece.len) {
         let page = usize::try_from(span.page).map_err(|_| bug(id))?;
-        let gref = grants.gref(data_side, id, page)?;
+        let gref = grants.gref(id, page)?;
         let len = usize::from(span.len);
         if !payload.dir_in {
             let from = start + done;
             let chunk = payload.buf.get(from..from + len).ok_or_else(|| bug(id))?;
-            grants.write(Side::Out, id, page, usize::from(span.offset), chunk)?;
+            grants.write(id, page, usize::from(span.offset), chunk)?;
         }
         done += len;
         let index = segs.len();
@@ -164,8 +156,8 @@ fn write_iso_descs(
     let mut n: u16 = 0;
     for (k, chunk) in bytes.chunks(PAGE_SIZE).enumerate() {
         let page = first + k;
-        grants.write(Side::In, id, page, 0, chunk)?;
-        let gref = grants.gref(Side::In, id, page)?;
+        grants.write(id, page, 0, chunk)?;
+        let gref = grants.gref(id, page)?;
         let len = u16::try_from(chunk.len()).map_err(|_| bug(id))?;
         segs.push(Seg::new(page, gref.0, 0, len).map_err(|_| bug(id))?)
             .map_err(|_| bug(id))?;
@@ -201,7 +193,7 @@ pub(super) fn copy_back(
             let page = usize::try_from(span.page).map_err(|_| bug(id))?;
             let n = usize::from(span.len).min(left);
             let dst = payload.buf.get_mut(at..at + n).ok_or_else(|| bug(id))?;
-            grants.read(Side::In, id, page, usize::from(span.offset), dst)?;
+            grants.read(id, page, usize::from(span.offset), dst)?;
             at += n;
             left -= n;
         }
@@ -210,7 +202,7 @@ pub(super) fn copy_back(
         let bytes_len = packets.len() * ISO_DESC_SIZE as usize;
         let mut bytes = vec![0u8; bytes_len];
         for (k, chunk) in bytes.chunks_mut(PAGE_SIZE).enumerate() {
-            grants.read(Side::In, id, nsegs + k, 0, chunk)?;
+            grants.read(id, nsegs + k, 0, chunk)?;
         }
         for (i, (p, raw)) in packets
             .iter_mut()

@@ -29,6 +29,8 @@ pub fn scaling(ctrls: u32, devs: u8, dur: Duration) -> Scale {
             p.assign(&id, port, Some(&b));
         }
     }
+    // Eight controllers take more than gntalloc's default limit of 1024 pages.
+    p.set_gntalloc_limit(1, 4096);
     p.start_backend();
     let addr = p.start_frontend(1);
     let want = (ctrls * u32::from(devs)) as usize;

@@ -32,6 +32,9 @@ pub struct Controller {
     pub ports: Vec<Option<String>>,
     /// The backend directory.
     pub backend_path: String,
+    /// What the frontend reported with `xenbus_dev_error` ("<errno> <message>"), if
+    /// anything: why it did not connect.
+    pub frontend_error: Option<String>,
 }
 
 impl Controller {
@@ -111,6 +114,7 @@ pub fn read(xs: &mut Xs, fe: DomId, devid: u32) -> Result<Option<Controller>, Xs
         num_ports,
         ports,
         backend_path: be_path,
+        frontend_error: xenstore_cfg::xenbus::read_dev_error(xs, &fe_dir)?,
     }))
 }
 

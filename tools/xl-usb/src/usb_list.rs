@@ -1,6 +1,7 @@
 //! `usb-list <dom>`: xl's table ("Devid  Type         BE  state usb-ver ports" and
 //! "  Port N: Bus xxx Device xxx"), with bus and device in decimal (xl prints them in hex
-//! by mistake); `--json` gives the same data.
+//! by mistake), and a "  Frontend error:" line for a controller whose frontend reported
+//! why it did not connect; `--json` gives the same data.
 
 use std::fmt::Write as _;
 
@@ -78,6 +79,9 @@ pub fn render(entries: &[ControllerEntry]) -> String {
             "{:<6} {:<12} {:<3} {:<5} {:<7} {:<5}",
             c.devid, c.ctrl_type, c.backend, c.state, c.usb_ver, c.num_ports
         );
+        if let Some(err) = &c.frontend_error {
+            let _ = writeln!(s, "  Frontend error: {err}");
+        }
         for p in &e.port_list {
             match (&p.busid, p.bus, p.device) {
                 (Some(_), Some(b), Some(d)) => {

@@ -168,6 +168,35 @@ fn driver_domain_backend() {
 }
 
 #[test]
+fn a_frontend_error_report_is_listed_and_goes_with_the_controller() {
+    let mut sim = Sim::start();
+    sim.start_fake_backend();
+    sim.xl(&["usbctrl-attach", "guest1", "version=2", "ports=1"])
+        .assert()
+        .success();
+    // What pvusb-frontend (or xen-hcd, with xenbus_dev_error) writes when it cannot connect.
+    let mut xs = sim.xs();
+    let err = "28 setting up the rings: gntalloc limit";
+    xenstore_cfg::xenbus::dev_error(&mut xs, "/local/domain/1/device/vusb/0", 28, &err[3..])
+        .unwrap();
+    let list = stdout(&sim.xl(&["usb-list", "guest1"]).output().unwrap());
+    assert!(
+        list.contains(&format!("\n  Frontend error: {err}\n")),
+        "{list}"
+    );
+    let v = sim.json(&["usb-list", "1"]);
+    assert_eq!(v[0]["frontend_error"], err);
+    sim.xl(&["usbctrl-detach", "guest1", "0"])
+        .assert()
+        .success();
+    assert_eq!(
+        xenstore_cfg::xenbus::read_dev_error(&mut xs, "/local/domain/1/device/vusb/0").unwrap(),
+        None
+    );
+    assert_eq!(common::tree(&mut xs, &["/local/domain/1/error/device"]), "");
+}
+
+#[test]
 fn assignable_list_shows_ids_names_and_assignment() {
     let mut sim = Sim::start();
     sim.start_fake_backend();

@@ -31,6 +31,34 @@ pub fn socket_path(dir: &Path, domid: DomId) -> PathBuf {
     dir.join("domains").join(domid.0.to_string()).join("hyp")
 }
 
+/// The file standing for a domain's `/sys/module/xen_gntalloc/parameters/limit`: absent, the
+/// domain has Linux's default (1024 pages); an admin raises it by writing a number there. It
+/// is read at each of the domain's grant allocations, as the kernel reads its parameter.
+pub fn gntalloc_limit_path(dir: &Path, domid: DomId) -> PathBuf {
+    dir.join("domains")
+        .join(domid.0.to_string())
+        .join("gntalloc-limit")
+}
+
+/// Reads `conn`'s domain's gntalloc limit file into the tables.
+fn refresh_gntalloc_limit(inner: &mut Inner, conn: ConnId) {
+    let Some(domid) = inner.state.domid_of(conn) else {
+        return;
+    };
+    let path = gntalloc_limit_path(&inner.dir, domid);
+    let limit = match std::fs::read_to_string(&path) {
+        Ok(text) => match text.trim().parse::<usize>() {
+            Ok(n) => Some(n),
+            Err(_) => {
+                warn!(path = %path.display(), "not a number of pages; the default limit applies");
+                None
+            }
+        },
+        Err(_) => None,
+    };
+    inner.state.set_gntalloc_limit(domid, limit);
+}
+
 /// Starting the broker failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -486,7 +514,12 @@ fn serve_one(
         (Ok(Request::LocalRegister { pages }), Some(fd)) => {
             (inner.state.register_local(conn, pages, fd), Vec::new())
         }
-        (Ok(req), _) => inner.state.handle(conn, req),
+        (Ok(req), _) => {
+            if matches!(req, Request::GrantAlloc { .. }) {
+                refresh_gntalloc_limit(inner, conn);
+            }
+            inner.state.handle(conn, req)
+        }
         (Err(s), _) => (Err(s), Vec::new()),
     };
     let applied = match apply(shared, inner, effects) {

@@ -392,6 +392,10 @@ impl GrantAllocator for SimPlatform {
                 status: Status::NoSuchDomain,
                 ..
             } => return Err(AllocError::NoSuchDomain(domid)),
+            Reply::Error {
+                status: Status::GrantLimit,
+                ..
+            } => return Err(AllocError::Limit { count }),
             Reply::Error { status, .. } => return Err(BrokerError::Refused(status).into()),
             _ => return Err(BrokerError::BadReply("unexpected reply").into()),
         };

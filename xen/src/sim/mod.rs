@@ -57,6 +57,6 @@ pub mod release;
 pub mod state;
 pub mod wire;
 
-pub use broker::{socket_path, Broker, ReleaseHook, StartError, Stopper};
+pub use broker::{gntalloc_limit_path, socket_path, Broker, ReleaseHook, StartError, Stopper};
 pub use client::SimPlatform;
 pub use wire::Counters;

@@ -28,6 +28,10 @@ const MAX_MAPPINGS_PER_CONN: usize = 16 * 1024;
 /// Files a connection holds plus dead serials not yet reported to it (a well-behaved
 /// client keeps a few hundred at most; see `client::FD_CACHE_MAX`).
 const MAX_HELD_PER_CONN: usize = 4096;
+/// Linux gntalloc's default `limit` module parameter: the most pages a domain's user space
+/// may have granted at once, all processes together (pages ended but still mapped by the
+/// grantee count until unmapped).
+pub const GNTALLOC_DEFAULT_LIMIT: usize = 1024;
 /// Xen reserves the first grant entries for the toolstack (console, xenstore).
 const FIRST_GREF: u32 = 8;
 
@@ -49,6 +53,8 @@ struct Domain {
     dying: bool,
     next_gref: u32,
     granted_pages: usize,
+    /// The domain's gntalloc `limit`; `None` is [`GNTALLOC_DEFAULT_LIMIT`].
+    gntalloc_limit: Option<usize>,
 }
 
 #[derive(Debug)]
@@ -182,6 +188,20 @@ impl State {
             },
         );
         s
+    }
+
+    /// Sets `domid`'s gntalloc limit (the guest admin's write to
+    /// `/sys/module/xen_gntalloc/parameters/limit`); `None` restores the default. Takes
+    /// effect at the domain's next allocation; what is granted already stays.
+    pub fn set_gntalloc_limit(&mut self, domid: DomId, limit: Option<usize>) {
+        if let Some(d) = self.domains.get_mut(&domid) {
+            d.gntalloc_limit = limit;
+        }
+    }
+
+    /// The domain a connection belongs to.
+    pub fn domid_of(&self, conn: ConnId) -> Option<DomId> {
+        self.conns.get(&conn).map(|c| c.domid)
     }
 
     /// The live-object counters.

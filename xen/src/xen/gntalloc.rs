@@ -96,12 +96,16 @@ impl GrantAllocator for XenPlatform {
             .ok_or(AllocError::BadCount(count))?;
         let fd = self.gntalloc()?;
         let mut buf = encode_alloc(domid, n, access);
-        abi::call(fd.as_fd(), abi::IOCTL_GNTALLOC_ALLOC_GREF, &mut buf).map_err(|errno| {
-            AllocError::Os {
-                op: "IOCTL_GNTALLOC_ALLOC_GREF",
-                errno,
-            }
-        })?;
+        abi::call(fd.as_fd(), abi::IOCTL_GNTALLOC_ALLOC_GREF, &mut buf).map_err(
+            |errno| match errno {
+                // gntalloc's only ENOSPC: `gref_size + count > limit`.
+                Errno::NOSPC => AllocError::Limit { count },
+                errno => AllocError::Os {
+                    op: "IOCTL_GNTALLOC_ALLOC_GREF",
+                    errno,
+                },
+            },
+        )?;
         let Some((index, grefs)) = decode_alloc(&buf, count) else {
             return Err(AllocError::Os {
                 op: "IOCTL_GNTALLOC_ALLOC_GREF reply",

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use rustix::fs::{MemfdFlags, Mode, OFlags, SealFlags};
 
 use super::{next_id, os, Alloc, ConnId, Mapping, Outcome, State};
-use super::{MAX_GRANTED_PAGES, MAX_HELD_PER_CONN, MAX_MAPPINGS_PER_CONN};
+use super::{GNTALLOC_DEFAULT_LIMIT, MAX_GRANTED_PAGES, MAX_HELD_PER_CONN, MAX_MAPPINGS_PER_CONN};
 use crate::sim::wire::{
     EndMode, FileKey, FileRef, MapOutcome, MapSpec, PageLoc, Reply, Status, MAX_DEAD, MAX_FILES,
 };
@@ -40,7 +40,11 @@ impl State {
         }
         let pages = usize::try_from(count).map_err(|_| Status::BadRequest)?;
         let dom = self.domains.get_mut(&me).ok_or(Status::NoSuchDomain)?;
-        if dom.granted_pages.saturating_add(pages) > MAX_GRANTED_PAGES {
+        let after = dom.granted_pages.saturating_add(pages);
+        if after > dom.gntalloc_limit.unwrap_or(GNTALLOC_DEFAULT_LIMIT) {
+            return Err(Status::GrantLimit);
+        }
+        if after > MAX_GRANTED_PAGES {
             return Err(Status::Resource);
         }
         let flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING;

@@ -349,3 +349,47 @@ fn local_memory_belongs_to_its_connection_and_dies_with_it() {
         Status::Resource
     );
 }
+
+#[test]
+fn a_domain_grants_at_most_its_gntalloc_limit() {
+    let (mut s, c0, c1) = setup();
+    let grant = |s: &mut State, count: u32| {
+        s.handle(
+            c1,
+            Request::GrantAlloc {
+                grantee: DomId(0),
+                count,
+                access: Access::Writable,
+            },
+        )
+        .0
+        .map(|(reply, _)| reply)
+    };
+    let limit = u32::try_from(GNTALLOC_DEFAULT_LIMIT).unwrap();
+    let (big, _) = alloc(&mut s, c1, limit - 2, Access::Writable);
+    let (small, grefs) = alloc(&mut s, c1, 2, Access::ReadOnly);
+    assert_eq!(grant(&mut s, 1).err(), Some(Status::GrantLimit));
+    // Ended but still mapped by the grantee: still counted, as gntalloc counts it.
+    let (_, _, ids, _) = mapped(s.handle(c0, map_req(DomId(1), Access::ReadOnly, grefs)));
+    let end = |h| Request::GrantEnd {
+        handle: h,
+        mode: EndMode::Defer,
+    };
+    ok(s.handle(c1, end(small)));
+    assert_eq!(grant(&mut s, 1).err(), Some(Status::GrantLimit));
+    ok(s.handle(
+        c0,
+        Request::Unmap {
+            map_id: ids[0].unwrap(),
+        },
+    ));
+    assert!(grant(&mut s, 2).is_ok());
+    // The admin raises the limit; dropping the setting restores the default.
+    s.set_gntalloc_limit(DomId(1), Some(GNTALLOC_DEFAULT_LIMIT + 64));
+    assert!(grant(&mut s, 64).is_ok());
+    assert_eq!(grant(&mut s, 1).err(), Some(Status::GrantLimit));
+    ok(s.handle(c1, end(big)));
+    s.set_gntalloc_limit(DomId(1), None);
+    assert!(grant(&mut s, limit - 66).is_ok());
+    assert_eq!(grant(&mut s, 1).err(), Some(Status::GrantLimit));
+}

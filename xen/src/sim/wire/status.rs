@@ -31,9 +31,11 @@ pub enum Status {
     TooManyFiles,
     /// The broker could not allocate the resource (memfd, eventfd, ...).
     Resource,
+    /// The granting domain's gntalloc limit would be exceeded (Linux's `ENOSPC`).
+    GrantLimit,
 }
 
-pub(super) const STATUSES: [Status; 12] = [
+pub(super) const STATUSES: [Status; 13] = [
     Status::Ok,
     Status::BadRequest,
     Status::NotPermitted,
@@ -46,6 +48,7 @@ pub(super) const STATUSES: [Status; 12] = [
     Status::DomainExists,
     Status::TooManyFiles,
     Status::Resource,
+    Status::GrantLimit,
 ];
 
 impl Status {
