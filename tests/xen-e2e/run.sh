@@ -149,6 +149,39 @@ QEMU_START=$(date +%s.%N)
     printf 'ROUND_ORDER=%s\nFPU_CANARY_SECS=%s\n' "${E2E_ORDER:-stock-first}" "${E2E_FPU_CANARY_SECS:-20}"
 } >"$P/run.env"
 mkfs.ext4 -q -F -L e2e -d "$P" "$PAYLOAD_IMG" 384M >/dev/null || die "mkfs.ext4 payload failed"
+# QEMU's monitor, on a free local TCP port (bash reaches it through /dev/tcp, no helper needed).
+MON_PORT=""
+for _ in 1 2 3 4 5 6 7 8; do
+    p=$((30000 + RANDOM % 30000))
+    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { MON_PORT=$p; break; }
+done
+[ -n "$MON_PORT" ] || die "no free local port for QEMU's monitor"
+STICK_DEV="usb-storage,id=stickdev,bus=usbc.0,port=1,drive=stick,serial=PVUSB0001"
+# host_agent: dom0 asks the host for what only QEMU can do (unplug and replug the stick, a real
+# disconnect on dom0's USB bus) with a line "E2E-HOST <seq> <command>" on its console; each
+# sequence number is served once, with a monitor command.
+host_agent() {
+    local seq cmd m done=" "
+    tail -n +1 -F "$SERIAL" 2>/dev/null | grep -a --line-buffered -o 'E2E-HOST [0-9]* [a-z-]*' |
+        while read -r _ seq cmd; do
+            case "$done" in *" $seq "*) continue ;; esac
+            done="$done$seq "
+            case "$cmd" in
+                usb-unplug) m="device_del stickdev" ;;
+                usb-replug) m="device_add $STICK_DEV" ;;
+                *) log "host agent: unknown request '$cmd'"; continue ;;
+            esac
+            if { exec 3<>"/dev/tcp/127.0.0.1/$MON_PORT"; } 2>/dev/null; then
+                printf '%s\n' "$m" >&3; sleep 1; exec 3>&-
+                log "host agent: #$seq $cmd -> QEMU monitor: $m"
+            else
+                log "host agent: #$seq $cmd: QEMU's monitor is unreachable"
+            fi
+        done
+}
+: >"$SERIAL"
+host_agent &
+HOST_AGENT=$!
 log "booting Xen + dom0 under QEMU (TCG), timeout ${TIMEOUT}s; serial: $SERIAL"
 QEMU_RC=0
 nice -n 10 timeout -k 10 "$TIMEOUT" "$QEMU" \
@@ -158,11 +191,17 @@ nice -n 10 timeout -k 10 "$TIMEOUT" "$QEMU" \
     -initrd "$VMLINUX console=hvc0 earlyprintk=xen,$LOADER" \
     -drive "file=$ROOT_IMG,if=virtio,format=raw,snapshot=on" \
     -drive "file=$PAYLOAD_IMG,if=virtio,format=raw" \
+    -monitor "tcp:127.0.0.1:$MON_PORT,server=on,wait=off" \
     -device usb-ehci,id=usbc \
-    -drive "if=none,id=stick,file=$STICK_IMG,format=raw" \
-    -device usb-storage,bus=usbc.0,drive=stick,serial=PVUSB0001 \
-    </dev/null >"$SERIAL" 2>&1 || QEMU_RC=$?
+    -blockdev "driver=file,filename=$STICK_IMG,node-name=stickfile" \
+    -blockdev driver=raw,file=stickfile,node-name=stick \
+    -device "$STICK_DEV" \
+    </dev/null >>"$SERIAL" 2>&1 || QEMU_RC=$?
 QEMU_END=$(date +%s.%N)
+# (The agent's pipeline dies with it; under `set -e` neither kill nor wait may fail the run.)
+pkill -P "$HOST_AGENT" 2>/dev/null || true
+kill "$HOST_AGENT" 2>/dev/null || true
+wait "$HOST_AGENT" 2>/dev/null || true
 log "QEMU exited rc=$QEMU_RC after $(awk -v a="$QEMU_START" -v b="$QEMU_END" 'BEGIN{printf "%.0f", b-a}') s"
 grep -a '(XEN)' "$SERIAL" >"$LOGDIR/xen.log" || true
 grep -av '(XEN)' "$SERIAL" >"$LOGDIR/dom0-console.log" || true

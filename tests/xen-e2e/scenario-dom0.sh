@@ -16,7 +16,7 @@
 #                                             serves every vusb backend of this domain
 #   pvusb-frontend --platform xen             in the guest, long-running, foreground
 #   xl-usb usbctrl-attach <dom> type=pv version=2 ports=4
-#   xl-usb usbdev-attach <dom> hostbus=1 hostaddr=2
+#   xl-usb usbdev-attach <dom> hostbus=1 hostaddr=<the stick's devnum, 2 until replugged>
 #   xl-usb usbdev-detach <dom> <ctrl> <port>
 #   xl-usb usbctrl-detach <dom> <ctrl>
 #   xl-usb usb-list <dom>
@@ -338,12 +338,43 @@ diag_crash() {
 }
 
 port1_is() { [ "$(xenstore-read "/local/domain/0/backend/vusb/$GDOMID/$CTRL/port/1" 2>/dev/null)" = "$1" ]; }
+# The stick's device number on bus 1 (2 at boot; a replug in 6/host-unplug gives it another).
+USB_SYS=${USB_SYS:-/sys/bus/usb/devices}
+stick_present() { [ -e "$USB_SYS/1-1/devnum" ]; }
+stick_absent() { ! stick_present; }
+stick_addr() { local a=2; read -r a <"$USB_SYS/1-1/devnum" 2>/dev/null; echo "$a"; }
 s_dev_attach() {
-    local rc=0
-    timeout 60 "$BIN/xl-usb" usbdev-attach "$GUEST" hostbus=1 hostaddr=2 || rc=$?
-    [ "$rc" -eq 0 ] || { DETAIL="xl-usb usbdev-attach rc=$rc"; return 1; }
+    local rc=0 addr; addr=$(stick_addr)
+    timeout 60 "$BIN/xl-usb" usbdev-attach "$GUEST" hostbus=1 hostaddr="$addr" || rc=$?
+    [ "$rc" -eq 0 ] || { DETAIL="xl-usb usbdev-attach hostaddr=$addr rc=$rc"; return 1; }
     port1_is 1-1 || { DETAIL="backend/vusb/$GDOMID/$CTRL/port/1 is not 1-1"; return 1; }
-    DETAIL="port 1 of controller $CTRL = 1-1"
+    DETAIL="port 1 of controller $CTRL = 1-1 (bus 1 device $addr)"
+}
+
+# host_cmd COMMAND: run.sh's host agent does COMMAND with QEMU's monitor (usb-unplug,
+# usb-replug). The request is a line on the console only: step logs are echoed to the
+# console after each step, so the marker must never be in one.
+HSEQ=0
+host_cmd() { HSEQ=$((HSEQ + 1)); echo "E2E-HOST $HSEQ $1" >/dev/console; }
+
+# s_host_unplug: the stick is pulled out of dom0's USB bus (QEMU device_del) while the guest
+# reads it through our frontend, then plugged back (device_add). The guest must see the
+# disconnect and its reader end, the assignment must stay, and after the replug the backend
+# claims the device again (netlink uevent, usbfs) and the guest reads the data back.
+s_host_unplug() {
+    local rc=0 gone
+    guest_cmd 30 hold-open || { DETAIL="hold-open: $GOUT"; return 1; }
+    nap 2
+    host_cmd usb-unplug
+    wait_for 60 stick_absent || { DETAIL="the stick is still in dom0 60 s after the unplug request"; return 1; }
+    guest_cmd 90 check-gone 45; rc=$?; gone=$GOUT
+    [ "$rc" -eq 0 ] || { DETAIL="unplugged in dom0; guest: $gone"; return 1; }
+    port1_is 1-1 || { DETAIL="port/1 lost its assignment: '$(xenstore-read "/local/domain/0/backend/vusb/$GDOMID/$CTRL/port/1" 2>/dev/null)'"; return 1; }
+    host_cmd usb-replug
+    wait_for 60 stick_present || { DETAIL="the stick is not back in dom0 60 s after the replug request"; return 1; }
+    guest_cmd 200 verify 150; rc=$?
+    DETAIL="unplugged mid-read, guest: $gone; replugged as bus 1 device $(stick_addr), guest: $GOUT"
+    return "$rc"
 }
 
 s_usb_list() {
@@ -351,8 +382,9 @@ s_usb_list() {
     timeout 30 "$BIN/xl-usb" usb-list "$GUEST" >"$RES/xl-usb-usb-list-$tag.txt" 2>&1 || rc1=$?
     timeout 30 xl usb-list "$GUEST" >"$RES/xl-usb-list-$tag.txt" 2>&1 || rc2=$?
     cat "$RES/xl-usb-usb-list-$tag.txt" "$RES/xl-usb-list-$tag.txt"
-    local shows=no; grep -Eq '1-1|Bus 0*1 Device 0*2|hostbus=1' "$RES/xl-usb-usb-list-$tag.txt" && shows=yes
-    local xlshows=no; grep -Eq 'Bus 0*1 Device 0*2' "$RES/xl-usb-list-$tag.txt" && xlshows=yes
+    local addr; addr=$(stick_addr)
+    local shows=no; grep -Eq "1-1|Bus 0*1 Device 0*$addr|hostbus=1" "$RES/xl-usb-usb-list-$tag.txt" && shows=yes
+    local xlshows=no; grep -Eq "Bus 0*1 Device 0*$addr" "$RES/xl-usb-list-$tag.txt" && xlshows=yes
     DETAIL="xl-usb usb-list rc=$rc1 shows 1-1: $shows; xl usb-list rc=$rc2 shows it: $xlshows"
     [ "$rc1" -eq 0 ] && [ "$rc2" -eq 0 ] && [ "$shows" = yes ]
 }
@@ -492,6 +524,7 @@ round_ours() {
     guarded 6/detach-while-open OURS "${ALL[@]}" -- s_detach_while_open
     guarded 6/reattach OURS "${ALL[@]}" -- s_reattach
     guarded 6/backend-restart OURS "${ALL[@]}" -- s_backend_restart
+    guarded 6/host-unplug OURS "${ALL[@]}" -- s_host_unplug
 }
 
 # Round "stock": Linux's own xen-hcd against our backend, controller made by stock xl.

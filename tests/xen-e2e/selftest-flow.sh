@@ -94,6 +94,14 @@ run_case() {
             esac
         }
         nap() { sleep 0.05; }
+        # The stick in a stand-in sysfs; the host agent's unplug/replug remove and restore it.
+        USB_SYS="$c/usb"; mkdir -p "$USB_SYS/1-1"; echo 2 >"$USB_SYS/1-1/devnum"
+        host_cmd() {
+            case "$1" in
+                usb-unplug) rm -rf "$USB_SYS/1-1" ;;
+                usb-replug) mkdir -p "$USB_SYS/1-1"; echo 3 >"$USB_SYS/1-1/devnum" ;;
+            esac
+        }
         GDOMID=1 GDATA=/local/domain/1/data/e2e OK_GUEST=1 OK_STICK=1 NATIVE_READ=1.60
         pvusb_rounds
         finish
@@ -116,7 +124,7 @@ run_case all "pvusb-backend pvusb-frontend xl-usb" "" \
     1/backend-start=PASS 5/load-stock=PASS 3/usbctrl-attach-stock-xl=PASS 5/usbdev-attach-stock=PASS \
     5/usb-list-stock=PASS 5/io-stock-xen-hcd=PASS 2/switch-to-ours=PASS 3/usbctrl-attach-xl-usb=PASS 3/second-controller=PASS \
     3/usbdev-attach=PASS 3/usb-list=PASS 4/io-ours-vhci=PASS 6/detach-while-open=PASS 6/reattach=PASS \
-    6/backend-restart=PASS 1/backend-stop=PASS 7/read-ratio-ours=INFO 7/read-ratio-stock=INFO dom0/finished=PASS
+    6/backend-restart=PASS 6/host-unplug=PASS 1/backend-stop=PASS 7/read-ratio-ours=INFO 7/read-ratio-stock=INFO dom0/finished=PASS
 run_case no-frontend "pvusb-backend xl-usb" "" \
     1/backend-start=PASS 5/load-stock=PASS 5/io-stock-xen-hcd=PASS 2/switch-to-ours=SKIP 4/io-ours-vhci=SKIP
 run_case guest-io-fails "pvusb-backend pvusb-frontend xl-usb" io-test \
@@ -131,7 +139,7 @@ run_case backend-crashes "pvusb-backend pvusb-frontend xl-usb" crash-backend \
 ORDER=ours-first
 run_case ours-first-all "pvusb-backend pvusb-frontend xl-usb" "" \
     1/backend-start=PASS 2/frontend-start=PASS 3/usbctrl-attach-xl-usb=PASS 3/second-controller=PASS 3/usbdev-attach=PASS \
-    3/usb-list=PASS 4/io-ours-vhci=PASS 6/detach-while-open=PASS 6/reattach=PASS 6/backend-restart=PASS \
+    3/usb-list=PASS 4/io-ours-vhci=PASS 6/detach-while-open=PASS 6/reattach=PASS 6/backend-restart=PASS 6/host-unplug=PASS \
     5/switch-to-stock=PASS 3/usbctrl-attach-stock-xl=PASS 5/usbdev-attach-stock=PASS 5/usb-list-stock=PASS \
     5/io-stock-xen-hcd=PASS 1/backend-stop=PASS 7/read-ratio-ours=INFO 7/read-ratio-stock=INFO dom0/finished=PASS
 run_case ours-first-no-frontend "pvusb-backend xl-usb" "" \

@@ -12,7 +12,9 @@ use super::busid::{check_busid, UsbRoots};
 /// A device appeared or went away.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum HotplugEvent {
+    /// The device is there and configured: it may be claimed.
     Add(String),
+    /// The device is gone.
     Remove(String),
 }
 
@@ -148,8 +150,15 @@ impl HotplugMonitor for UeventMonitor {
     }
 }
 
-/// Parses one kernel uevent ("add@/devices/...\0ACTION=add\0DEVPATH=...\0SUBSYSTEM=usb\0
-/// DEVTYPE=usb_device\0..."). `None` for anything but a USB device add/remove.
+/// Parses one kernel uevent ("bind@/devices/...\0ACTION=bind\0DEVPATH=...\0SUBSYSTEM=usb\0
+/// DEVTYPE=usb_device\0..."). `None` for anything but a USB device becoming ready or going.
+///
+/// A device is ready when the kernel has bound its `usb` driver (`bind`, Linux 4.14 and
+/// later), not at `add`: `add` is sent from `device_add` before the device is configured, so a
+/// device opened then has no interfaces to claim yet, and the host's interface drivers
+/// (usb-storage, ...) bind a moment later and drive it next to the guest. By `bind` the
+/// configuration is set and those drivers are bound, so claiming disconnects them as it
+/// does for a device attached long after it was plugged.
 pub fn parse_uevent(msg: &[u8]) -> Option<HotplugEvent> {
     let (mut action, mut devpath, mut subsystem, mut devtype) = (None, None, None, None);
     for field in msg.split(|&b| b == 0) {
@@ -173,7 +182,7 @@ pub fn parse_uevent(msg: &[u8]) -> Option<HotplugEvent> {
     let busid = OsStr::from_bytes(last).to_str()?;
     check_busid(busid).ok()?;
     match action? {
-        b"add" => Some(HotplugEvent::Add(busid.to_string())),
+        b"bind" => Some(HotplugEvent::Add(busid.to_string())),
         b"remove" => Some(HotplugEvent::Remove(busid.to_string())),
         _ => None,
     }
@@ -185,17 +194,23 @@ mod tests {
 
     #[test]
     fn parses_usb_device_uevents_only() {
-        let add = b"add@/devices/pci0000:00/0000:00:1d.0/usb3/3-1/3-1.5\0ACTION=add\0\
-DEVPATH=/devices/pci0000:00/0000:00:1d.0/usb3/3-1/3-1.5\0SUBSYSTEM=usb\0DEVTYPE=usb_device\0SEQNUM=1\0";
-        assert_eq!(parse_uevent(add), Some(HotplugEvent::Add("3-1.5".into())));
+        let bind = b"bind@/devices/pci0000:00/0000:00:1d.0/usb3/3-1/3-1.5\0ACTION=bind\0\
+DEVPATH=/devices/pci0000:00/0000:00:1d.0/usb3/3-1/3-1.5\0SUBSYSTEM=usb\0DEVTYPE=usb_device\0\
+DRIVER=usb\0SEQNUM=2\0";
+        assert_eq!(parse_uevent(bind), Some(HotplugEvent::Add("3-1.5".into())));
+        // Not yet configured at `add`: the device is taken at its `bind`.
+        let add = b"add@/devices/usb1/1-2\0ACTION=add\0DEVPATH=/devices/usb1/1-2\0\
+SUBSYSTEM=usb\0DEVTYPE=usb_device\0SEQNUM=1\0";
+        assert_eq!(parse_uevent(add), None);
         let rm = b"remove@/x\0ACTION=remove\0DEVPATH=/devices/usb1/1-2\0SUBSYSTEM=usb\0DEVTYPE=usb_device\0";
         assert_eq!(parse_uevent(rm), Some(HotplugEvent::Remove("1-2".into())));
         let intf = b"ACTION=add\0DEVPATH=/devices/usb1/1-2/1-2:1.0\0SUBSYSTEM=usb\0DEVTYPE=usb_interface\0";
         assert_eq!(parse_uevent(intf), None);
         let roothub = b"ACTION=add\0DEVPATH=/devices/pci/usb1\0SUBSYSTEM=usb\0DEVTYPE=usb_device\0";
         assert_eq!(parse_uevent(roothub), None);
-        let bind = b"ACTION=bind\0DEVPATH=/devices/usb1/1-2\0SUBSYSTEM=usb\0DEVTYPE=usb_device\0";
-        assert_eq!(parse_uevent(bind), None);
+        let unbind =
+            b"ACTION=unbind\0DEVPATH=/devices/usb1/1-2\0SUBSYSTEM=usb\0DEVTYPE=usb_device\0";
+        assert_eq!(parse_uevent(unbind), None);
         assert_eq!(parse_uevent(b"garbage"), None);
     }
 
