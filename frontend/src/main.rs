@@ -15,7 +15,8 @@ use pvusb_xen::PlatformKind;
 /// Each controller grants 258 pages through /dev/xen/gntalloc, whose limit (1024 pages by
 /// default, for every gntalloc user of the domain) fits three: raise
 /// /sys/module/xen_gntalloc/parameters/limit for more. A controller that does not fit is
-/// reported in the log and in xenstore (error/device/vusb/<devid>/error).
+/// reported in the log and in xenstore (error/device/vusb/<devid>/error), and tried again
+/// every 2 s.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {

@@ -2,7 +2,8 @@
 //! user of a domain shares it; Linux's default is 1024 pages). A controller takes 258 pages
 //! (its pool and two ring pages), so three fit the default and a fourth does not: that one
 //! stays unconnected with its error reported in xenstore as `xenbus_dev_error` does, and the
-//! three others work. With the limit raised, all four work.
+//! three others work; once the limit is raised, the frontend's retry connects it. With the
+//! limit raised from the start, all four work.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -117,6 +118,22 @@ fn a_controller_past_the_gntalloc_limit_reports_it_and_the_others_work() {
     echo_all(&p, addr, 3);
     // Nothing of the failed controller's allocation is left granted.
     assert_eq!(p.counters().grants as usize, 3 * GRANTS_PER_CONTROLLER);
+    // The admin raises the limit: the frontend's retry connects the fourth, and its report
+    // goes.
+    p.set_gntalloc_limit(1, 2048);
+    let states = wait::until(
+        T,
+        "the fourth controller to connect",
+        || p.logs(),
+        || {
+            let now = settled(&p, &ids);
+            now.iter()
+                .all(|(s, e)| *s == XenbusState::Connected && e.is_none())
+                .then_some(now)
+        },
+    );
+    assert_eq!(states.len(), 4);
+    echo_all(&p, addr, 4);
 }
 
 #[test]

@@ -105,11 +105,13 @@ pub enum AllocError {
     #[error("{0} does not exist")]
     NoSuchDomain(DomId),
     /// Granting `count` more pages would pass this domain's gntalloc limit, which every
-    /// user of `/dev/xen/gntalloc` in the domain shares (`ENOSPC`).
+    /// user of `/dev/xen/gntalloc` in the domain shares (`ENOSPC`; on Xen also the answer
+    /// when the domain's grant table itself is full).
     #[error(
         "granting {count} more pages passes this domain's gntalloc limit \
          (/sys/module/xen_gntalloc/parameters/limit, shared by every gntalloc user; \
-         Linux's default is 1024 pages): raise it, or attach fewer controllers"
+         Linux's default is 1024 pages) or fills its grant table: raise the limit, \
+         or attach fewer controllers"
     )]
     Limit {
         /// Pages asked for.

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Interest, Token};
@@ -26,7 +27,14 @@ pub(super) struct Controller {
     pub(super) conn: Option<Connected>,
     /// Warnings the backend (or the device behind it) causes; it decides how often.
     pub(super) warn: RateLimit,
+    /// When setting up the rings last failed (no grants left, most likely): the tick
+    /// tries again every [`SETUP_RETRY`], so the controller connects once another one is
+    /// detached or the admin raises the gntalloc limit.
+    pub(super) setup_failed: Option<Instant>,
 }
+
+/// How often a controller whose setup failed is tried again.
+pub(super) const SETUP_RETRY: Duration = Duration::from_secs(2);
 
 /// A controller whose rings are granted and published.
 #[derive(Debug)]
@@ -100,6 +108,7 @@ impl Daemon {
                     span,
                     conn: None,
                     warn: RateLimit::default(),
+                    setup_failed: None,
                 },
             );
         }
@@ -198,11 +207,16 @@ impl Daemon {
                 (e, i)
             }
             Err(e) => {
+                let again = c.setup_failed.replace(Instant::now()).is_some();
+                if again {
+                    tracing::debug!(parent: &span, error = %e, "setting up the rings, again");
+                    return;
+                }
                 tracing::error!(
                     parent: &span,
                     error = %e,
                     grants_per_controller = GRANTS_PER_CONTROLLER,
-                    "setting up the rings; the controller stays unconnected"
+                    "setting up the rings; the controller stays unconnected and is retried"
                 );
                 // As xen-hcd's xenbus_dev_error, for the toolstack and the admin to see.
                 let errno = match e {
@@ -236,6 +250,11 @@ impl Daemon {
             self.tokens.remove(&token);
             self.retired.absorb(engine.disconnect(&mut Vec::new()));
             return;
+        }
+        if let Some(c) = self.ctrls.get_mut(&devid) {
+            if c.setup_failed.take().is_some() {
+                tracing::info!(parent: &span, "rings set up after all");
+            }
         }
         if let Err(e) = xenstore_cfg::xenbus::clear_dev_error(&mut self.xs, &paths.fe_dir) {
             tracing::debug!(parent: &span, error = %e, "removing an earlier error report");
@@ -314,6 +333,16 @@ impl Daemon {
 
     /// Detects a backend that died without its domain or its state saying so (sim only;
     /// see [`crate::engine::Engine::backend_alive`]).
+    /// Tries again to set up a controller whose setup failed [`SETUP_RETRY`] ago.
+    pub(super) fn retry_setup(&mut self, devid: u32) {
+        let due = self.ctrls.get(&devid).is_some_and(|c| {
+            c.conn.is_none() && c.setup_failed.is_some_and(|t| t.elapsed() >= SETUP_RETRY)
+        });
+        if due {
+            self.backend_changed(devid);
+        }
+    }
+
     pub(super) fn probe_backend(&mut self, devid: u32) {
         if self.kind != PlatformKind::Sim {
             return;

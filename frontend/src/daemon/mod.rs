@@ -334,7 +334,8 @@ impl Daemon {
         Ok(())
     }
 
-    /// Periodic work: grants waiting for the backend to unmap, stuck handshakes.
+    /// Periodic work: grants waiting for the backend to unmap, stuck handshakes, controllers
+    /// whose setup failed.
     fn tick(&mut self) {
         self.retired.retry();
         // Connections of gone devices whose client stopped reading end at their deadline.
@@ -342,6 +343,7 @@ impl Daemon {
         let devids: Vec<u32> = self.ctrls.keys().copied().collect();
         for devid in devids {
             self.probe_backend(devid);
+            self.retry_setup(devid);
         }
     }
 }
