@@ -358,7 +358,7 @@ HSEQ=0
 host_cmd() { HSEQ=$((HSEQ + 1)); echo "E2E-HOST $HSEQ $1" >/dev/console; }
 
 # s_host_unplug: the stick is pulled out of dom0's USB bus (QEMU device_del) while the guest
-# reads it through our frontend, then plugged back (device_add). The guest must see the
+# reads it (through our frontend, or Linux's xen-hcd), then plugged back (device_add). The guest must see the
 # disconnect and its reader end, the assignment must stay, and after the replug the backend
 # claims the device again (netlink uevent, usbfs) and the guest reads the data back.
 s_host_unplug() {
@@ -536,6 +536,7 @@ round_stock() {
     guarded 5/usbdev-attach-stock STOCK "${BE[@]}" -- s_dev_attach
     guarded --soft 5/usb-list-stock STOCK "${BE[@]}" -- s_usb_list stock
     guarded 5/io-stock-xen-hcd STOCK "${BE[@]}" -- s_guest_io stock
+    guarded 5/host-unplug-stock STOCK "${BE[@]}" -- s_host_unplug
 }
 s_load_stock() {
     guest_cmd 60 load-stock; local rc=$?

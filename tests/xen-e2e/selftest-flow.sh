@@ -122,7 +122,7 @@ ORDER=stock-first
 run_case none "" "" 1/backend-start=SKIP 4/io-ours-vhci=SKIP 5/io-stock-xen-hcd=SKIP dom0/finished=PASS
 run_case all "pvusb-backend pvusb-frontend xl-usb" "" \
     1/backend-start=PASS 5/load-stock=PASS 3/usbctrl-attach-stock-xl=PASS 5/usbdev-attach-stock=PASS \
-    5/usb-list-stock=PASS 5/io-stock-xen-hcd=PASS 2/switch-to-ours=PASS 3/usbctrl-attach-xl-usb=PASS 3/second-controller=PASS \
+    5/usb-list-stock=PASS 5/io-stock-xen-hcd=PASS 5/host-unplug-stock=PASS 2/switch-to-ours=PASS 3/usbctrl-attach-xl-usb=PASS 3/second-controller=PASS \
     3/usbdev-attach=PASS 3/usb-list=PASS 4/io-ours-vhci=PASS 6/detach-while-open=PASS 6/reattach=PASS \
     6/backend-restart=PASS 6/host-unplug=PASS 1/backend-stop=PASS 7/read-ratio-ours=INFO 7/read-ratio-stock=INFO dom0/finished=PASS
 run_case no-frontend "pvusb-backend xl-usb" "" \
@@ -141,7 +141,7 @@ run_case ours-first-all "pvusb-backend pvusb-frontend xl-usb" "" \
     1/backend-start=PASS 2/frontend-start=PASS 3/usbctrl-attach-xl-usb=PASS 3/second-controller=PASS 3/usbdev-attach=PASS \
     3/usb-list=PASS 4/io-ours-vhci=PASS 6/detach-while-open=PASS 6/reattach=PASS 6/backend-restart=PASS 6/host-unplug=PASS \
     5/switch-to-stock=PASS 3/usbctrl-attach-stock-xl=PASS 5/usbdev-attach-stock=PASS 5/usb-list-stock=PASS \
-    5/io-stock-xen-hcd=PASS 1/backend-stop=PASS 7/read-ratio-ours=INFO 7/read-ratio-stock=INFO dom0/finished=PASS
+    5/io-stock-xen-hcd=PASS 5/host-unplug-stock=PASS 1/backend-stop=PASS 7/read-ratio-ours=INFO 7/read-ratio-stock=INFO dom0/finished=PASS
 run_case ours-first-no-frontend "pvusb-backend xl-usb" "" \
     1/backend-start=PASS 2/frontend-start=SKIP 4/io-ours-vhci=SKIP 5/switch-to-stock=PASS 5/io-stock-xen-hcd=PASS
 run_case ours-first-backend-crashes "pvusb-backend pvusb-frontend xl-usb" crash-backend \

@@ -204,14 +204,39 @@ SUBSYSTEM=usb\0DEVTYPE=usb_device\0SEQNUM=1\0";
         assert_eq!(parse_uevent(add), None);
         let rm = b"remove@/x\0ACTION=remove\0DEVPATH=/devices/usb1/1-2\0SUBSYSTEM=usb\0DEVTYPE=usb_device\0";
         assert_eq!(parse_uevent(rm), Some(HotplugEvent::Remove("1-2".into())));
-        let intf = b"ACTION=add\0DEVPATH=/devices/usb1/1-2/1-2:1.0\0SUBSYSTEM=usb\0DEVTYPE=usb_interface\0";
+        let intf = b"ACTION=bind\0DEVPATH=/devices/usb1/1-2/1-2:1.0\0SUBSYSTEM=usb\0DEVTYPE=usb_interface\0";
         assert_eq!(parse_uevent(intf), None);
-        let roothub = b"ACTION=add\0DEVPATH=/devices/pci/usb1\0SUBSYSTEM=usb\0DEVTYPE=usb_device\0";
+        let roothub =
+            b"ACTION=bind\0DEVPATH=/devices/pci/usb1\0SUBSYSTEM=usb\0DEVTYPE=usb_device\0";
         assert_eq!(parse_uevent(roothub), None);
         let unbind =
             b"ACTION=unbind\0DEVPATH=/devices/usb1/1-2\0SUBSYSTEM=usb\0DEVTYPE=usb_device\0";
         assert_eq!(parse_uevent(unbind), None);
         assert_eq!(parse_uevent(b"garbage"), None);
+    }
+
+    proptest::proptest! {
+        /// Whatever arrives on the socket: no panic, and only a valid bus id comes out.
+        #[test]
+        fn any_message_parses_to_nothing_or_a_valid_busid(
+            fields in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::collection::vec(proptest::num::u8::ANY, 0..24),
+                    proptest::sample::select(vec![
+                        b"ACTION=bind".to_vec(), b"ACTION=remove".to_vec(),
+                        b"SUBSYSTEM=usb".to_vec(), b"DEVTYPE=usb_device".to_vec(),
+                        b"DEVPATH=/devices/usb1/1-2".to_vec(), b"DEVPATH=".to_vec(),
+                        b"DEVPATH=/a/\xff\xfe".to_vec(), b"=".to_vec(),
+                    ]),
+                ],
+                0..8,
+            )
+        ) {
+            let msg = fields.join(&0u8);
+            if let Some(HotplugEvent::Add(b) | HotplugEvent::Remove(b)) = parse_uevent(&msg) {
+                proptest::prop_assert!(check_busid(&b).is_ok(), "{b:?}");
+            }
+        }
     }
 
     #[test]
