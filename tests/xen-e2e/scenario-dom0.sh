@@ -176,9 +176,10 @@ procs() { ps -eo pid,ppid,stat,wchan:28,etime,args; }
 # answers, xl's exit status), not by when it returns: once (cold run under load) the xl
 # parent never returned although the guest was up, and a timeout then lost the whole guest.
 # -e: no monitoring daemon (we destroy the guest ourselves at the end).
+# s_guest_create [CFG]: creates $GUEST from CFG (default the payload's domu.cfg).
 s_guest_create() {
-    local t0 tc xpid rc; now; t0=$UPCS
-    xl create -e "$E2E/guest/domu.cfg" >"$RES/xl-create.log" 2>&1 &
+    local t0 tc xpid rc cfg=${1:-$E2E/guest/domu.cfg}; now; t0=$UPCS
+    xl create -e "$cfg" >"$RES/xl-create-$GUEST.log" 2>&1 &
     xpid=$!
     wait_for 300 guest_domid || { el "$t0"; DETAIL="no domain $GUEST ${EL}s after xl create"; procs; return 1; }
     GDATA=/local/domain/$GDOMID/data/e2e
@@ -190,7 +191,7 @@ s_guest_create() {
         DETAIL="$DETAIL; xl create still running"
     else
         wait "$xpid"; rc=$?
-        cat "$RES/xl-create.log"
+        cat "$RES/xl-create-$GUEST.log"
         [ "$rc" -eq 0 ] || { DETAIL="$DETAIL; but xl create exited $rc"; return 1; }
     fi
 }
@@ -389,7 +390,7 @@ s_usb_list() {
     [ "$rc1" -eq 0 ] && [ "$rc2" -eq 0 ] && [ "$shows" = yes ]
 }
 
-GUEST_READ_OURS="" GUEST_READ_STOCK=""
+GUEST_READ_OURS="" GUEST_READ_STOCK="" GUEST_READ_QUSB=""
 # s_guest_io TAG: the guest finds the stick as a SCSI disk, writes IO_MB of random data,
 # drops caches, reads it back; sha256 must match.
 s_guest_io() {
@@ -398,7 +399,11 @@ s_guest_io() {
     guest_cmd 600 io-test "$IO_MB"; rc=$?
     DETAIL="$GOUT"
     [ "$rc" -eq 0 ] || return 1
-    case "$1" in ours) GUEST_READ_OURS=$(kv read_mbps "$GOUT") ;; stock) GUEST_READ_STOCK=$(kv read_mbps "$GOUT") ;; esac
+    case "$1" in
+        ours) GUEST_READ_OURS=$(kv read_mbps "$GOUT") ;;
+        stock) GUEST_READ_STOCK=$(kv read_mbps "$GOUT") ;;
+        qusb) GUEST_READ_QUSB=$(kv read_mbps "$GOUT") ;;
+    esac
 }
 
 s_detach_while_open() {
@@ -583,9 +588,53 @@ backend_alive() {
 }
 
 # ---- step 7: native vs guest read rate, then clean up
+# guest_off: the current guest ($GUEST) saves its xenstore data and console tail, powers off
+# and is destroyed.
+guest_off() {
+    [ -n "$GDATA" ] || return 0
+    xenstore-ls -fp "/local/domain/$GDOMID/data" >"$RES/guest-data-xenstore-$GUEST.txt" 2>&1
+    guest_cmd 20 dmesg >/dev/null 2>&1
+    guest_cmd 10 poweroff >/dev/null 2>&1
+    nap 2
+    timeout 20 xl destroy "$GUEST" 2>/dev/null
+    GDATA=""
+}
+
+# ---- Round "qusb": pvusb-frontend against QEMU's usbif backend (hw/usb/xen-usb.c in Debian's
+# qemu-system-xen), the stock backend DESIGN.md names for frontend compatibility. The first
+# guest goes; a second one is created with a qusb controller, so that libxl starts its device
+# model, and stock xl plugs the stick in (QMP usb-host, no usbback needed for qusb).
+round_qusb() {
+    QUSB=$((OK_GUEST && OK_STICK))
+    guest_off
+    guarded 8/qusb-guest-create QUSB pvusb-frontend -- s_qusb_create
+    guarded 8/qusb-frontend-start QUSB pvusb-frontend -- s_frontend_start
+    guarded 8/qusb-usbdev-attach QUSB pvusb-frontend -- s_qusb_attach
+    guarded 8/io-ours-qusb QUSB pvusb-frontend -- s_guest_io qusb
+}
+s_qusb_create() {
+    local cfg=/tmp/domq.cfg rc=0 dm
+    sed 's/^name = .*/name = "domq"/' "$E2E/guest/domu.cfg" >"$cfg"
+    echo 'usbctrl = [ "type=qusb,version=2,ports=4" ]' >>"$cfg"
+    GUEST=domq GDOMID="" GDATA="" GSEQ=0
+    s_guest_create "$cfg" || rc=$?
+    dm=$(pgrep -f xen-qemu-system-i386 | head -1)
+    [ "$rc" -eq 0 ] || return "$rc"
+    [ -n "$dm" ] || { DETAIL="$DETAIL; no device model (xen-qemu-system-i386) running"; return 1; }
+    DETAIL="$DETAIL; device model pid $dm; backend $(xenstore-read "/local/domain/$GDOMID/device/vusb/0/backend" 2>/dev/null)"
+    return 0
+}
+s_qusb_attach() {
+    local rc=0 addr; addr=$(stick_addr)
+    timeout 120 xl usbdev-attach "$GUEST" hostbus=1 hostaddr="$addr" || rc=$?
+    xl usb-list "$GUEST"
+    [ "$rc" -eq 0 ] || { DETAIL="xl usbdev-attach (qusb) hostaddr=$addr rc=$rc"; return 1; }
+    DETAIL="stock xl: bus 1 device $addr on the qusb controller"
+}
+
 finish() {
     if [ -n "$NATIVE_READ" ]; then
-        for which in ours stock; do
+        for which in ours stock qusb; do
             v=GUEST_READ_${which^^}
             if [ -n "${!v}" ]; then
                 info "7/read-ratio-$which" "guest ${!v} MB/s vs dom0 native $NATIVE_READ MB/s = $(awk -v g="${!v}" -v n="$NATIVE_READ" 'BEGIN { printf "%.0f%%", 100 * g / n }')"
@@ -593,13 +642,7 @@ finish() {
         done
     fi
 
-    if [ -n "$GDATA" ]; then
-        xenstore-ls -fp "/local/domain/$GDOMID/data" >"$RES/guest-data-xenstore.txt" 2>&1
-        guest_cmd 20 dmesg >/dev/null 2>&1
-        guest_cmd 10 poweroff >/dev/null 2>&1
-        nap 2
-        timeout 20 xl destroy "$GUEST" 2>/dev/null
-    fi
+    guest_off
     xenstore-ls -fp >"$RES/xenstore-final.txt" 2>&1
     now; since_qemu
     record dom0/finished PASS "scenario complete at dom0 uptime ${UP}s, ${SQ}s after QEMU start"
@@ -609,4 +652,5 @@ finish() {
 [ "${E2E_SOURCE_ONLY:-0}" = 1 ] && return 0
 smoke
 pvusb_rounds
+round_qusb
 finish

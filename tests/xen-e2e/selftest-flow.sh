@@ -54,10 +54,14 @@ case "$1" in
   usbdev-detach) xenstore-write $B/$3/port/1 "" ;;
   usbctrl-detach) xenstore-rm $B/$3; xenstore-rm $F/$3 ;;
   usb-list) echo "Devid Type BE state"; echo "  Port 1: Bus 001 Device 002 (1-1)" ;;
+  create) xenstore-write /local/domain/2/data/e2e/ready 1 ;;
+  domid) echo 2 ;;
   destroy) ;;
   *) exit 1 ;;
 esac
 EOF
+    # The qusb round looks for the guest's device model.
+    printf '#!/bin/sh\necho 4242\n' >"$d/pgrep"
     chmod +x "$d"/*
 }
 
@@ -104,6 +108,7 @@ run_case() {
         }
         GDOMID=1 GDATA=/local/domain/1/data/e2e OK_GUEST=1 OK_STICK=1 NATIVE_READ=1.60
         pvusb_rounds
+        round_qusb
         finish
     ) >"$c/out.log" 2>&1
     local e want got ok=1
@@ -124,9 +129,12 @@ run_case all "pvusb-backend pvusb-frontend xl-usb" "" \
     1/backend-start=PASS 5/load-stock=PASS 3/usbctrl-attach-stock-xl=PASS 5/usbdev-attach-stock=PASS \
     5/usb-list-stock=PASS 5/io-stock-xen-hcd=PASS 5/host-unplug-stock=PASS 2/switch-to-ours=PASS 3/usbctrl-attach-xl-usb=PASS 3/second-controller=PASS \
     3/usbdev-attach=PASS 3/usb-list=PASS 4/io-ours-vhci=PASS 6/detach-while-open=PASS 6/reattach=PASS \
-    6/backend-restart=PASS 6/host-unplug=PASS 1/backend-stop=PASS 7/read-ratio-ours=INFO 7/read-ratio-stock=INFO dom0/finished=PASS
+    6/backend-restart=PASS 6/host-unplug=PASS 1/backend-stop=PASS 8/qusb-guest-create=PASS 8/qusb-frontend-start=PASS \
+    8/qusb-usbdev-attach=PASS 8/io-ours-qusb=PASS 7/read-ratio-ours=INFO 7/read-ratio-stock=INFO \
+    7/read-ratio-qusb=INFO dom0/finished=PASS
 run_case no-frontend "pvusb-backend xl-usb" "" \
-    1/backend-start=PASS 5/load-stock=PASS 5/io-stock-xen-hcd=PASS 2/switch-to-ours=SKIP 4/io-ours-vhci=SKIP
+    1/backend-start=PASS 5/load-stock=PASS 5/io-stock-xen-hcd=PASS 2/switch-to-ours=SKIP 4/io-ours-vhci=SKIP \
+    8/qusb-guest-create=SKIP 8/io-ours-qusb=SKIP
 run_case guest-io-fails "pvusb-backend pvusb-frontend xl-usb" io-test \
     5/io-stock-xen-hcd=FAIL 2/switch-to-ours=PASS 4/io-ours-vhci=FAIL 6/detach-while-open=SKIP
 run_case hold-open-fails "pvusb-backend pvusb-frontend xl-usb" hold-open \

@@ -124,7 +124,9 @@ mod_closure() {
 }
 
 # ---------------------------------------------------------------- dom0 root filesystem
-DOM0_PACKAGES=xen-utils-4.17,xenstore-utils,kmod,busybox,procps,iproute2,usbutils,coreutils
+# qemu-system-xen: the device model libxl starts for a guest with a qusb controller (QEMU's
+# own usbif backend, which the qusb round serves pvusb-frontend from).
+DOM0_PACKAGES=xen-utils-4.17,xenstore-utils,kmod,busybox,procps,iproute2,usbutils,coreutils,qemu-system-xen
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 DEBIAN_SECURITY=${DEBIAN_SECURITY:-http://deb.debian.org/debian-security}
 
