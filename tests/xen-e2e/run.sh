@@ -81,6 +81,7 @@ done
 
 build_xen_hcd
 build_fpu_canary
+build_pcm_play
 build_guest_base
 if [ "$SELFTEST" = 1 ]; then
     rm -rf "$RUNDIR"; mkdir -p "$RUNDIR"
@@ -196,6 +197,8 @@ nice -n 10 timeout -k 10 "$TIMEOUT" "$QEMU" \
     -blockdev "driver=file,filename=$STICK_IMG,node-name=stickfile" \
     -blockdev driver=raw,file=stickfile,node-name=stick \
     -device "$STICK_DEV" \
+    -device qemu-xhci,id=xhci -audiodev none,id=snd0 \
+    -device usb-audio,id=audio,bus=xhci.0,audiodev=snd0 \
     </dev/null >>"$SERIAL" 2>&1 || QEMU_RC=$?
 QEMU_END=$(date +%s.%N)
 # (The agent's pipeline dies with it; under `set -e` neither kill nor wait may fail the run.)

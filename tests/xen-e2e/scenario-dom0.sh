@@ -147,7 +147,7 @@ stick_ready() {
     return 1
 }
 s_usb_stick() {
-    modprobe -a ehci_pci usb_storage sd_mod || return 1
+    modprobe -a ehci_pci xhci_pci usb_storage sd_mod || return 1
     wait_for 30 stick_ready || { DETAIL="no stick at 1-1 with a block device after 30s"; lsusb; return 1; }
     local p=/sys/bus/usb/devices/1-1 id speed
     id="$(cat $p/idVendor):$(cat $p/idProduct)"; speed=$(cat $p/speed)
@@ -352,6 +352,21 @@ s_dev_attach() {
     DETAIL="port 1 of controller $CTRL = 1-1 (bus 1 device $addr)"
 }
 
+# s_iso_out: QEMU's usb-audio (full speed, on its xhci: bus 2) on port 2 of our controller; the
+# guest plays 3 s on it with snd-usb-audio: isochronous OUT URBs through vhci_hcd,
+# pvusb-frontend, the ring, pvusb-backend and real usbfs. Then it goes back to dom0.
+AUDIO=2-1
+s_iso_out() {
+    local rc=0
+    [ -e "$USB_SYS/$AUDIO/idVendor" ] || { DETAIL="no usb-audio at $AUDIO in dom0"; return 1; }
+    timeout 60 "$BIN/xl-usb" usbdev-attach "$GUEST" busid="$AUDIO" controller="$CTRL" port=2 || rc=$?
+    [ "$rc" -eq 0 ] || { DETAIL="xl-usb usbdev-attach busid=$AUDIO rc=$rc"; return 1; }
+    guest_cmd 120 pcm-play 3; rc=$?
+    DETAIL="$AUDIO ($(cat "$USB_SYS/$AUDIO/product" 2>/dev/null)) on port 2; guest: $GOUT"
+    timeout 60 "$BIN/xl-usb" usbdev-detach "$GUEST" "$CTRL" 2 || { DETAIL="$DETAIL; usbdev-detach failed"; return 1; }
+    return "$rc"
+}
+
 # host_cmd COMMAND: run.sh's host agent does COMMAND with QEMU's monitor (usb-unplug,
 # usb-replug). The request is a line on the console only: step logs are echoed to the
 # console after each step, so the marker must never be in one.
@@ -526,6 +541,7 @@ round_ours() {
     guarded 3/usbdev-attach OURS "${ALL[@]}" -- s_dev_attach
     guarded --soft 3/usb-list OURS "${ALL[@]}" -- s_usb_list ours
     guarded 4/io-ours-vhci OURS "${ALL[@]}" -- s_guest_io ours
+    guarded --soft 4/iso-out-ours OURS "${ALL[@]}" -- s_iso_out
     guarded 6/detach-while-open OURS "${ALL[@]}" -- s_detach_while_open
     guarded 6/reattach OURS "${ALL[@]}" -- s_reattach
     guarded 6/backend-restart OURS "${ALL[@]}" -- s_backend_restart

@@ -189,6 +189,13 @@ run() { # the command dispatcher; sets OUT, returns status
             p=$(grep -l '^46f4$' /sys/bus/usb/devices/*/idVendor | head -1) || { OUT="no stick"; return 1; }
             echo "$a" >"${p%/idVendor}/authorized" || { OUT="cannot write authorized"; return 1; }
             OUT="${p%/idVendor} authorized=$a" ;;
+        pcm-play) # SECONDS: a tone on the first sound card (snd-usb-audio on QEMU's usb-audio)
+            loadmod snd_usb_audio || { OUT="cannot load snd-usb-audio"; return 1; }
+            deadline 60
+            until [ -e /dev/snd/pcmC0D0p ] || expired; do sleep 0.5; done
+            [ -e /dev/snd/pcmC0D0p ] || { OUT="no /dev/snd/pcmC0D0p within 60 s"; return 1; }
+            OUT="$(cat /proc/asound/card0/id 2>/dev/null): $(pcm-play "$2" 2>&1 | tr '\n' ' ')"
+            case "$OUT" in *"frames=$(($2 * 48000)) "*) ;; *) return 1 ;; esac ;;
         dmesg) dmesg | tail -60; OUT="dmesg printed on the console" ;;
         poweroff) OUT="bye"; xs_write "$D/out" "$OUT"; xs_write "$D/ack" "$SEQ 0"; sync; poweroff -f ;;
         *) OUT="unknown command $1"; return 2 ;;

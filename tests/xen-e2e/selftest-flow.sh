@@ -51,7 +51,7 @@ case "$1" in
   usbctrl-attach) n=$(xenstore-list $B 2>/dev/null | sort -n | tail -1); n=$(( ${n:--1} + 1 ))
      xenstore-write $B/$n/state 4; xenstore-write $F/$n/state 4; xenstore-write $B/$n/port/1 "" ;;
   usbdev-attach) n=$(xenstore-list $B | sort -n | tail -1); xenstore-write $B/$n/port/1 1-1 ;;
-  usbdev-detach) xenstore-write $B/$3/port/1 "" ;;
+  usbdev-detach) xenstore-write $B/$3/port/${4:-1} "" ;;
   usbctrl-detach) xenstore-rm $B/$3; xenstore-rm $F/$3 ;;
   usb-list) echo "Devid Type BE state"; echo "  Port 1: Bus 001 Device 002 (1-1)" ;;
   create) xenstore-write /local/domain/2/data/e2e/ready 1 ;;
@@ -99,7 +99,8 @@ run_case() {
         }
         nap() { sleep 0.05; }
         # The stick in a stand-in sysfs; the host agent's unplug/replug remove and restore it.
-        USB_SYS="$c/usb"; mkdir -p "$USB_SYS/1-1"; echo 2 >"$USB_SYS/1-1/devnum"
+        USB_SYS="$c/usb"; mkdir -p "$USB_SYS/1-1" "$USB_SYS/2-1"; echo 2 >"$USB_SYS/1-1/devnum"
+        echo 46f4 >"$USB_SYS/2-1/idVendor"
         host_cmd() {
             case "$1" in
                 usb-unplug) rm -rf "$USB_SYS/1-1" ;;
@@ -128,7 +129,7 @@ run_case none "" "" 1/backend-start=SKIP 4/io-ours-vhci=SKIP 5/io-stock-xen-hcd=
 run_case all "pvusb-backend pvusb-frontend xl-usb" "" \
     1/backend-start=PASS 5/load-stock=PASS 3/usbctrl-attach-stock-xl=PASS 5/usbdev-attach-stock=PASS \
     5/usb-list-stock=PASS 5/io-stock-xen-hcd=PASS 5/host-unplug-stock=PASS 2/switch-to-ours=PASS 3/usbctrl-attach-xl-usb=PASS 3/second-controller=PASS \
-    3/usbdev-attach=PASS 3/usb-list=PASS 4/io-ours-vhci=PASS 6/detach-while-open=PASS 6/reattach=PASS \
+    3/usbdev-attach=PASS 3/usb-list=PASS 4/io-ours-vhci=PASS 4/iso-out-ours=PASS 6/detach-while-open=PASS 6/reattach=PASS \
     6/backend-restart=PASS 6/host-unplug=PASS 1/backend-stop=PASS 8/qusb-guest-create=PASS 8/qusb-frontend-start=PASS \
     8/qusb-usbdev-attach=PASS 8/io-ours-qusb=PASS 7/read-ratio-ours=INFO 7/read-ratio-stock=INFO \
     7/read-ratio-qusb=INFO dom0/finished=PASS

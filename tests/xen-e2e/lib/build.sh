@@ -234,12 +234,22 @@ build_fpu_canary() {
     mv "$FPU_CANARY.tmp" "$FPU_CANARY"
 }
 
+# pcm-play: a static ALSA player for the guest (busybox has no aplay), which drives QEMU's
+# usb-audio with isochronous OUT transfers through the whole stack.
+build_pcm_play() {
+    local src="$HERE/pcm-play/pcm-play.c"
+    PCM_PLAY="$CACHE/pcm-play-$(key_of pcm-play-v1 "$(pkg_version gcc)" "$(pkg_version libc6-dev)" "$(cat "$src")")"
+    [ -x "$PCM_PLAY" ] && return 0
+    gcc -O1 -static -Wall -o "$PCM_PLAY.tmp" "$src" || die "cannot build pcm-play"
+    mv "$PCM_PLAY.tmp" "$PCM_PLAY"
+}
+
 # ---------------------------------------------------------------- guest initramfs
 # Modules the guest agent may load; the closure's order file lets busybox insmod them in order.
 # The frontend grants its rings through /dev/xen/gntalloc and signals through /dev/xen/evtchn,
 # both modules in Debian's kernel. (ehci_pci only for --selftest-agent, where the stick sits
 # on the VM's own EHCI.)
-GUEST_MODULES=(vhci_hcd usb_storage sd_mod xen_gntalloc xen_gntdev xen_evtchn ehci_pci)
+GUEST_MODULES=(vhci_hcd usb_storage sd_mod xen_gntalloc xen_gntdev xen_evtchn ehci_pci snd_usb_audio)
 
 # copy_with_libs BINARY DESTROOT DESTPATH: a dynamic binary plus the shared objects it needs.
 copy_with_libs() {
@@ -291,6 +301,7 @@ build_guest_initrd() {
     mkdir -p "$t/lib/modules/extra"
     cp "$XEN_HCD_KO" "$t/lib/modules/extra/xen-hcd.ko"
     cp "$FPU_CANARY" "$t/bin/fpu-canary"
+    cp "$PCM_PLAY" "$t/bin/pcm-play"
     # xen-hcd needs usbcore: make it loadable as "xen_hcd" with the vhci closure's usb core.
     grep -E '/(usb-common|usbcore)\.ko$' "$t/lib/modules/order/vhci_hcd" >"$t/lib/modules/order/xen_hcd"
     echo /lib/modules/extra/xen-hcd.ko >>"$t/lib/modules/order/xen_hcd"
