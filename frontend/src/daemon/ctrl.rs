@@ -331,8 +331,6 @@ impl Daemon {
         }
     }
 
-    /// Detects a backend that died without its domain or its state saying so (sim only;
-    /// see [`crate::engine::Engine::backend_alive`]).
     /// Tries again to set up a controller whose setup failed [`SETUP_RETRY`] ago.
     pub(super) fn retry_setup(&mut self, devid: u32) {
         let due = self.ctrls.get(&devid).is_some_and(|c| {
@@ -343,6 +341,8 @@ impl Daemon {
         }
     }
 
+    /// Detects a backend that died without its domain or its state saying so (sim only;
+    /// see [`crate::engine::Engine::backend_alive`]).
     pub(super) fn probe_backend(&mut self, devid: u32) {
         if self.kind != PlatformKind::Sim {
             return;

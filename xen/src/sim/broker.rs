@@ -26,18 +26,21 @@ use crate::DomId;
 /// Called with each domain that died or was destroyed (the binary sends XS_RELEASE).
 pub type ReleaseHook = Box<dyn FnMut(DomId) + Send>;
 
+/// `domid`'s directory under the simulation directory.
+fn domain_dir(dir: &Path, domid: DomId) -> PathBuf {
+    dir.join("domains").join(domid.0.to_string())
+}
+
 /// The path of `domid`'s broker socket under the simulation directory.
 pub fn socket_path(dir: &Path, domid: DomId) -> PathBuf {
-    dir.join("domains").join(domid.0.to_string()).join("hyp")
+    domain_dir(dir, domid).join("hyp")
 }
 
 /// The file standing for a domain's `/sys/module/xen_gntalloc/parameters/limit`: absent, the
 /// domain has Linux's default (1024 pages); an admin raises it by writing a number there. It
 /// is read at each of the domain's grant allocations, as the kernel reads its parameter.
 pub fn gntalloc_limit_path(dir: &Path, domid: DomId) -> PathBuf {
-    dir.join("domains")
-        .join(domid.0.to_string())
-        .join("gntalloc-limit")
+    domain_dir(dir, domid).join("gntalloc-limit")
 }
 
 /// Reads `conn`'s domain's gntalloc limit file into the tables.
