@@ -107,4 +107,12 @@ pub trait HostDevice: Send + std::fmt::Debug {
     fn max_bulk_urb(&self) -> usize {
         usize::MAX
     }
+
+    /// The host stops an endpoint at a short packet, so a BULK_CONTINUATION URB queued
+    /// behind one that ends short (SHORT_NOT_OK) is cancelled before the device runs it
+    /// (usbfs USBDEVFS_CAP_BULK_CONTINUATION; xHCI buses withhold it). True unless the
+    /// host says otherwise.
+    fn bulk_continuation(&self) -> bool {
+        true
+    }
 }

@@ -11,21 +11,10 @@ use crate::host::{
     errno, Completion, CtrlError, DiscardError, HostUrb, Refused, UrbFlags, XferKind,
 };
 
+mod trace;
 mod validate;
 
-/// The URB trace file in a device's state directory (`DeviceSpec::trace`). One line per URB
-/// the device executed, in execution order: `ep=<addr hex> kind=<k> len=<n> actual=<n>
-/// status=<i> cont=<0|1> head=<hex of the first 16 data bytes: OUT as sent, IN as returned>`.
-pub const TRACE_FILE: &str = "urb-trace";
-
-/// Where trace lines go (a file opened by the device); a newtype so `Core` stays `Debug`.
-pub struct TraceSink(pub Box<dyn std::io::Write + Send>);
-
-impl std::fmt::Debug for TraceSink {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("TraceSink")
-    }
-}
+pub use trace::{TraceSink, TRACE_FILE};
 
 #[derive(Debug)]
 struct Queued {
@@ -65,6 +54,21 @@ pub struct Core {
     pub unplug_requested: bool,
     /// URB trace (tests' device-side ledger), if enabled.
     pub trace: Option<TraceSink>,
+    /// The host controller does not stop an endpoint at a short packet
+    /// (`DeviceSpec::no_stop_on_short`): the continuation URB queued behind a bulk IN URB
+    /// that ended short under SHORT_NOT_OK runs before usbfs's cancel reaches it.
+    pub no_stop_on_short: bool,
+}
+
+/// How a URB that ran ended, as far as its endpoint's queue is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ended {
+    /// Anything but a failed bulk URB.
+    Other,
+    /// A bulk URB failed (error, stall, injected fault).
+    BulkFailed,
+    /// A bulk IN URB ended short under SHORT_NOT_OK (-EREMOTEIO).
+    BulkShort,
 }
 
 /// wIndex's low byte (interface or endpoint number), without a truncating cast.
@@ -105,6 +109,7 @@ impl Core {
             shorted: 0,
             unplug_requested: false,
             trace: None,
+            no_stop_on_short: false,
         };
         core.apply_faults(faults);
         core
@@ -229,17 +234,56 @@ impl Core {
         !self.done.is_empty()
     }
 
+    /// Runs the head of `key`'s queue if it is ready; true if an URB completed. A failed
+    /// bulk URB cancels its continuations (devio.c calls `cancel_bulk_urbs` from its
+    /// completion), but on a `no_stop_on_short` bus the controller has already started the
+    /// next URB when the cancel comes after a short packet: a ready continuation runs first
+    /// (and, if it ends short too, the one behind it).
     fn run_head(&mut self, key: u8, now: Instant) -> bool {
-        let Some(ep) = self.eps.get_mut(&key) else {
+        let Some(mut ended) = self.run_one(key, now) else {
             return false;
         };
+        let mut ran = 1;
+        let failed = ended != Ended::Other;
+        while ended == Ended::BulkShort && self.no_stop_on_short && self.continuation_next(key) {
+            let Some(next) = self.run_one(key, now) else {
+                break;
+            };
+            ended = next;
+            ran += 1;
+        }
+        if failed {
+            self.cancel_continuations(key);
+        }
+        self.processed += ran;
+        if self
+            .faults
+            .unplug_after
+            .is_some_and(|n| self.processed >= n)
+        {
+            self.unplug_requested = true;
+            self.disconnect();
+        }
+        true
+    }
+
+    /// True if `key`'s queue starts with a BULK_CONTINUATION URB.
+    fn continuation_next(&self, key: u8) -> bool {
+        self.eps
+            .get(&key)
+            .and_then(|e| e.queue.front())
+            .is_some_and(|q| q.urb.flags.contains(UrbFlags::BULK_CONTINUATION))
+    }
+
+    /// Runs the head of `key`'s queue if it is ready and the device takes it now, completing
+    /// it (without cancelling anything).
+    fn run_one(&mut self, key: u8, now: Instant) -> Option<Ended> {
+        let ep = self.eps.get_mut(&key)?;
         if ep.queue.front().is_none_or(|q| q.ready_at > now) {
-            return false;
+            return None;
         }
         let halted = ep.halted;
-        let Some(mut q) = ep.queue.pop_front() else {
-            return false;
-        };
+        let mut q = ep.queue.pop_front()?;
         let kind = q.urb.kind;
         let is_in = q.urb.is_in();
         let addr = q.urb.endpoint;
@@ -270,7 +314,7 @@ impl Core {
                     Poll::Pending => {
                         (self.matched_fail, self.shorted) = (fail_before, short_before);
                         self.requeue(key, q);
-                        return false;
+                        return None;
                     }
                     Poll::Ok => (0, io.actual(), None),
                     Poll::Stall => (-errno::EPIPE, io.actual(), None),
@@ -294,7 +338,7 @@ impl Core {
                     Poll::Pending => {
                         (self.matched_fail, self.shorted) = (fail_before, short_before);
                         self.requeue(key, q);
-                        return false;
+                        return None;
                     }
                     Poll::Ok => (0, io.actual(), None),
                     Poll::Stall => {
@@ -312,6 +356,11 @@ impl Core {
             _ => q.urb.buf.len(),
         };
         let mut status = status;
+        let mut ended = if kind == XferKind::Bulk && status < 0 {
+            Ended::BulkFailed
+        } else {
+            Ended::Other
+        };
         if status == 0
             && is_in
             && kind != XferKind::Iso
@@ -319,23 +368,12 @@ impl Core {
             && actual < requested
         {
             status = -errno::EREMOTEIO;
+            if kind == XferKind::Bulk {
+                ended = Ended::BulkShort;
+            }
         }
-        if let Some(TraceSink(w)) = &mut self.trace {
-            let mut head = [0u8; 16];
-            let off = if kind == XferKind::Control { 8 } else { 0 };
-            let n = if is_in { actual } else { requested }.min(16);
-            let head = head.get_mut(..n).unwrap_or_default();
-            q.urb.buf.read_at(off, head);
-            let hex: String = head.iter().map(|b| format!("{b:02x}")).collect();
-            let cont = u8::from(q.urb.flags.contains(UrbFlags::BULK_CONTINUATION));
-            // One write per line: a killed backend leaves only whole lines.
-            let _ = w.write_all(
-                format!(
-                    "ep={addr:02x} kind={kind:?} len={requested} actual={actual} \
-                     status={status} cont={cont} head={hex}\n"
-                )
-                .as_bytes(),
-            );
+        if let Some(sink) = &mut self.trace {
+            sink.record(&q.urb, requested, actual, status);
         }
         let mut c = complete(q.urb, status, actual);
         if let Some(packets) = iso {
@@ -344,19 +382,7 @@ impl Core {
             c.start_frame = i32::try_from(q.frame & 0x7fff_ffff).unwrap_or(0);
         }
         self.done.push_back(c);
-        if kind == XferKind::Bulk && status < 0 {
-            self.cancel_continuations(key);
-        }
-        self.processed += 1;
-        if self
-            .faults
-            .unplug_after
-            .is_some_and(|n| self.processed >= n)
-        {
-            self.unplug_requested = true;
-            self.disconnect();
-        }
-        true
+        Some(ended)
     }
 
     fn requeue(&mut self, key: u8, q: Queued) {

@@ -82,6 +82,7 @@ pub struct SimDevice {
     descriptors: Descriptors,
     speed: HostSpeed,
     busid: String,
+    no_stop_on_short: bool,
     /// Holds the flock: the device is "claimed" while this is open.
     _node: File,
 }
@@ -124,6 +125,7 @@ impl SimDevice {
         let descriptors = ident.descriptors.clone();
         let speed = ident.speed;
         let mut core = Core::new(model, ident, spec.faults.clone(), Instant::now());
+        core.no_stop_on_short = spec.no_stop_on_short;
         if spec.trace {
             let path = state.join(super::core::TRACE_FILE);
             let file = std::fs::OpenOptions::new()
@@ -168,6 +170,7 @@ impl SimDevice {
             descriptors,
             speed,
             busid: dev.busid.clone(),
+            no_stop_on_short: spec.no_stop_on_short,
             _node: node,
         })
     }
@@ -341,6 +344,10 @@ impl HostDevice for SimDevice {
 
     fn reset(&mut self) -> Result<(), CtrlError> {
         self.with_core(|core, _| core.reset())
+    }
+
+    fn bulk_continuation(&self) -> bool {
+        !self.no_stop_on_short
     }
 
     fn release(&mut self) {

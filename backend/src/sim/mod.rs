@@ -13,6 +13,8 @@ pub use device::{SimDevice, SimOpenError};
 pub use spec::{DeviceSpec, FailNth, Faults, ModelSpec, ShortRead};
 
 #[cfg(test)]
+mod continuation_tests;
+#[cfg(test)]
 mod storage_tests;
 #[cfg(test)]
 pub(crate) mod tests;

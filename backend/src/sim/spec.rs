@@ -9,6 +9,7 @@ use crate::host::HostSpeed;
 /// ```toml
 /// speed = "high"            # optional; the model's natural speed otherwise
 /// serial = "DISK1"          # optional; names the persistent state too
+/// no_stop_on_short = true   # optional; an xHCI-like bus (no BULK_CONTINUATION)
 /// [model]
 /// kind = "storage"          # storage | keyboard | loopback | iso-source | iso-loopback
 /// size_bytes = 67108864
@@ -33,6 +34,12 @@ pub struct DeviceSpec {
     /// side of the end-to-end tests' URB ledger; see [`super::core::TRACE_FILE`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub trace: bool,
+    /// The device sits on a host controller that does not stop an endpoint's queue at a
+    /// short packet (xHCI; the kernel's `usb_bus::no_stop_on_short`): usbfs then withholds
+    /// BULK_CONTINUATION, and a URB queued behind a short SHORT_NOT_OK read runs before it
+    /// is cancelled.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_stop_on_short: bool,
 }
 
 impl DeviceSpec {
@@ -45,6 +52,7 @@ impl DeviceSpec {
             busid: None,
             faults: Faults::default(),
             trace: false,
+            no_stop_on_short: false,
         }
     }
 
@@ -174,7 +182,9 @@ mod tests {
             endpoint: Some(0x81),
         });
         spec.faults.stall = vec![0x02];
+        spec.no_stop_on_short = true;
         let text = spec.to_toml();
+        assert!(text.contains("no_stop_on_short = true"), "{text}");
         assert_eq!(DeviceSpec::from_toml(&text).unwrap(), spec);
     }
 
@@ -188,6 +198,10 @@ mod tests {
             }
         );
         assert_eq!(spec.faults, Faults::default());
+        assert!(!spec.no_stop_on_short);
+        assert!(!DeviceSpec::new(spec.model.clone())
+            .to_toml()
+            .contains("no_stop_on_short"));
         assert_eq!(
             DeviceSpec::from_toml("[model]\nkind = \"iso-loopback\"\npacket_size = 1023\n")
                 .unwrap()

@@ -439,6 +439,10 @@ impl HostDevice for UsbfsDevice {
     fn max_bulk_urb(&self) -> usize {
         self.caps.max_bulk_urb()
     }
+
+    fn bulk_continuation(&self) -> bool {
+        self.caps.bulk_continuation()
+    }
 }
 
 impl Drop for UsbfsDevice {
