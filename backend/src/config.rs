@@ -41,10 +41,10 @@ Configuration file (--config, TOML; every key optional):
   max-bulk-urb = 16384              split larger bulk transfers into usbfs URBs
                                     (BULK_CONTINUATION, as libusb does)
   feature-aca = true                offer per-endpoint error containment to frontends
-  feature-split-chain = false       let frontends send all pieces of a large bulk IN
-                                    transfer at once (a short piece cancels the rest); off
-                                    by default: on xHCI buses a short piece cannot stop the
-                                    piece queued behind it (README, Known limitations)
+  feature-split-chain = true        let frontends send all pieces of a large bulk IN
+                                    transfer at once (a short piece cancels the rest); on
+                                    xHCI buses, which cannot stop at a short packet, each
+                                    piece still waits for the one before it
   feature-persistent = true         offer persistent grants (map each page once)
   grant-copy = true                 stock frontends: have the hypervisor copy their data
                                     pages (GNTTABOP_copy) instead of mapping each request's
@@ -67,7 +67,7 @@ fn parse_platform(s: &str) -> Result<PlatformKind, String> {
 /// allow = ["1-1", "0627:0001"]   # bus ids or vendor:product (hex); absent = allow all
 /// max-bulk-urb = 16384           # split bulk transfers into usbfs URBs of at most this
 /// feature-aca = true             # offer error containment (feature-aca) to frontends
-/// feature-split-chain = false    # offer split chains (feature-split-chain)
+/// feature-split-chain = true     # offer split chains (feature-split-chain)
 /// feature-persistent = true      # offer persistent grants (feature-persistent)
 /// grant-copy = true              # stock peers: copy data pages (GNTTABOP_copy), not map them
 /// poll-us = 0                     # busy-poll this long after each event (0 = off)
@@ -87,10 +87,10 @@ pub struct FileConfig {
     #[serde(default = "yes")]
     pub feature_aca: bool,
     /// Offer split chains (`feature-split-chain`): a large IN transfer's pieces in flight
-    /// together. Off by default: on a bus without usbfs's BULK_CONTINUATION (xHCI) a short
-    /// piece cannot stop the piece already queued behind it, which may take the device's
-    /// next data.
-    #[serde(default)]
+    /// together. On a bus without usbfs's BULK_CONTINUATION (xHCI) a short piece cannot
+    /// stop the piece queued behind it, so there each piece waits for the one before it
+    /// (`pvusb_ring::urb::chain`).
+    #[serde(default = "yes")]
     pub feature_split_chain: bool,
     /// Offer persistent grants (`feature-persistent`).
     #[serde(default = "yes")]
@@ -113,7 +113,7 @@ impl Default for FileConfig {
             allow: None,
             max_bulk_urb: None,
             feature_aca: true,
-            feature_split_chain: false,
+            feature_split_chain: true,
             feature_persistent: true,
             grant_copy: true,
             poll_us: 0,

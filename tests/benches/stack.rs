@@ -139,11 +139,7 @@ impl Proto {
     fn backend_config(self, poll_us: u32) -> String {
         let persistent = self == Proto::Persistent;
         let copy = self == Proto::Copy;
-        // Split chains on: the simulated bus honours BULK_CONTINUATION.
-        format!(
-            "feature-persistent = {persistent}\ngrant-copy = {copy}\npoll-us = {poll_us}\n\
-             feature-split-chain = true\n"
-        )
+        format!("feature-persistent = {persistent}\ngrant-copy = {copy}\npoll-us = {poll_us}\n")
     }
 }
 

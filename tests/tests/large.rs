@@ -24,16 +24,33 @@ fn done(a: Answer) -> pvusb_frontend::usbip::RetSubmit {
     }
 }
 
-/// The stack (backend configured by `config`, TOML, split chains on) with a 4 MiB loopback on port 1 of a
-/// controller, imported over USB/IP and configured: the platform, its bus id, the client.
+/// Which host controller the loopback sits on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Bus {
+    /// Stops an endpoint at a short packet (EHCI): usbfs offers BULK_CONTINUATION.
+    Stops,
+    /// Runs the next queued URB after a short packet (xHCI): usbfs withholds it.
+    RunsOn,
+}
+
+/// The stack (backend configured by `config`, TOML) with a 4 MiB loopback on port 1 of a
+/// controller on `bus`, imported over USB/IP and configured: the platform, its bus id, the
+/// client.
 fn configured_loopback(config: &str) -> (Platform, String, UsbipClient) {
+    loopback_on(Bus::Stops, 0, config)
+}
+
+/// [`configured_loopback`] on `bus`, the device answering each URB `latency_us` after it was
+/// submitted (so that the pieces of a transfer queue up on it).
+fn loopback_on(bus: Bus, latency_us: u64, config: &str) -> (Platform, String, UsbipClient) {
     let mut p = Platform::new(&[1]);
-    let busid = p.plug(DeviceSpec::new(ModelSpec::Loopback { capacity: 4 * MIB }));
+    let mut spec = DeviceSpec::new(ModelSpec::Loopback { capacity: 4 * MIB });
+    spec.no_stop_on_short = bus == Bus::RunsOn;
+    spec.faults.latency_us = latency_us;
+    let busid = p.plug(spec);
     let id = p.add_controller(1, 0, 4);
     p.assign(&id, 1, Some(&busid));
-    // The simulated bus stops an endpoint at a short packet (BULK_CONTINUATION holds), so
-    // split chains are safe here; they are off by default for xHCI hosts.
-    p.start_backend_with(&format!("feature-split-chain = true\n{config}"));
+    p.start_backend_with(config);
     let addr = p.start_frontend(1);
     let logs = || p.logs();
     let mut c = UsbipClient::import_when_ready(addr, "1-1", T, logs);
@@ -49,19 +66,38 @@ fn configured_loopback(config: &str) -> (Platform, String, UsbipClient) {
 
 #[test]
 fn short_packet_mid_way_through_a_large_bulk_in() {
-    short_packet_mid_way("");
+    short_packet_mid_way(Bus::Stops, "");
 }
 
 /// The same with the stock protocol: each piece's data by grant copy.
 #[test]
 fn short_packet_mid_way_with_grant_copy() {
-    short_packet_mid_way("feature-persistent = false\n");
+    short_packet_mid_way(Bus::Stops, "feature-persistent = false\n");
 }
 
-/// Runs the rounds with the backend configured by `config` (TOML).
-fn short_packet_mid_way(config: &str) {
+/// On an xHCI-like bus a split chain's pieces go one at a time: the piece behind a short
+/// one would otherwise take the next data before usbfs cancels it.
+#[test]
+fn short_packet_mid_way_on_a_bus_that_does_not_stop() {
+    short_packet_mid_way(Bus::RunsOn, "");
+}
+
+/// The same with the backend cutting each request into 16 KiB usbfs URBs itself, and no
+/// split chains: the host URBs of one request go one at a time there too.
+#[test]
+fn short_packet_mid_way_in_host_split_urbs_on_a_bus_that_does_not_stop() {
+    short_packet_mid_way(
+        Bus::RunsOn,
+        "feature-split-chain = false\nmax-bulk-urb = 16384\n",
+    );
+}
+
+/// Runs the rounds on `bus` with the backend configured by `config` (TOML).
+fn short_packet_mid_way(bus: Bus, config: &str) {
     let t = Instant::now();
-    let (p, busid, mut c) = configured_loopback(config);
+    // Latency: the pieces queue on the device, so the one behind the short one is there to
+    // run (xHCI) or be cancelled (a bus that stops).
+    let (p, busid, mut c) = loopback_on(bus, 500, config);
     let mut rng = Rng::from_env("large");
     let trace = p.trace_path(&busid);
     let rounds = 16;
@@ -74,6 +110,13 @@ fn short_packet_mid_way(config: &str) {
         let data = pattern(len, round);
         let r = done(c.transfer(bulk_out(1, data.clone()), T).unwrap());
         assert_eq!((r.status, r.actual_length as usize), (0, len), "OUT");
+        // A marker waits right behind it: a piece of the big IN run after the short one
+        // would swallow it.
+        let marker = pattern(64, 1000 + round);
+        assert_eq!(
+            done(c.transfer(bulk_out(1, marker.clone()), T).unwrap()).status,
+            0
+        );
         let seen = devtrace::read(&trace).len();
         let r = done(c.transfer(bulk_in(1, MIB as u32), T).unwrap());
         assert_eq!(r.status, 0, "IN status\n{}", p.logs());
@@ -100,13 +143,7 @@ fn short_packet_mid_way(config: &str) {
         );
         let sum: u64 = recs.iter().map(|r| r.actual).sum();
         assert_eq!(sum as usize, len, "round {round}: pieces {recs:?}");
-        // A marker written next is read back whole: no later piece of the big IN was left
-        // behind to swallow it.
-        let marker = pattern(64, 1000 + round);
-        assert_eq!(
-            done(c.transfer(bulk_out(1, marker.clone()), T).unwrap()).status,
-            0
-        );
+        // The marker is read back whole.
         let r = done(c.transfer(bulk_in(1, MIB as u32), T).unwrap());
         assert_eq!(r.data, marker, "round {round}: the marker was swallowed");
         moved += len + 64;

@@ -3,8 +3,11 @@
 
 use tracing::{debug, warn};
 
+use std::collections::VecDeque;
+
 use super::payload::{self, refused_errno, synthetic, Payload};
 use super::{Engine, Running};
+use crate::host::{errno, UrbBuf, XferKind};
 use pvusb_ring::wire::Port;
 
 impl Engine {
@@ -47,12 +50,24 @@ impl Engine {
         let Some(link) = &mut self.link else { return };
         let idx = usize::from(port.get() - 1);
         let Some(dev) = self.ports.get_mut(idx).and_then(|s| s.device.as_mut()) else {
-            let r = payload::host_result(-(crate::host::errno::ENODEV), 0);
+            let r = payload::host_result(-(errno::ENODEV), 0);
             let _ = link.backend.handle_host_done(id, r, payload);
             return;
         };
         let max_bulk = self.cfg.max_bulk_urb.min(dev.max_bulk_urb());
-        let (urbs, mut pieces) = payload.host_urbs(&mut self.next_tag, continuation, max_bulk);
+        let (mut urbs, mut pieces) = payload.host_urbs(&mut self.next_tag, continuation, max_bulk);
+        // Where the host does not stop at a short packet, a piece queued behind a short one
+        // could take the device's next data: one piece at a time.
+        let serial = !dev.bulk_continuation()
+            && urbs.len() > 1
+            && urbs
+                .first()
+                .is_some_and(|u| u.kind == XferKind::Bulk && u.is_in());
+        let queued = if serial {
+            urbs.split_off(1).into()
+        } else {
+            VecDeque::new()
+        };
         let mut outstanding = 0;
         let mut stop: Option<i32> = None;
         for (i, urb) in urbs.into_iter().enumerate() {
@@ -75,7 +90,7 @@ impl Engine {
                         p.done = Some(synthetic(tag, status, refused.urb.buf));
                     }
                     // The rest of the transfer must not run after a refused piece.
-                    stop = Some(-(crate::host::errno::ENOENT));
+                    stop = Some(-(errno::ENOENT));
                 }
             }
         }
@@ -83,7 +98,11 @@ impl Engine {
             port,
             payload,
             pieces,
+            queued,
         };
+        if stop.is_some() {
+            run.skip_queued(-(errno::ENOENT));
+        }
         if outstanding == 0 {
             let r = run.payload.finish(&mut run.pieces);
             // The pieces' buffers may be views of the guest pages: drop them first, so the
@@ -105,8 +124,37 @@ impl Engine {
         let Some(run) = link.running.get_mut(&id) else {
             return;
         };
+        let mut full = false;
         if let Some(p) = run.pieces.iter_mut().find(|p| p.tag == c.tag) {
+            full = c.status == 0 && c.actual_length as usize >= p.len;
             p.done = Some(c);
+        }
+        if let Some(next) = run.queued.pop_front() {
+            let dev = self
+                .ports
+                .get_mut(usize::from(port.get() - 1))
+                .and_then(|s| s.device.as_mut());
+            match dev {
+                Some(dev) if full => {
+                    let tag = next.tag;
+                    match dev.submit(next) {
+                        Ok(()) => {
+                            link.tags.insert(tag, id);
+                            self.submitted |= 1 << ((port.get() - 1) % 32);
+                        }
+                        Err(refused) => {
+                            run.settle(tag, refused_errno(refused.error), refused.urb.buf);
+                            run.skip_queued(-(errno::ENOENT));
+                        }
+                    }
+                }
+                // Short, failed or cancelled (or the device is going): the rest never
+                // runs, as usbfs's cancel of a chain would have it.
+                _ => {
+                    run.queued.push_front(next);
+                    run.skip_queued(-(errno::ENOENT));
+                }
+            }
         }
         if run.pieces.iter().all(|p| p.done.is_some()) {
             if let Some(mut run) = link.running.remove(&id) {
@@ -117,6 +165,22 @@ impl Engine {
                     warn!(parent: &self.span, id = e.id, "host completion the state machine did not expect");
                 }
             }
+        }
+    }
+}
+
+impl Running {
+    /// Piece `tag` never ran: it ended with `status`.
+    fn settle(&mut self, tag: u64, status: i32, buf: UrbBuf) {
+        if let Some(p) = self.pieces.iter_mut().find(|p| p.tag == tag) {
+            p.done = Some(synthetic(tag, status, buf));
+        }
+    }
+
+    /// The pieces still queued never run: each ends with `status`.
+    pub(super) fn skip_queued(&mut self, status: i32) {
+        while let Some(urb) = self.queued.pop_front() {
+            self.settle(urb.tag, status, urb.buf);
         }
     }
 }

@@ -37,7 +37,7 @@ use pvusb_ring::wire::{
 use tracing::{debug, info, warn, Span};
 
 use crate::guest_warn;
-use crate::host::{HostDevice, Readiness};
+use crate::host::{HostDevice, HostUrb, Readiness};
 use crate::logging::RateLimit;
 use memory::{GuestMemory, Notify};
 use payload::{Payload, Piece};
@@ -105,6 +105,10 @@ struct Running {
     port: Port,
     payload: Payload,
     pieces: Vec<Piece>,
+    /// Host URBs of a split bulk IN request not submitted yet: on a device whose host does
+    /// not stop at a short packet, each goes once the one before it came back in full
+    /// (see `pvusb_ring::urb::chain`).
+    queued: VecDeque<HostUrb>,
 }
 
 impl Link {
@@ -261,8 +265,10 @@ impl Engine {
             span,
         };
         info!(parent: &slot.span, ?speed, "device attached");
+        let stops_on_short = slot.device.as_ref().is_none_or(|d| d.bulk_continuation());
         if let Some(link) = &mut self.link {
-            link.backend.handle_device_attached(port);
+            link.backend
+                .handle_device_attached_with(port, stops_on_short);
             link.conn_queue.push_back((port, speed));
             self.flush();
         }
@@ -300,8 +306,9 @@ impl Engine {
             let Some(port) = u8::try_from(i + 1).ok().and_then(Port::new) else {
                 continue;
             };
-            if slot.device.is_some() {
-                link.backend.handle_device_attached(port);
+            if let Some(dev) = &slot.device {
+                link.backend
+                    .handle_device_attached_with(port, dev.bulk_continuation());
                 link.conn_queue.push_back((port, slot.speed));
             }
         }
@@ -465,6 +472,7 @@ impl Engine {
                             split_more: sub.ext_flags & SPLIT_MORE != 0,
                             split_cont: sub.ext_flags & SPLIT_CONT != 0,
                             host_split: payload.splits(max_bulk),
+                            short_not_ok: sub.short_not_ok,
                         };
                         match link
                             .backend

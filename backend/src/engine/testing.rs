@@ -159,6 +159,11 @@ pub struct InProcDevice {
 impl InProcDevice {
     /// A device of `model` (storage gets a 16-block in-memory disk).
     pub fn new(model: ModelSpec) -> Option<Self> {
+        Self::on_bus(model, Bus::default())
+    }
+
+    /// A device of `model` on `bus`.
+    pub fn on_bus(model: ModelSpec, bus: Bus) -> Option<Self> {
         let spec = DeviceSpec::new(model.clone());
         let ident = crate::sim::model::identity(&spec, "FAKE");
         let m: Box<dyn crate::sim::model::Model> = match model {
@@ -181,8 +186,10 @@ impl InProcDevice {
         let descriptors = ident.descriptors.clone();
         let speed = ident.speed;
         let efd = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).ok()?;
+        let mut core = Core::new(m, ident, bus.faults, Instant::now());
+        core.no_stop_on_short = bus.no_stop_on_short;
         Some(InProcDevice {
-            core: Core::new(m, ident, Faults::default(), Instant::now()),
+            core,
             descriptors,
             speed,
             efd,
@@ -248,6 +255,19 @@ impl HostDevice for InProcDevice {
         self.core.reset()
     }
     fn release(&mut self) {}
+    fn bulk_continuation(&self) -> bool {
+        !self.core.no_stop_on_short
+    }
+}
+
+/// The host controller an [`InProcDevice`] sits on, and the faults it injects from the
+/// start.
+#[derive(Clone, Debug, Default)]
+pub struct Bus {
+    /// xHCI-like: no stop at a short packet (`DeviceSpec::no_stop_on_short`).
+    pub no_stop_on_short: bool,
+    /// Faults applied at plug time.
+    pub faults: Faults,
 }
 
 /// Pages of the fuzzed guest: 0 urb ring, 1 conn ring, the rest data.
@@ -295,6 +315,15 @@ impl Rig {
 
     /// Like [`Rig::new`], but the guest posts only `slots` conn ring requests.
     pub fn with_conn_slots(max_bulk_urb: usize, aca: bool, slots: u16) -> Option<Self> {
+        Self::build(max_bulk_urb, aca, slots, Bus::default())
+    }
+
+    /// Like [`Rig::new`], with the loopback (port 1) on `bus`.
+    pub fn with_loopback_on(max_bulk_urb: usize, aca: bool, bus: Bus) -> Option<Self> {
+        Self::build(max_bulk_urb, aca, u16::MAX, bus)
+    }
+
+    fn build(max_bulk_urb: usize, aca: bool, slots: u16, bus: Bus) -> Option<Self> {
         let mem = FakeMemory::new(PAGES);
         let mut engine = Engine::new(
             EngineConfig {
@@ -311,7 +340,11 @@ impl Rig {
         ];
         for (i, m) in models.into_iter().enumerate() {
             let port = Port::new(u8::try_from(i + 1).ok()?)?;
-            let dev = InProcDevice::new(m)?;
+            let dev = if i == 0 {
+                InProcDevice::on_bus(m, bus.clone())?
+            } else {
+                InProcDevice::new(m)?
+            };
             engine.attach(port, "1-1", Box::new(dev)).ok()?;
         }
         let (front, conn) = Self::fresh_rings(&mem, slots)?;
@@ -455,7 +488,13 @@ pub fn fuzz_controller(data: &[u8]) {
     let head = take(&mut input, 2);
     let max_bulk = 1024 * (1 + usize::from(head[0] % 8));
     let aca = head[1] & 1 != 0;
-    let rig = if head[1] & 2 != 0 {
+    let rig = if head[1] & 4 != 0 {
+        let bus = Bus {
+            no_stop_on_short: true,
+            ..Bus::default()
+        };
+        Rig::with_loopback_on(max_bulk, aca, bus)
+    } else if head[1] & 2 != 0 {
         Rig::copying(max_bulk, aca)
     } else {
         Rig::new(max_bulk, aca)
@@ -489,8 +528,14 @@ pub fn fuzz_controller(data: &[u8]) {
                 raw.nr_buffer_segs.set(nsegs);
                 let seg_len = u16::from(b[6]) * 16 + 1;
                 raw.buffer_length.set(seg_len.saturating_mul(nsegs));
-                raw.transfer_flags
-                    .set(u16::from(b[7] & 1) | if b[7] & 2 != 0 { 0x8000 } else { 0 });
+                // SHORT_NOT_OK, ACA_CLEAR, SPLIT_MORE, SPLIT_CONT.
+                let flags = [(1, 0x0001), (2, 0x8000), (4, 0x4000), (8, 0x2000)];
+                raw.transfer_flags.set(
+                    flags
+                        .iter()
+                        .filter(|(bit, _)| b[7] & bit != 0)
+                        .fold(0, |f, (_, flag)| f | flag),
+                );
                 raw.u.copy_from_slice(&b[4..12]);
                 for (i, s) in raw.seg.iter_mut().take(usize::from(nsegs)).enumerate() {
                     s.gref.set(2 + (u32::from(b[8]) + i as u32) % (PAGES - 1));

@@ -7,7 +7,8 @@ use pvusb_ring::wire::{
     Ep, Pipe, Seg, Segments, Setup, Status, Submit, Transfer, Unlink, UrbRequest, XferType,
 };
 
-use super::testing::{fuzz_controller, Rig};
+use super::testing::{fuzz_controller, Bus, Rig};
+use crate::sim::{Faults, ShortRead};
 
 fn submit(id: u16, pipe: Pipe, xfer: Transfer, pages: &[u32], len: u32) -> UrbRequest {
     let mut segs = Segments::new();
@@ -295,13 +296,6 @@ fn split_chain_short_piece_cancels_only_its_own_transfer() {
     use pvusb_ring::urb::chain::{SPLIT_CONT, SPLIT_MORE};
     for aca in [false, true] {
         let mut rig = two_records(usize::MAX, aca);
-        let piece = |id, page, flags| {
-            let mut r = bulk(id, 0x81, &[page], 4096);
-            if let UrbRequest::Submit(s) = &mut r {
-                s.ext_flags = flags;
-            }
-            r
-        };
         rig.push(&piece(5, 8, SPLIT_MORE).to_raw());
         rig.push(&piece(6, 9, SPLIT_MORE | SPLIT_CONT).to_raw());
         rig.push(&piece(7, 10, SPLIT_CONT).to_raw());
@@ -322,4 +316,119 @@ fn split_chain_short_piece_cancels_only_its_own_transfer() {
         }
         assert_eq!(answer(&mut rig, &out).0, Status::Inval.to_wire());
     }
+}
+
+/// A 4 KiB bulk IN into `page` carrying the split chain `flags`.
+fn piece(id: u16, page: u32, flags: u16) -> UrbRequest {
+    let mut r = bulk(id, 0x81, &[page], 4096);
+    if let UrbRequest::Submit(s) = &mut r {
+        s.ext_flags = flags;
+    }
+    r
+}
+
+/// A rig whose loopback sits on an xHCI-like bus (no stop at a short packet) and cuts the
+/// first IN read to 100 bytes, addressed and configured, with nothing buffered yet.
+fn xhci_rig(max_bulk: usize, aca: bool) -> Rig {
+    let bus = Bus {
+        no_stop_on_short: true,
+        faults: Faults {
+            short_read: Some(ShortRead {
+                max_bytes: 100,
+                endpoint: Some(0x81),
+                count: Some(1),
+            }),
+            ..Faults::default()
+        },
+    };
+    let mut rig = Rig::with_loopback_on(max_bulk, aca, bus).unwrap();
+    assert_eq!(ctrl(&mut rig, 1, 1, 0, Setup::new(0, 5, 7, 0, 0)).0, 0);
+    assert_eq!(ctrl(&mut rig, 2, 1, 7, Setup::new(0, 9, 1, 0, 0)).0, 0);
+    rig
+}
+
+/// Writes a 150-byte record (bytes 0..150) the pending IN reads meet.
+fn feed_150(rig: &mut Rig, id: u16) {
+    let record: Vec<u8> = (0..150u8).collect();
+    rig.mem.arena().write(4 * 4096, &record).unwrap();
+    rig.push(&bulk(id, 0x01, &[4], 150).to_raw());
+    rig.collect();
+    assert_eq!(got(rig, id), Some((0, 150)));
+}
+
+/// After the short read: a fresh 4 KiB IN gets the rest of the record, bytes 100..150.
+fn rest_of_record_is_still_there(rig: &mut Rig, id: u16) {
+    rig.responses.clear();
+    assert_eq!(answer(rig, &bulk(id, 0x81, &[11], 4096)), (0, 50));
+    let mut back = [0u8; 50];
+    rig.mem.arena().read(11 * 4096, &mut back).unwrap();
+    assert_eq!(back.to_vec(), (100..150u8).collect::<Vec<_>>());
+}
+
+/// Split chains on a bus that does not stop at a short packet: the pieces wait one behind
+/// the other, so the piece after the short one never takes the rest of the record.
+#[test]
+fn split_chain_on_xhci_holds_each_piece_until_the_one_before_is_back() {
+    use pvusb_ring::urb::chain::{SPLIT_CONT, SPLIT_MORE};
+    for aca in [false, true] {
+        let mut rig = xhci_rig(usize::MAX, aca);
+        rig.push(&piece(5, 8, SPLIT_MORE).to_raw());
+        rig.push(&piece(6, 9, SPLIT_MORE | SPLIT_CONT).to_raw());
+        rig.push(&piece(7, 10, SPLIT_CONT).to_raw());
+        rig.collect();
+        assert!(rig.responses.is_empty(), "nothing to read yet");
+        feed_150(&mut rig, 3);
+        assert_eq!(got(&rig, 5), Some((0, 100)), "aca {aca}");
+        for id in [6, 7] {
+            let (status, len) = got(&rig, id).expect("answered");
+            assert!(status < 0 && len == 0, "piece {id} ran: {status} {len}");
+        }
+        rest_of_record_is_still_there(&mut rig, 8);
+    }
+}
+
+/// A request the backend cuts into host URBs itself (`max-bulk-urb`), on a bus that does
+/// not stop at a short packet: its URBs go one at a time, so the one after the short one
+/// never takes the rest of the record.
+#[test]
+fn host_split_on_xhci_submits_one_urb_at_a_time() {
+    for aca in [false, true] {
+        let mut rig = xhci_rig(1024, aca);
+        rig.push(&bulk(5, 0x81, &[8, 9], 6000).to_raw());
+        rig.collect();
+        assert!(rig.responses.is_empty(), "nothing to read yet");
+        feed_150(&mut rig, 3);
+        assert_eq!(got(&rig, 5), Some((0, 100)), "aca {aca}");
+        rest_of_record_is_still_there(&mut rig, 6);
+    }
+}
+
+/// Unlinking such a request while its first URB waits on the device: it is answered once,
+/// its queued URBs never reach the device, and the next read gets the record whole.
+#[test]
+fn unlinking_a_host_split_request_on_xhci_leaves_nothing_queued() {
+    let bus = Bus {
+        no_stop_on_short: true,
+        ..Bus::default()
+    };
+    let mut rig = Rig::with_loopback_on(1024, false, bus).unwrap();
+    assert_eq!(ctrl(&mut rig, 1, 1, 0, Setup::new(0, 5, 7, 0, 0)).0, 0);
+    assert_eq!(ctrl(&mut rig, 2, 1, 7, Setup::new(0, 9, 1, 0, 0)).0, 0);
+    rig.push(&bulk(5, 0x81, &[8, 9], 6000).to_raw());
+    rig.collect();
+    assert!(rig.responses.is_empty(), "nothing to read yet");
+    let unlink = UrbRequest::Unlink(Unlink {
+        id: 6,
+        pipe: Pipe::new(1, 7, Ep::new(1, true), XferType::Bulk),
+        victim: 5,
+    });
+    rig.push(&unlink.to_raw());
+    rig.collect();
+    let (status, len) = got(&rig, 5).expect("answered");
+    assert!(status < 0 && len == 0, "{status} {len}");
+    assert_eq!(got(&rig, 6), Some((0, 0)));
+    assert_eq!(rig.responses.len(), 2);
+    feed_150(&mut rig, 3);
+    rig.responses.clear();
+    assert_eq!(answer(&mut rig, &bulk(7, 0x81, &[11], 4096)), (0, 150));
 }

@@ -19,6 +19,9 @@ pub use trace::{TraceSink, TRACE_FILE};
 #[derive(Debug)]
 struct Queued {
     urb: HostUrb,
+    /// When the host submitted it.
+    queued_at: Instant,
+    /// When the device answers it at the earliest (the fault's latency, iso frames).
     ready_at: Instant,
     /// Iso: first frame.
     frame: u64,
@@ -184,6 +187,7 @@ impl Core {
         self.tags.insert(urb.tag);
         ep.queue.push_back(Queued {
             urb,
+            queued_at: now,
             ready_at,
             frame,
         });
@@ -237,16 +241,18 @@ impl Core {
     /// Runs the head of `key`'s queue if it is ready; true if an URB completed. A failed
     /// bulk URB cancels its continuations (devio.c calls `cancel_bulk_urbs` from its
     /// completion), but on a `no_stop_on_short` bus the controller has already started the
-    /// next URB when the cancel comes after a short packet: a ready continuation runs first
-    /// (and, if it ends short too, the one behind it).
+    /// next URB when the cancel comes after a short packet: a continuation already queued
+    /// runs first, whatever the device's latency (and, if it ends short too, the one behind
+    /// it).
     fn run_head(&mut self, key: u8, now: Instant) -> bool {
-        let Some(mut ended) = self.run_one(key, now) else {
+        let Some(mut ended) = self.run_one(key, now, false) else {
             return false;
         };
         let mut ran = 1;
         let failed = ended != Ended::Other;
-        while ended == Ended::BulkShort && self.no_stop_on_short && self.continuation_next(key) {
-            let Some(next) = self.run_one(key, now) else {
+        while ended == Ended::BulkShort && self.no_stop_on_short && self.continuation_next(key, now)
+        {
+            let Some(next) = self.run_one(key, now, true) else {
                 break;
             };
             ended = next;
@@ -267,19 +273,29 @@ impl Core {
         true
     }
 
-    /// True if `key`'s queue starts with a BULK_CONTINUATION URB.
-    fn continuation_next(&self, key: u8) -> bool {
+    /// True if `key`'s queue starts with a BULK_CONTINUATION URB submitted by `now`.
+    fn continuation_next(&self, key: u8, now: Instant) -> bool {
         self.eps
             .get(&key)
             .and_then(|e| e.queue.front())
-            .is_some_and(|q| q.urb.flags.contains(UrbFlags::BULK_CONTINUATION))
+            .is_some_and(|q| {
+                q.urb.flags.contains(UrbFlags::BULK_CONTINUATION) && q.queued_at <= now
+            })
     }
 
-    /// Runs the head of `key`'s queue if it is ready and the device takes it now, completing
-    /// it (without cancelling anything).
-    fn run_one(&mut self, key: u8, now: Instant) -> Option<Ended> {
+    /// Runs the head of `key`'s queue if it is ready (`started`: if the controller already
+    /// started it, latency or not) and the device takes it now, completing it (without
+    /// cancelling anything).
+    fn run_one(&mut self, key: u8, now: Instant, started: bool) -> Option<Ended> {
         let ep = self.eps.get_mut(&key)?;
-        if ep.queue.front().is_none_or(|q| q.ready_at > now) {
+        let waits = |q: &Queued| {
+            if started {
+                q.queued_at > now
+            } else {
+                q.ready_at > now
+            }
+        };
+        if ep.queue.front().is_none_or(waits) {
             return None;
         }
         let halted = ep.halted;

@@ -148,13 +148,11 @@ impl UsbfsDevice {
             "usbfs device claimed"
         );
         if !d.caps.bulk_continuation() {
-            // Not yet handled: the engine queues every piece at once (see README, Known
-            // limitations); the admin should know why a short read could lose data here.
-            tracing::warn!(
+            // The engine copes (pvusb_ring::urb::chain); say why large reads are slower here.
+            tracing::info!(
                 busid = d.busid,
-                "this bus does not stop an endpoint at a short packet (xHCI): after a short \
-                 piece of a transfer split over several URBs (split chains, max-bulk-urb), the \
-                 piece queued behind it may already have taken the device's next data"
+                "this bus does not stop an endpoint at a short packet (xHCI): the pieces of a \
+                 bulk IN transfer split over several URBs go to the device one at a time"
             );
         }
         Ok(d)

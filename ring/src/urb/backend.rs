@@ -7,8 +7,9 @@
 //! - **exactly one answer** (contract 1): every request taken gets exactly one
 //!   [`Action::Respond`], the unlink request and its victim included; a request refused as
 //!   a protocol error (a duplicate live id) gets none and the caller learns why;
-//! - **ring order** (contract 2): [`Action::Submit`]s come out in the order requests came
-//!   in, so one endpoint's URBs reach the host in ring order, many in flight at once;
+//! - **ring order** (contract 2): one endpoint's [`Action::Submit`]s come out in the order
+//!   its requests came in, so its URBs reach the host in ring order, many in flight at
+//!   once (a request may be held back behind its predecessor: see [`super::chain`]);
 //! - **containment** (contract 3, when negotiated, see [`super::aca`]);
 //! - **split chains** (contract 6, when negotiated, see [`super::chain`]): which URBs are
 //!   chained with `BULK_CONTINUATION` so that a short piece ends its transfer and nothing
@@ -28,6 +29,8 @@ use crate::wire::{Pipe, Port, Status};
 use super::aca::{self, Admission, BackendAca, CONTAINED};
 use super::chain::{EpChain, Link};
 use super::{clamp_ports, EpKey, UrbResult, EPS_PER_PORT};
+
+mod hold;
 
 /// How the controller was negotiated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,12 +55,15 @@ pub struct SubmitFlags {
     /// The shell will cut the request into several host URBs, adding `SHORT_NOT_OK` on its
     /// IN pieces but the last (see [`super::chain`]).
     pub host_split: bool,
+    /// usbif's `USBIF_SHORT_NOT_OK`: a short read fails it.
+    pub short_not_ok: bool,
 }
 
 /// What became of a submit request that was taken.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Disposition {
-    /// Handed to the host with [`Action::Submit`]; answered when the host gives it back.
+    /// Handed to the host with [`Action::Submit`] (at once, or once its predecessor is
+    /// back: see [`super::chain`]); answered when the host gives it back.
     Submitted,
     /// Never reaches the host: already answered with this status (no device on the port,
     /// the controller is disconnected, or the endpoint is contained).
@@ -204,9 +210,21 @@ impl Cancel {
     fn is_final(self) -> bool {
         matches!(self, Cancel::DeviceGone | Cancel::Shutdown)
     }
+
+    /// The answer of a request cancelled for this reason before it ran: on the host, or
+    /// held back and never sent.
+    fn status(self) -> Status {
+        match self {
+            Cancel::DeviceGone => Status::NoDev,
+            Cancel::Shutdown => Status::Shutdown,
+            Cancel::Contained => CONTAINED,
+            // usbif's code for a cancelled request (QEMU answers -EPROTO too).
+            Cancel::Unlinked => Status::IoError,
+        }
+    }
 }
 
-/// A request on the host.
+/// A request taken and not yet answered: on the host, or held back (see [`super::chain`]).
 #[derive(Clone, Copy, Debug)]
 struct Live {
     id: u16,
@@ -217,6 +235,13 @@ struct Live {
     /// Containment applies to its endpoint.
     contain: bool,
     cancel: Option<Cancel>,
+    /// Its `Submit`, for a held request (see [`super::chain`]): the pipe and the chaining
+    /// decided on arrival.
+    pipe: Pipe,
+    continuation: bool,
+    /// A bulk IN request a short read fails (`SHORT_NOT_OK`, [`super::chain::SPLIT_MORE`],
+    /// or cut by the shell): usbfs then cancels what is chained behind it.
+    ends_short: bool,
 }
 
 /// Backend half of one vusb controller: requests in, host URBs and responses out.
@@ -234,14 +259,18 @@ struct Live {
 #[derive(Debug)]
 pub struct Backend<P> {
     cfg: BackendConfig,
-    /// Requests on the host, at most `ring_size`.
+    /// Requests taken and not answered, at most `ring_size`.
     live: Vec<Option<Live>>,
+    /// The payloads of held requests, in the same slots as `live`.
+    parked: Vec<Option<P>>,
     /// Containment state per endpoint of each port.
     eps: Vec<BackendAca>,
     /// Split chain state per endpoint of each port.
     chains: Vec<EpChain>,
     /// Which ports have a device.
     present: Vec<bool>,
+    /// Which ports' hosts stop an endpoint at a short packet (see [`super::chain`]).
+    stops_on_short: Vec<bool>,
     disconnected: bool,
     seq: u64,
     actions: VecDeque<Action<P>>,
@@ -260,9 +289,11 @@ impl<P> Backend<P> {
         Backend {
             cfg,
             live: vec![None; slots],
+            parked: (0..slots).map(|_| None).collect(),
             eps: vec![BackendAca::Open; ports * EPS_PER_PORT],
             chains: vec![EpChain::default(); ports * EPS_PER_PORT],
             present: vec![false; ports],
+            stops_on_short: vec![true; ports],
             disconnected: false,
             seq: 0,
             // Each request yields a handful of actions before the shell drains them.
@@ -280,9 +311,14 @@ impl<P> Backend<P> {
         self.actions.pop_front()
     }
 
-    /// URBs on the host (submitted and not yet given back).
+    /// Requests taken and not yet answered: on the host, or held back.
     pub fn in_flight(&self) -> usize {
         self.live.iter().flatten().count()
+    }
+
+    /// Requests held back behind a predecessor (see [`super::chain`]).
+    pub fn held(&self) -> usize {
+        self.parked.iter().flatten().count()
     }
 
     /// Whether [`Backend::handle_disconnect`] was called.
@@ -327,6 +363,7 @@ impl<P> Backend<P> {
             split_more,
             split_cont,
             host_split,
+            short_not_ok,
         } = flags;
         if let Err(error) = self.check_id(id) {
             return Err(Rejected { error, payload });
@@ -380,22 +417,34 @@ impl<P> Backend<P> {
             }
         }
         self.seq += 1;
-        if let Some(entry) = self.live.get_mut(slot) {
-            *entry = Some(Live {
-                id,
-                port: key.port,
-                ep,
-                seq: self.seq,
-                contain,
-                cancel: None,
-            });
-        }
-        self.actions.push_back(Action::Submit {
+        let live = Live {
             id,
+            port: key.port,
+            ep,
+            seq: self.seq,
+            contain,
+            cancel: None,
             pipe,
             continuation,
-            payload,
-        });
+            ends_short: pipe.is_bulk()
+                && pipe.is_in()
+                && (short_not_ok || split_more || host_split),
+        };
+        if let Some(entry) = self.live.get_mut(slot) {
+            *entry = Some(live);
+        }
+        if self.must_wait(&live) {
+            if let Some(parked) = self.parked.get_mut(slot) {
+                *parked = Some(payload);
+            }
+        } else {
+            self.actions.push_back(Action::Submit {
+                id,
+                pipe,
+                continuation,
+                payload,
+            });
+        }
         Ok(Disposition::Submitted)
     }
 
@@ -404,10 +453,18 @@ impl<P> Backend<P> {
     /// at once (status 0, as both stock backends do, also when the victim is unknown).
     pub fn handle_unlink(&mut self, id: u16, victim: u16) -> Result<(), ProtocolError> {
         self.check_id(id)?;
-        if let Some(live) = self.live.iter_mut().flatten().find(|l| l.id == victim) {
-            if live.cancel.is_none() {
-                live.cancel = Some(Cancel::Unlinked);
-                self.actions.push_back(Action::Cancel { id: victim });
+        if let Some(slot) = self.slot_of(victim) {
+            let ep = self.live.get(slot).and_then(Option::as_ref).map(|l| l.ep);
+            if self.answer_held_slot(slot, Cancel::Unlinked) {
+                // What waited behind it may go now.
+                if let Some(ep) = ep {
+                    self.release(ep);
+                }
+            } else if let Some(live) = self.live.get_mut(slot).and_then(Option::as_mut) {
+                if live.cancel.is_none() {
+                    live.cancel = Some(Cancel::Unlinked);
+                    self.actions.push_back(Action::Cancel { id: victim });
+                }
             }
         }
         let status = if self.disconnected {
@@ -442,33 +499,32 @@ impl<P> Backend<P> {
         result: HostResult,
         payload: P,
     ) -> Result<(), UnknownUrb<P>> {
-        let Some(live) = self
-            .live
-            .iter_mut()
-            .find(|l| l.is_some_and(|l| l.id == id))
+        let on_host = self
+            .slot_of(id)
+            .filter(|&s| self.parked.get(s).is_some_and(Option::is_none));
+        let Some(live) = on_host
+            .and_then(|s| self.live.get_mut(s))
             .and_then(Option::take)
         else {
             return Err(UnknownUrb { id, payload });
         };
         let status = match (live.cancel, result.status) {
-            (Some(Cancel::DeviceGone), _) => Status::NoDev,
-            (Some(Cancel::Shutdown), _) => Status::Shutdown,
+            (Some(c), _) if c.is_final() => c.status(),
             // The host's own -ESHUTDOWN (device going away) must not read as the
             // containment code, which a frontend takes for collateral of a failure it has
             // already seen; -ENODEV says the same about the device.
             (_, HostStatus::Done(Status::Shutdown)) if live.contain => Status::NoDev,
             // It ran before the cancel took effect: say what happened.
             (_, HostStatus::Done(status)) => status,
-            (Some(Cancel::Contained), HostStatus::Cancelled) => CONTAINED,
-            // usbif's code for a cancelled request (QEMU answers -EPROTO too).
-            (Some(Cancel::Unlinked), HostStatus::Cancelled) => Status::IoError,
+            (Some(c), HostStatus::Cancelled) => c.status(),
             // The host cancelled it by itself: a continuation chain broken by an earlier
             // failure, reaped before this one.
             (None, HostStatus::Cancelled) if live.contain => CONTAINED,
             (None, HostStatus::Cancelled) => Status::IoError,
         };
         let failed = matches!(result.status, HostStatus::Done(s) if !s.is_ok());
-        if failed && live.contain && !live.cancel.is_some_and(Cancel::is_final) {
+        let contains = failed && live.contain && !live.cancel.is_some_and(Cancel::is_final);
+        if contains {
             self.contain(live);
         }
         let result = UrbResult {
@@ -478,13 +534,30 @@ impl<P> Backend<P> {
             error_count: result.error_count,
         };
         self.respond(id, result, Some(payload));
+        if contains {
+            // After the failure's own answer, as their cancels on the host would be.
+            self.answer_held(Cancel::Contained, |l| l.ep == live.ep && l.seq > live.seq);
+        }
+        self.release(live.ep);
         Ok(())
     }
 
-    /// A device is on `port` (new or back): its endpoints start open.
+    /// A device is on `port` (new or back): its endpoints start open. Its host stops an
+    /// endpoint at a short packet (usbfs `USBDEVFS_CAP_BULK_CONTINUATION`).
     pub fn handle_device_attached(&mut self, port: Port) {
-        if let Some(p) = self.present.get_mut(usize::from(port.get() - 1)) {
-            *p = true;
+        self.handle_device_attached_with(port, true);
+    }
+
+    /// [`Backend::handle_device_attached`] for a device whose host may or may not stop an
+    /// endpoint at a short packet: `stops_on_short` is usbfs's
+    /// `USBDEVFS_CAP_BULK_CONTINUATION`, which xHCI buses withhold (see [`super::chain`]).
+    pub fn handle_device_attached_with(&mut self, port: Port, stops_on_short: bool) {
+        let p = usize::from(port.get() - 1);
+        if let Some(present) = self.present.get_mut(p) {
+            *present = true;
+        }
+        if let Some(stops) = self.stops_on_short.get_mut(p) {
+            *stops = stops_on_short;
         }
         let start = usize::from(port.get() - 1) * EPS_PER_PORT;
         for ep in self.eps.iter_mut().skip(start).take(EPS_PER_PORT) {
@@ -513,10 +586,15 @@ impl<P> Backend<P> {
     }
 
     fn check_id(&self, id: u16) -> Result<(), ProtocolError> {
-        if self.live.iter().flatten().any(|l| l.id == id) {
+        if self.slot_of(id).is_some() {
             return Err(ProtocolError::DuplicateId(id));
         }
         Ok(())
+    }
+
+    /// The slot of live request `id`.
+    fn slot_of(&self, id: u16) -> Option<usize> {
+        self.live.iter().position(|l| l.is_some_and(|l| l.id == id))
     }
 
     fn port_present(&self, port: u8) -> bool {
@@ -540,6 +618,7 @@ impl<P> Backend<P> {
     }
 
     fn cancel_all(&mut self, why: Cancel, which: impl Fn(&Live) -> bool) {
+        self.answer_held(why, &which);
         for live in self.live.iter_mut().flatten().filter(|l| which(l)) {
             match live.cancel {
                 Some(c) if c.is_final() => {}

@@ -28,6 +28,29 @@
 //! cancel on a failure but not on a short read); only a `max-bulk-urb` below the
 //! request's length, or a kernel without `USBDEVFS_CAP_NO_PACKET_SIZE_LIM`, cuts requests.
 //!
+//! ## Hosts that do not stop at a short packet
+//!
+//! All of the above relies on usbfs cancelling the piece chained behind one that ends
+//! short before the device runs it. That holds only where the host controller stops an
+//! endpoint's queue at a short packet. usbfs says so with `USBDEVFS_CAP_BULK_CONTINUATION`
+//! and withholds it on buses marked `no_stop_on_short` (xHCI, so most hosts): there the
+//! controller moves straight on to the next queued URB, which may take the device's next
+//! data before the cancel reaches it (seed 001 again).
+//!
+//! So on such a port (`Backend::handle_device_attached_with`) the backend *holds* a request
+//! that continues a chain ([`Link::Chained`]): it is taken (its id is live and counts
+//! against the ring) but not submitted while the request before it on its endpoint is still
+//! out. Once that one is given back the held one goes to the host, chained as before. If
+//! its predecessor ended short or failed, usbfs has disabled the endpoint's continuations
+//! by then (nothing unchained went in between, as everything behind a held request on its
+//! endpoint waits too) and refuses it, which is answered as the cancel a stopping host
+//! would have made; if the predecessor completed in full, it runs. An endpoint's requests
+//! still reach the host in ring order (contract 2). A chain costs a round trip per piece on
+//! those ports, which is what a stock frontend pays everywhere by sending an IN transfer's
+//! pieces one at a time. A held request that is unlinked, contained, or whose device or
+//! controller goes away is answered at once, as the host's cancel would have been. The
+//! shell does the same for a request it cuts into several host URBs itself.
+//!
 //! Negotiated like [`super::aca`]: both sides write [`FEATURE_SPLIT_CHAIN`] = `"1"`; a
 //! backend that did not negotiate it refuses the two flags as unknown.
 

@@ -4,6 +4,7 @@
 mod backend_cases;
 mod checks;
 mod frontend_cases;
+mod hold_cases;
 mod props;
 mod sim;
 mod system_cases;

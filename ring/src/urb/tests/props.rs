@@ -103,17 +103,19 @@ proptest! {
     #![proptest_config(config())]
 
     /// Every property of DESIGN.md contract 1-6 the simulation can see, for random client
-    /// behaviour, ring sizes, device failures, unplugs and disconnects; then every endpoint
+    /// behaviour, ring sizes, hosts that stop at a short packet or not, device failures,
+    /// unplugs and disconnects; then every endpoint
     /// still attached must make progress (containment is always cleared).
     #[test]
     fn vusb_keeps_the_contract(
         aca in any::<bool>(),
         split_chain in any::<bool>(),
+        stops_on_short in any::<bool>(),
         ring_size in prop_oneof![Just(2u16), Just(4), Just(16)],
         ops in vec(op(), 0..120),
         cuts in vec((0usize..120, cut()), 0..2),
     ) {
-        let mut sim = Sim::with_chains(aca, split_chain, ring_size);
+        let mut sim = Sim::with_host(aca, split_chain, ring_size, stops_on_short);
         let mut ops = ops;
         for (at, c) in cuts {
             ops.insert(at.min(ops.len()), c);

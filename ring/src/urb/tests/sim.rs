@@ -97,6 +97,8 @@ pub struct Sim {
     pub be: Backend<HostReq>,
     pub aca: bool,
     pub ring_size: u16,
+    /// The host stops an endpoint at a short packet (see [`Sim::with_host`]).
+    pub stops_on_short: bool,
     pub step: u64,
     next_handle: Handle,
     to_be: VecDeque<frontend::Request>,
@@ -135,6 +137,12 @@ impl Sim {
 
     /// A vusb with split chains negotiated or not.
     pub fn with_chains(aca: bool, split_chain: bool, ring_size: u16) -> Self {
+        Self::with_host(aca, split_chain, ring_size, true)
+    }
+
+    /// A vusb whose host stops an endpoint at a short packet (usbfs's
+    /// BULK_CONTINUATION capability) or, like xHCI, runs the next queued URB first.
+    pub fn with_host(aca: bool, split_chain: bool, ring_size: u16, stops_on_short: bool) -> Self {
         let fe_cfg = FrontendConfig {
             ring_size,
             aca,
@@ -151,6 +159,7 @@ impl Sim {
             be: Backend::new(be_cfg),
             aca,
             ring_size,
+            stops_on_short,
             step: 0,
             next_handle: 1,
             to_be: VecDeque::new(),
@@ -176,7 +185,7 @@ impl Sim {
         for port in 1..=PORTS {
             let port = Port::new(port).unwrap();
             sim.fe.handle_device_attached(port);
-            sim.be.handle_device_attached(port);
+            sim.be.handle_device_attached_with(port, stops_on_short);
         }
         sim
     }
@@ -306,6 +315,7 @@ impl Sim {
                         split_more,
                         split_cont,
                         host_split: false,
+                        short_not_ok,
                     };
                     let out = self.be.handle_submit_with(req.id, req.pipe, flags, payload);
                     assert!(
@@ -352,6 +362,7 @@ impl Sim {
         let is_in = ep % EPS != 1;
         // `ended`: usbfs saw an error (a short read with SHORT_NOT_OK included) and cancels
         // the continuations queued behind.
+        let short = matches!(outcome, Outcome::Short(_));
         let (status, actual, ended) = match outcome {
             Outcome::Short(n) if is_in && len > 0 => {
                 let actual = u32::try_from(u64::from(len) * u64::from(n) / 256).unwrap();
@@ -376,6 +387,11 @@ impl Sim {
         self.reap
             .push_back((urb.id, HostResult::done(status, actual), urb.req));
         if ended && ep % EPS != 0 && ep % EPS != 3 {
+            if short && !self.stops_on_short {
+                // xHCI does not stop at a short packet: the next URB takes the device's
+                // next data before usbfs's cancel reaches it.
+                self.run(ep, Outcome::Full);
+            }
             // usbfs cancel_bulk_urbs, in the failed URB's completion handler: before the
             // device runs anything else.
             let queue = &mut self.host[ep];

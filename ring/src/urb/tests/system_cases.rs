@@ -140,17 +140,23 @@ fn seed001_split_chain_short_piece_cancels_the_rest_only() {
         );
         sim.run(IN, Outcome::Full);
         sim.run(IN, Outcome::Short(128));
-        sim.settle();
-        let first = sim.execs[0].req.piece;
-        let second = sim.execs[1].req.piece;
-        let result = sim.xfers[&big].completes[0].1;
-        assert_eq!(result.status, Status::Ok);
-        assert_eq!(result.actual_length, first.len + second.len / 2);
-        assert_eq!(status(&sim, next), Status::Ok);
-        assert_eq!(sim.execs.len(), 3, "aca {aca}: {:?}", sim.execs);
-        assert_eq!(sim.execs[2].req.handle, next);
-        sim.check_at_rest();
+        assert_second_piece_ended_it(&mut sim, big, next);
     }
+}
+
+/// Settles a seed 001 run whose `big` transfer's second piece was short (128/256): `big`
+/// has the bytes of its first two pieces, nothing else of it ran, and `next` ran after it.
+pub(super) fn assert_second_piece_ended_it(sim: &mut Sim, big: u64, next: u64) {
+    sim.settle();
+    let first = sim.execs[0].req.piece;
+    let second = sim.execs[1].req.piece;
+    let result = sim.xfers[&big].completes[0].1;
+    assert_eq!(result.status, Status::Ok);
+    assert_eq!(result.actual_length, first.len + second.len / 2);
+    assert_eq!(status(sim, next), Status::Ok);
+    assert_eq!(sim.execs.len(), 3, "aca {}: {:?}", sim.aca, sim.execs);
+    assert_eq!(sim.execs[2].req.handle, next);
+    sim.check_at_rest();
 }
 
 /// Seed 003: unplug with URBs in flight and queued; all complete with an error, later
