@@ -128,6 +128,10 @@ build_guest_initrd "$P/guest/initrd.cpio" "$FRONTEND"
 PAYLOAD_IMG="$RUNDIR/payload.ext4"
 STICK_IMG="$RUNDIR/stick.img"
 truncate -s 64M "$STICK_IMG"
+# A second stick on the xHCI controller (SuperSpeed: on its USB 3 bus), where usbfs withholds
+# BULK_CONTINUATION: step 4/io-ours-xhci reads it through split chains.
+XSTICK_IMG="$RUNDIR/xstick.img"
+truncate -s 64M "$XSTICK_IMG"
 
 # ---------------------------------------------------------------- boot
 SERIAL="$LOGDIR/serial.log"
@@ -198,7 +202,10 @@ nice -n 10 timeout -k 10 "$TIMEOUT" "$QEMU" \
     -blockdev driver=raw,file=stickfile,node-name=stick \
     -device "$STICK_DEV" \
     -device qemu-xhci,id=xhci -audiodev none,id=snd0 \
-    -device usb-audio,id=audio,bus=xhci.0,audiodev=snd0 \
+    -device usb-audio,id=audio,bus=xhci.0,port=1,audiodev=snd0 \
+    -blockdev "driver=file,filename=$XSTICK_IMG,node-name=xstickfile" \
+    -blockdev driver=raw,file=xstickfile,node-name=xstick \
+    -device usb-storage,id=xstickdev,bus=xhci.0,port=2,drive=xstick,serial=PVUSB0002 \
     </dev/null >>"$SERIAL" 2>&1 || QEMU_RC=$?
 QEMU_END=$(date +%s.%N)
 # (The agent's pipeline dies with it; under `set -e` neither kill nor wait may fail the run.)

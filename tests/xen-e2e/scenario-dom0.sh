@@ -367,6 +367,39 @@ s_iso_out() {
     return "$rc"
 }
 
+# s_xhci_io: the second stick, on QEMU's xHCI, on port 3 of our controller (it comes up
+# SuperSpeed, so on the xHCI's USB 3 bus: found by its serial). usbfs
+# withholds BULK_CONTINUATION there (xHCI does not stop an endpoint at a short packet), so
+# pvusb-backend holds each piece of a split chain (usb-storage's 120 KiB reads are two) until
+# the one before it is back. The guest writes the stick and reads it back; the backend must
+# have negotiated split chains and seen the bus for what it is.
+xstick_busid() {
+    local d
+    for d in "$USB_SYS"/*; do
+        [ "$(cat "$d/serial" 2>/dev/null)" = PVUSB0002 ] && { echo "${d##*/}"; return 0; }
+    done
+    return 1
+}
+s_xhci_io() {
+    local rc=0 out chains=no xhci=no held XSTICK
+    XSTICK=$(xstick_busid) || { DETAIL="no USB device with serial PVUSB0002 in dom0"; return 1; }
+    timeout 60 "$BIN/xl-usb" usbdev-attach "$GUEST" busid="$XSTICK" controller="$CTRL" port=3 || rc=$?
+    [ "$rc" -eq 0 ] || { DETAIL="xl-usb usbdev-attach busid=$XSTICK rc=$rc"; return 1; }
+    guest_cmd 10 use-stick PVUSB0002
+    if guest_cmd 200 wait-disk 150; then guest_cmd 600 io-test "$IO_MB"; rc=$?; else rc=1; fi
+    out=$GOUT
+    guest_cmd 10 use-stick
+    grep -q 'split_chain=true' "$RES/pvusb-backend.log" && chains=yes
+    grep 'does not stop an endpoint at a short packet' "$RES/pvusb-backend.log" | grep -q "$XSTICK" && xhci=yes
+    DETAIL="$XSTICK ($(cat "$USB_SYS/$XSTICK/product" 2>/dev/null), $(cat "$USB_SYS/$XSTICK/speed" 2>/dev/null) Mb/s) on port 3; split chains: $chains; backend saw the xHCI bus: $xhci; guest: $out"
+    timeout 60 "$BIN/xl-usb" usbdev-detach "$GUEST" "$CTRL" 3 || { DETAIL="$DETAIL; usbdev-detach failed"; return 1; }
+    # The backend counts the requests it held back on the port: the hold must have engaged.
+    nap 1
+    held=$(grep "device detached" "$RES/pvusb-backend.log" | grep "$XSTICK" | tail -1 | sed -n 's/.*held=\([0-9]*\).*/\1/p')
+    DETAIL="$DETAIL; requests held back: ${held:-?}"
+    [ "$rc" -eq 0 ] && [ "$chains" = yes ] && [ "$xhci" = yes ] && [ "${held:-0}" -gt 0 ]
+}
+
 # host_cmd COMMAND: run.sh's host agent does COMMAND with QEMU's monitor (usb-unplug,
 # usb-replug). The request is a line on the console only: step logs are echoed to the
 # console after each step, so the marker must never be in one.
@@ -542,6 +575,7 @@ round_ours() {
     guarded --soft 3/usb-list OURS "${ALL[@]}" -- s_usb_list ours
     guarded 4/io-ours-vhci OURS "${ALL[@]}" -- s_guest_io ours
     guarded --soft 4/iso-out-ours OURS "${ALL[@]}" -- s_iso_out
+    guarded --soft 4/io-ours-xhci OURS "${ALL[@]}" -- s_xhci_io
     guarded 6/detach-while-open OURS "${ALL[@]}" -- s_detach_while_open
     guarded 6/reattach OURS "${ALL[@]}" -- s_reattach
     guarded 6/backend-restart OURS "${ALL[@]}" -- s_backend_restart

@@ -41,12 +41,21 @@ loadmod() {
     done
 }
 
-# The stick as seen by this guest: the first SCSI disk whose vendor is QEMU.
+# The stick as seen by this guest: the first SCSI disk whose vendor is QEMU and, when
+# $STICK_SERIAL is set (command use-stick), whose USB device has that serial.
+STICK_SERIAL=""
 find_disk() {
-    local d
+    local d u
     for d in /sys/block/sd*; do
         [ -e "$d/device/vendor" ] || continue
-        grep -q QEMU "$d/device/vendor" && [ "$(cat "$d/size")" -gt 0 ] && { echo "${d##*/}"; return 0; }
+        grep -q QEMU "$d/device/vendor" || continue
+        [ "$(cat "$d/size")" -gt 0 ] || continue
+        if [ -n "$STICK_SERIAL" ]; then
+            u=$(readlink -f "$d/device")
+            while [ "$u" != / ] && [ ! -e "$u/idVendor" ]; do u=${u%/*}; done
+            [ "$(cat "$u/serial" 2>/dev/null)" = "$STICK_SERIAL" ] || continue
+        fi
+        echo "${d##*/}"; return 0
     done
     return 1
 }
@@ -63,17 +72,17 @@ wait_disk() {
 
 # io_test MB: random data -> disk (O_DIRECT + fsync), drop caches, read back (O_DIRECT), compare.
 io_test() {
-    local mb=$1 t0 t1 t2 t3 w r sw sr
+    local mb=$1 t0 t1 t2 t3 w r sw sr pat=/tmp/pattern${STICK_SERIAL:+-$STICK_SERIAL}
     find_disk >/dev/null || { OUT="no disk"; return 1; }
     DISK=$(find_disk)
-    dd if=/dev/urandom of=/tmp/pattern bs=1M count="$mb" 2>/dev/null
-    sw=$(sha256sum </tmp/pattern | cut -d' ' -f1)
+    dd if=/dev/urandom of="$pat" bs=1M count="$mb" 2>/dev/null
+    sw=$(sha256sum <"$pat" | cut -d' ' -f1)
     # verify re-reads only a prefix: enough to prove the data survived, cheap under TCG
     local vmb=$VERIFY_MB; [ "$mb" -lt "$vmb" ] && vmb=$mb
-    echo "$vmb" >/tmp/pattern.mb
-    head -c $((vmb * 1048576)) /tmp/pattern | sha256sum | cut -d' ' -f1 >/tmp/pattern.sha
+    echo "$vmb" >"$pat.mb"
+    head -c $((vmb * 1048576)) "$pat" | sha256sum | cut -d' ' -f1 >"$pat.sha"
     t0=$(up)
-    dd if=/tmp/pattern of="/dev/$DISK" bs=1M oflag=direct conv=fsync 2>/dev/null || { OUT="write to /dev/$DISK failed"; return 1; }
+    dd if="$pat" of="/dev/$DISK" bs=1M oflag=direct conv=fsync 2>/dev/null || { OUT="write to /dev/$DISK failed"; return 1; }
     t1=$(up)
     sync; echo 3 >/proc/sys/vm/drop_caches
     t2=$(up)
@@ -89,16 +98,16 @@ io_test() {
 # verify SECONDS: until the deadline, wait for the disk and read back (a VERIFY_MB prefix of)
 # what io_test wrote.
 verify() {
-    local i=0 mb sr t0 t1
-    [ -f /tmp/pattern.sha ] || { OUT="nothing written before"; return 1; }
-    mb=$(cat /tmp/pattern.mb)
+    local i=0 mb sr t0 t1 pat=/tmp/pattern${STICK_SERIAL:+-$STICK_SERIAL}
+    [ -f "$pat.sha" ] || { OUT="nothing written before"; return 1; }
+    mb=$(cat "$pat.mb")
     deadline "$1"
     until expired; do
         if DISK=$(find_disk) && [ -b "/dev/$DISK" ]; then
             t0=$(up)
             sr=$(dd if="/dev/$DISK" bs=1M count="$mb" iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)
             t1=$(up)
-            if [ "$sr" = "$(cat /tmp/pattern.sha)" ]; then
+            if [ "$sr" = "$(cat "$pat.sha")" ]; then
                 OUT="dev=$DISK data intact (after $i polls) read_mbps=$(mbps "$mb" "$t0" "$t1")"; return 0
             fi
         fi
@@ -181,6 +190,8 @@ run() { # the command dispatcher; sets OUT, returns status
             wait_disk "$2" || { OUT="no QEMU disk within $2 s"; return 1; }
             OUT="/dev/$DISK ($(($(cat /sys/block/$DISK/size) / 2048)) MiB, $(cat /sys/block/$DISK/device/vendor | tr -d ' ') $(cat /sys/block/$DISK/device/model | tr -s ' '))" ;;
         io-test) io_test "$2" ;;
+        use-stick) # SERIAL (or nothing: any): which QEMU stick the disk commands use
+            STICK_SERIAL=${2:-}; OUT="stick serial '${STICK_SERIAL:-any}'" ;;
         verify) verify "$2" ;;
         hold-open) hold_open ;;
         check-gone) check_gone "$2" ;;

@@ -73,7 +73,7 @@ run_case() {
     mkstubs "$c/stub"
     for b in $bins; do
         case "$b" in
-            pvusb-backend) printf '#!/bin/sh\ntrap "exit 0" TERM\nwhile :; do sleep 0.2; done\n' >"$c/e2e/bin/pvusb-backend" ;;
+            pvusb-backend) printf '#!/bin/sh\necho "rings mapped split_chain=true"\necho "busid=\\"2-2\\" this bus does not stop an endpoint at a short packet"\necho "port{port=3 busid=\\"2-2\\"}: device detached held=7"\ntrap "exit 0" TERM\nwhile :; do sleep 0.2; done\n' >"$c/e2e/bin/pvusb-backend" ;;
             xl-usb) ln -s "$c/stub/xl" "$c/e2e/bin/xl-usb" ;;
         esac
     done
@@ -99,8 +99,8 @@ run_case() {
         }
         nap() { sleep 0.05; }
         # The stick in a stand-in sysfs; the host agent's unplug/replug remove and restore it.
-        USB_SYS="$c/usb"; mkdir -p "$USB_SYS/1-1" "$USB_SYS/2-1"; echo 2 >"$USB_SYS/1-1/devnum"
-        echo 46f4 >"$USB_SYS/2-1/idVendor"
+        USB_SYS="$c/usb"; mkdir -p "$USB_SYS/1-1" "$USB_SYS/2-1" "$USB_SYS/2-2"; echo 2 >"$USB_SYS/1-1/devnum"
+        echo 46f4 >"$USB_SYS/2-1/idVendor"; echo PVUSB0002 >"$USB_SYS/2-2/serial"
         host_cmd() {
             case "$1" in
                 usb-unplug) rm -rf "$USB_SYS/1-1" ;;
@@ -129,7 +129,7 @@ run_case none "" "" 1/backend-start=SKIP 4/io-ours-vhci=SKIP 5/io-stock-xen-hcd=
 run_case all "pvusb-backend pvusb-frontend xl-usb" "" \
     1/backend-start=PASS 5/load-stock=PASS 3/usbctrl-attach-stock-xl=PASS 5/usbdev-attach-stock=PASS \
     5/usb-list-stock=PASS 5/io-stock-xen-hcd=PASS 5/host-unplug-stock=PASS 2/switch-to-ours=PASS 3/usbctrl-attach-xl-usb=PASS 3/second-controller=PASS \
-    3/usbdev-attach=PASS 3/usb-list=PASS 4/io-ours-vhci=PASS 4/iso-out-ours=PASS 6/detach-while-open=PASS 6/reattach=PASS \
+    3/usbdev-attach=PASS 3/usb-list=PASS 4/io-ours-vhci=PASS 4/iso-out-ours=PASS 4/io-ours-xhci=PASS 6/detach-while-open=PASS 6/reattach=PASS \
     6/backend-restart=PASS 6/host-unplug=PASS 1/backend-stop=PASS 8/qusb-guest-create=PASS 8/qusb-frontend-start=PASS \
     8/qusb-usbdev-attach=PASS 8/io-ours-qusb=PASS 7/read-ratio-ours=INFO 7/read-ratio-stock=INFO \
     7/read-ratio-qusb=INFO dom0/finished=PASS

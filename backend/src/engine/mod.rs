@@ -288,8 +288,11 @@ impl Engine {
             self.complete(port, c);
         }
         self.perform();
+        let held = self.link.as_ref().map_or(0, |l| l.backend.held_total(port));
         let slot = self.ports.get_mut(idx)?;
-        info!(parent: &slot.span, "device detached");
+        // held: split pieces that waited for the one before them (a bus that does not stop
+        // at a short packet, pvusb_ring::urb::chain).
+        info!(parent: &slot.span, held, "device detached");
         *slot = PortSlot::empty();
         if let Some(link) = &mut self.link {
             link.conn_queue.push_back((port, Speed::None));

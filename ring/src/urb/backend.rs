@@ -271,6 +271,8 @@ pub struct Backend<P> {
     present: Vec<bool>,
     /// Which ports' hosts stop an endpoint at a short packet (see [`super::chain`]).
     stops_on_short: Vec<bool>,
+    /// Requests held back so far, per port (diagnostics).
+    held_total: Vec<u64>,
     disconnected: bool,
     seq: u64,
     actions: VecDeque<Action<P>>,
@@ -294,6 +296,7 @@ impl<P> Backend<P> {
             chains: vec![EpChain::default(); ports * EPS_PER_PORT],
             present: vec![false; ports],
             stops_on_short: vec![true; ports],
+            held_total: vec![0; ports],
             disconnected: false,
             seq: 0,
             // Each request yields a handful of actions before the shell drains them.
@@ -319,6 +322,14 @@ impl<P> Backend<P> {
     /// Requests held back behind a predecessor (see [`super::chain`]).
     pub fn held(&self) -> usize {
         self.parked.iter().flatten().count()
+    }
+
+    /// Requests for `port` held back since its device was attached.
+    pub fn held_total(&self, port: Port) -> u64 {
+        self.held_total
+            .get(usize::from(port.get() - 1))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Whether [`Backend::handle_disconnect`] was called.
@@ -436,6 +447,12 @@ impl<P> Backend<P> {
         if self.must_wait(&live) {
             if let Some(parked) = self.parked.get_mut(slot) {
                 *parked = Some(payload);
+            }
+            if let Some(n) = usize::from(key.port)
+                .checked_sub(1)
+                .and_then(|p| self.held_total.get_mut(p))
+            {
+                *n += 1;
             }
         } else {
             self.actions.push_back(Action::Submit {
@@ -558,6 +575,9 @@ impl<P> Backend<P> {
         }
         if let Some(stops) = self.stops_on_short.get_mut(p) {
             *stops = stops_on_short;
+        }
+        if let Some(n) = self.held_total.get_mut(p) {
+            *n = 0;
         }
         let start = usize::from(port.get() - 1) * EPS_PER_PORT;
         for ep in self.eps.iter_mut().skip(start).take(EPS_PER_PORT) {

@@ -152,12 +152,14 @@ fn held_requests_are_released_in_order_and_answered_when_unlinked() {
         )
     );
     assert_eq!(be.held(), 0);
+    assert_eq!(be.held_total(Port::new(1).unwrap()), 3);
     // A host that stops needs none of this.
     be.handle_submit_with(6, bulk_in(2), piece(true, false), 6)
         .unwrap();
     be.handle_submit_with(7, bulk_in(2), piece(false, true), 7)
         .unwrap();
     assert_eq!(drain(&mut be), (vec![(6, false), (7, true)], vec![]));
+    assert_eq!(be.held_total(Port::new(2).unwrap()), 0);
 }
 
 /// Held requests are answered at once when their endpoint is contained, their device goes
