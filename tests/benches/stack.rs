@@ -12,7 +12,7 @@
 //! `poll-us`, is subtracted from the stack's latency rows ("fl+": added over the floor).
 //!
 //! `cargo bench -p pvusb-tests` · `PVUSB_BENCH_SECS` (per cell, default 1) ·
-//! `PVUSB_BENCH_SKIP=throughput,map,scaling,floor` to leave sections out ·
+//! `PVUSB_BENCH_SKIP=throughput,map,xhci,scaling,floor` to leave sections out ·
 //! `PVUSB_BENCH_REPEAT=3` for the median of three interleaved runs of each throughput cell ·
 //! `PVUSB_BENCH_PROFILE=persistent|stock|map`: only the stack's 64 KiB QD16 cell with a
 //! per-process CPU split (to run under `perf record`).
@@ -52,7 +52,7 @@ fn median(mut cells: Vec<Cell>) -> Cell {
     cells[cells.len() / 2]
 }
 
-/// `PVUSB_BENCH_SKIP=throughput,map,scaling,floor` leaves those sections out.
+/// `PVUSB_BENCH_SKIP=throughput,map,xhci,scaling,floor` leaves those sections out.
 fn skip(section: &str) -> bool {
     std::env::var("PVUSB_BENCH_SKIP").is_ok_and(|v| v.split(',').any(|s| s == section))
 }
@@ -143,6 +143,17 @@ impl Proto {
     }
 }
 
+/// The loopback's bus and the backend's split chains (the xHCI section).
+#[derive(Clone, Copy, Debug, Default)]
+struct Bus {
+    /// xHCI-like: no stop at a short packet.
+    no_stop_on_short: bool,
+    /// Each URB answered this long after it was submitted, at the earliest.
+    latency_us: u64,
+    /// `feature-split-chain = false`: the frontend sends a read's pieces one at a time.
+    no_split_chain: bool,
+}
+
 /// Busy polling of the latency rows marked "poll" (both daemons' `poll-us`).
 const POLL_US: u32 = 100;
 
@@ -159,11 +170,27 @@ impl Stack {
 
     /// A stack whose daemons keep polling `poll_us` after each event (0: off, the default).
     fn with_poll(proto: Proto, poll_us: u32) -> Stack {
+        Self::build(proto, poll_us, Bus::default())
+    }
+
+    /// A stack whose loopback sits on `bus`.
+    fn on_bus(proto: Proto, bus: Bus) -> Stack {
+        Self::build(proto, 0, bus)
+    }
+
+    fn build(proto: Proto, poll_us: u32, bus: Bus) -> Stack {
         let mut p = Platform::new(&[1]);
-        let busid = p.plug_as_is(&DeviceSpec::new(ModelSpec::Loopback { capacity: CAPACITY }));
+        let mut spec = DeviceSpec::new(ModelSpec::Loopback { capacity: CAPACITY });
+        spec.no_stop_on_short = bus.no_stop_on_short;
+        spec.faults.latency_us = bus.latency_us;
+        let busid = p.plug_as_is(&spec);
         let id = p.add_controller(1, 0, 4);
         p.assign(&id, 1, Some(&busid));
-        p.start_backend_with(&proto.backend_config(poll_us));
+        let mut config = proto.backend_config(poll_us);
+        if bus.no_split_chain {
+            config.push_str("feature-split-chain = false\n");
+        }
+        p.start_backend_with(&config);
         let c = if over_tcp() {
             let addr = p.start_frontend(1);
             UsbipClient::import_when_ready(addr, "1-1", Duration::from_secs(30), || p.logs())
@@ -310,6 +337,8 @@ impl Stack {
 
 #[path = "stack/scaling.rs"]
 mod scaling;
+#[path = "stack/xhci.rs"]
+mod xhci;
 
 use scaling::scaling;
 
@@ -472,6 +501,7 @@ fn main() {
         }
     }
     let copy_vs_map = (!skip("map")).then(|| copy_vs_map(&mut stock, dur));
+    let xhci = (!skip("xhci")).then(|| xhci::ehci_vs_xhci(dur));
     let mut lat_json = serde_json::Map::new();
     // The latency rows' floor: a 64-byte round trip on the socket alone (one URB's worth of
     // guest transport), the echo process blocking in read, then polling as the daemons do.
@@ -573,6 +603,7 @@ fn main() {
     }
     let j = json!({"bench": "pvusb-stack", "secs_per_cell": dur.as_secs_f64(), "throughput": rows,
         "stock_copy_vs_map": copy_vs_map,
+        "persistent_ehci_vs_xhci": xhci,
         "latency_us": lat_json,
         "scaling": scale});
     println!("{j}");
