@@ -18,12 +18,10 @@ use pvusb_ring::wire::{Ep, Pipe, Port, XferType, ISO_DESC_SIZE, PAGE_SIZE};
 use crate::usbip::{CmdSubmit, Completion, Direction, ExportedDevice, IsoPacket, Speed};
 use desc::{DescError, DeviceDesc, EpInfo, EpTable};
 
-/// Standard requests the bridge looks at.
-const GET_DESCRIPTOR: u8 = 0x06;
-const SET_ADDRESS: u8 = 0x05;
-const GET_CONFIGURATION: u8 = 0x08;
-const SET_CONFIGURATION: u8 = 0x09;
-const SET_INTERFACE: u8 = 0x0b;
+// Standard requests the bridge looks at.
+use pvusb_ring::wire::setup::request::{
+    GET_CONFIGURATION, GET_DESCRIPTOR, SET_ADDRESS, SET_CONFIGURATION, SET_INTERFACE,
+};
 /// Most configurations read at enumeration (USB allows 255; real devices have 1-2).
 const MAX_CONFIGS: u8 = 8;
 /// Largest configuration descriptor accepted.

@@ -6,14 +6,22 @@ pub struct Setup(pub [u8; 8]);
 
 /// Standard `bRequest` codes the backend intercepts (USB 2.0 table 9-4).
 pub mod request {
+    /// GET_STATUS.
+    pub const GET_STATUS: u8 = 0x00;
     /// CLEAR_FEATURE (ENDPOINT_HALT → clear halt).
     pub const CLEAR_FEATURE: u8 = 0x01;
+    /// SET_FEATURE.
+    pub const SET_FEATURE: u8 = 0x03;
     /// SET_ADDRESS: never reaches the device; the backend records the guest's address.
     pub const SET_ADDRESS: u8 = 0x05;
     /// GET_DESCRIPTOR: the only request allowed on address 0.
     pub const GET_DESCRIPTOR: u8 = 0x06;
+    /// GET_CONFIGURATION.
+    pub const GET_CONFIGURATION: u8 = 0x08;
     /// SET_CONFIGURATION.
     pub const SET_CONFIGURATION: u8 = 0x09;
+    /// GET_INTERFACE.
+    pub const GET_INTERFACE: u8 = 0x0a;
     /// SET_INTERFACE.
     pub const SET_INTERFACE: u8 = 0x0b;
 }
