@@ -92,6 +92,17 @@ fn short_packet_mid_way_in_host_split_urbs_on_a_bus_that_does_not_stop() {
     );
 }
 
+/// Both on the xHCI-like bus with the stock data path (grant copy): split chains, then
+/// host-split URBs.
+#[test]
+fn short_packet_mid_way_on_a_bus_that_does_not_stop_with_grant_copy() {
+    short_packet_mid_way(Bus::RunsOn, "feature-persistent = false\n");
+    short_packet_mid_way(
+        Bus::RunsOn,
+        "feature-persistent = false\nfeature-split-chain = false\nmax-bulk-urb = 16384\n",
+    );
+}
+
 /// Runs the rounds on `bus` with the backend configured by `config` (TOML).
 fn short_packet_mid_way(bus: Bus, config: &str) {
     let t = Instant::now();
