@@ -471,13 +471,16 @@ s_reattach() {
     DETAIL="re-attached; guest: $GOUT"; return "$rc"
 }
 
+# s_backend_restart [FRONTEND]: pvusb-backend is SIGKILLed and restarted under the guest's
+# frontend (FRONTEND names it in the log; pvusb-frontend by default); the guest reads the data
+# again without being touched.
 s_backend_restart() {
     BACKEND_UP=0; kill -KILL "$BACKEND_PID" 2>/dev/null; wait "$BACKEND_PID" 2>/dev/null
     echo "---- pvusb-backend killed (SIGKILL), restarting" >>"$RES/pvusb-backend.log"
     nap 1
     backend_start || return 1
     guest_cmd 200 verify 150; local rc=$?
-    DETAIL="backend SIGKILLed and restarted; guest (our frontend): $GOUT"; return "$rc"
+    DETAIL="backend SIGKILLed and restarted; guest (${1:-pvusb-frontend}): $GOUT"; return "$rc"
 }
 
 # remove_ctrl: the current controller goes, with xl-usb (usbctrl-detach removes what is plugged
@@ -591,6 +594,7 @@ round_stock() {
     guarded 5/usbdev-attach-stock STOCK "${BE[@]}" -- s_dev_attach
     guarded --soft 5/usb-list-stock STOCK "${BE[@]}" -- s_usb_list stock
     guarded 5/io-stock-xen-hcd STOCK "${BE[@]}" -- s_guest_io stock
+    guarded 5/backend-restart-stock STOCK "${BE[@]}" -- s_backend_restart xen-hcd
     guarded 5/host-unplug-stock STOCK "${BE[@]}" -- s_host_unplug
 }
 s_load_stock() {

@@ -128,7 +128,7 @@ ORDER=stock-first
 run_case none "" "" 1/backend-start=SKIP 4/io-ours-vhci=SKIP 5/io-stock-xen-hcd=SKIP dom0/finished=PASS
 run_case all "pvusb-backend pvusb-frontend xl-usb" "" \
     1/backend-start=PASS 5/load-stock=PASS 3/usbctrl-attach-stock-xl=PASS 5/usbdev-attach-stock=PASS \
-    5/usb-list-stock=PASS 5/io-stock-xen-hcd=PASS 5/host-unplug-stock=PASS 2/switch-to-ours=PASS 3/usbctrl-attach-xl-usb=PASS 3/second-controller=PASS \
+    5/usb-list-stock=PASS 5/io-stock-xen-hcd=PASS 5/backend-restart-stock=PASS 5/host-unplug-stock=PASS 2/switch-to-ours=PASS 3/usbctrl-attach-xl-usb=PASS 3/second-controller=PASS \
     3/usbdev-attach=PASS 3/usb-list=PASS 4/io-ours-vhci=PASS 4/iso-out-ours=PASS 4/io-ours-xhci=PASS 6/detach-while-open=PASS 6/reattach=PASS \
     6/backend-restart=PASS 6/host-unplug=PASS 1/backend-stop=PASS 8/qusb-guest-create=PASS 8/qusb-frontend-start=PASS \
     8/qusb-usbdev-attach=PASS 8/io-ours-qusb=PASS 7/read-ratio-ours=INFO 7/read-ratio-stock=INFO \
