@@ -61,6 +61,9 @@ pub struct Controller {
     wanted: Vec<Option<String>>,
     /// Bus ids that failed to open (retried on hotplug or when `port/<n>` changes).
     failed: Vec<Option<String>>,
+    /// The frontend was Connected before this process came: its rings were served by a
+    /// backend process that died, and are taken over as they are (see `connect`).
+    adopt: bool,
     warn: RateLimit,
     span: Span,
 }
@@ -112,7 +115,8 @@ impl Controller {
             span.clone(),
         );
         engine.set_quiet(env.file.poll_us > 0);
-        info!(parent: &span, num_ports = view.num_ports, ?usb_ver, "controller found");
+        let adopt = read_state(env.xs, &fe_dir).ok() == Some(XenbusState::Connected);
+        info!(parent: &span, num_ports = view.num_ports, ?usb_ver, adopt, "controller found");
         let mut c = Controller {
             id,
             serial,
@@ -122,6 +126,7 @@ impl Controller {
             evtchn: None,
             wanted: vec![None; n],
             failed: vec![None; n],
+            adopt,
             warn: RateLimit::default(),
             span,
         };
@@ -240,6 +245,8 @@ impl Controller {
     }
 
     fn connect(&mut self, env: &mut Env<'_>) -> anyhow::Result<()> {
+        // Only the first connection can find rings left by a dead process.
+        let adopt = std::mem::take(&mut self.adopt);
         let rings = read_rings(env.xs, &self.fe_dir).context("reading the ring references")?;
         let fe_flag = |env: &mut Env<'_>, key: &str| {
             env.xs
@@ -307,7 +314,7 @@ impl Controller {
         } else {
             (Box::new(mem), "grant map")
         };
-        let link = Link::new(
+        let mut link = Link::new(
             urb,
             conn,
             Box::new(ch.clone()),
@@ -315,6 +322,11 @@ impl Controller {
             self.engine.config().num_ports,
             Features { aca, split_chain },
         );
+        if adopt {
+            // What the dead process had taken is answered with an error, not run again.
+            let left_over = link.fail_left_over();
+            info!(parent: &self.span, left_over, "rings taken over from a previous backend process");
+        }
         self.engine.connect(link);
         self.evtchn = Some(ch);
         info!(parent: &self.span, ?rings, aca, split_chain, data_path, "rings mapped");

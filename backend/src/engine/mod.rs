@@ -98,6 +98,9 @@ pub struct Link {
     answered: Vec<(UrbResponse, Option<Payload>)>,
     /// Responses pushed but not yet published.
     unpublished: bool,
+    /// Requests still to be taken off the ring that a previous backend process left there
+    /// (see [`Link::fail_left_over`]).
+    left_over: u32,
 }
 
 #[derive(Debug)]
@@ -146,7 +149,19 @@ impl Link {
             conn_queue: VecDeque::new(),
             answered: Vec::new(),
             unpublished: false,
+            left_over: 0,
         }
+    }
+
+    /// The rings were taken over from a backend process that died (attached at their
+    /// published `rsp_prod`): the requests between that and `req_prod` were in flight in it,
+    /// or never seen. Nobody knows which of them reached the device, so each is answered
+    /// with an error (-EIO, a cancelled request's code) without running again, and the
+    /// client retries what it needs: contract 1 and DESIGN.md's backend restart, for a
+    /// frontend that keeps its rings across the restart (Linux's xen-hcd). Returns how many.
+    pub fn fail_left_over(&mut self) -> u32 {
+        self.left_over = self.urb.unconsumed_requests().unwrap_or(0);
+        self.left_over
     }
 }
 
@@ -369,7 +384,13 @@ impl Engine {
             served += batch.len();
             let mut fatal = Ok(());
             for raw in batch {
-                fatal = self.handle_raw(raw);
+                fatal = match &mut self.link {
+                    Some(link) if link.left_over > 0 => {
+                        link.left_over -= 1;
+                        left_over(link, &raw)
+                    }
+                    _ => self.handle_raw(raw),
+                };
                 if fatal.is_err() {
                     break;
                 }
@@ -618,7 +639,16 @@ impl Engine {
     }
 }
 
-/// Answers a request the host never sees.
+/// Answers a request a dead backend process left on the ring without running it (an
+/// unlink is answered as usual: its victim is not on this process's host).
+fn left_over(link: &mut Link, raw: &pvusb_ring::wire::RawUrbRequest) -> Result<(), Fatal> {
+    match UrbRequest::parse(raw, &link.limits) {
+        Ok(UrbRequest::Unlink(u)) => Ok(link.backend.handle_unlink(u.id, u.victim)?),
+        Ok(UrbRequest::Submit(sub)) => local(link, sub.id, UrbResult::status(Status::IoError)),
+        Err(bad) => local(link, raw.id.get(), UrbResult::status(bad.status())),
+    }
+}
+
 /// The data mappings `batch`'s well-formed submits will ask for, as [`prepare`] asks
 /// (IN writable, OUT read-only), in ring order.
 fn data_maps(
@@ -641,6 +671,7 @@ fn data_maps(
         .collect()
 }
 
+/// Answers a request the host never sees.
 fn local(link: &mut Link, id: u16, result: UrbResult) -> Result<(), Fatal> {
     match link.backend.handle_local(id, result, None) {
         Ok(()) => Ok(()),

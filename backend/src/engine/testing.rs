@@ -382,6 +382,31 @@ impl Rig {
     fn link(&mut self) -> Option<()> {
         let urb = UrbBackRing::new(self.mem.page(0)).ok()?;
         let conn = ConnBackRing::new(self.mem.page(1)).ok()?;
+        self.connect(urb, conn, false).map(|_| ())
+    }
+
+    /// A backend process dies (nothing it had is answered) and the next one takes the
+    /// live rings over at their published index, as `xenbus` does for a frontend that was
+    /// already connected. Returns the requests it found left over.
+    pub fn restart_backend(&mut self) -> Option<u32> {
+        self.engine.disconnect();
+        let at = |ring: &UrbBackRing| ring.sring().rsp_prod().load(Ordering::Acquire);
+        let urb = UrbBackRing::new(self.mem.page(0)).ok()?;
+        let urb = UrbBackRing::attach(self.mem.page(0), at(&urb)).ok()?;
+        let conn = ConnBackRing::new(self.mem.page(1)).ok()?;
+        let idx = conn.sring().rsp_prod().load(Ordering::Acquire);
+        let conn = ConnBackRing::attach(self.mem.page(1), idx).ok()?;
+        self.connect(urb, conn, true)
+    }
+
+    /// Puts a request on the ring without telling the backend (it is not served).
+    pub fn push_unseen(&mut self, raw: &RawUrbRequest) {
+        if self.front.push_request(raw).is_ok() {
+            self.front.push_requests();
+        }
+    }
+
+    fn connect(&mut self, urb: UrbBackRing, conn: ConnBackRing, adopt: bool) -> Option<u32> {
         let mem: Box<dyn GuestMemory> = match &self.copier {
             Some(c) => Box::new(
                 Copied::new(
@@ -394,7 +419,7 @@ impl Rig {
             ),
             None => Box::new(self.mem.clone()),
         };
-        let link = Link::new(
+        let mut link = Link::new(
             urb,
             conn,
             Box::new(CountNotify::default()),
@@ -402,8 +427,9 @@ impl Rig {
             4,
             self.features,
         );
+        let left_over = if adopt { link.fail_left_over() } else { 0 };
         self.engine.connect(link);
-        Some(())
+        Some(left_over)
     }
 
     /// Pushes raw request bytes and lets the controller serve them.

@@ -432,3 +432,33 @@ fn unlinking_a_host_split_request_on_xhci_leaves_nothing_queued() {
     rig.responses.clear();
     assert_eq!(answer(&mut rig, &bulk(7, 0x81, &[11], 4096)), (0, 150));
 }
+
+/// A backend process dies with requests on the ring it never answered; the next one takes
+/// the rings over (a frontend that keeps them, as xen-hcd does) and answers those with -EIO
+/// without running them: the OUT never reaches the device, and the IN takes nothing.
+#[test]
+fn requests_left_by_a_dead_backend_are_failed_not_run() {
+    let mut rig = addressed(usize::MAX);
+    rig.mem.arena().write(4 * 4096, &[7u8; 100]).unwrap();
+    rig.push_unseen(&bulk(3, 0x01, &[4], 100).to_raw());
+    rig.push_unseen(&bulk(4, 0x81, &[8], 512).to_raw());
+    assert_eq!(rig.restart_backend(), Some(2));
+    rig.kick();
+    rig.collect();
+    let eio = Status::IoError.to_wire();
+    assert_eq!(got(&rig, 3), Some((eio, 0)));
+    assert_eq!(got(&rig, 4), Some((eio, 0)));
+    rig.responses.clear();
+    // The new process announced the port again and knows no address: the guest enumerates
+    // the device anew (its configuration is the device's own, untouched). A new record then
+    // comes back alone: the left-over OUT never reached the device.
+    assert_eq!(ctrl(&mut rig, 1, 1, 0, Setup::new(0, 5, 7, 0, 0)).0, 0);
+    rig.mem.arena().write(5 * 4096, &[9u8; 50]).unwrap();
+    assert_eq!(answer(&mut rig, &bulk(5, 0x01, &[5], 50)), (0, 50));
+    assert_eq!(answer(&mut rig, &bulk(6, 0x81, &[10], 512)), (0, 50));
+    let mut back = [0u8; 50];
+    rig.mem.arena().read(10 * 4096, &mut back).unwrap();
+    assert_eq!(back, [9u8; 50]);
+    // Nothing was left over the second time.
+    assert_eq!(rig.restart_backend(), Some(0));
+}
