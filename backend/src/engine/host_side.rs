@@ -151,7 +151,7 @@ impl Engine {
                 // Short, failed or cancelled (or the device is going): the rest never
                 // runs, as usbfs's cancel of a chain would have it.
                 _ => {
-                    run.queued.push_front(next);
+                    run.settle(next.tag, -(errno::ENOENT), next.buf);
                     run.skip_queued(-(errno::ENOENT));
                 }
             }

@@ -209,6 +209,8 @@ pub struct Backend<P> {
     live: Vec<Option<Live>>,
     /// The payloads of held requests, in the same slots as `live`.
     parked: Vec<Option<P>>,
+    /// How many of `parked` are taken.
+    parked_n: usize,
     /// Containment state per endpoint of each port.
     eps: Vec<BackendAca>,
     /// Split chain state per endpoint of each port.
@@ -238,6 +240,7 @@ impl<P> Backend<P> {
             cfg,
             live: vec![None; slots],
             parked: (0..slots).map(|_| None).collect(),
+            parked_n: 0,
             eps: vec![BackendAca::Open; ports * EPS_PER_PORT],
             chains: vec![EpChain::default(); ports * EPS_PER_PORT],
             present: vec![false; ports],
@@ -267,7 +270,7 @@ impl<P> Backend<P> {
 
     /// Requests held back behind a predecessor (see [`super::chain`]).
     pub fn held(&self) -> usize {
-        self.parked.iter().flatten().count()
+        self.parked_n
     }
 
     /// Requests for `port` held back since its device was attached.
@@ -391,9 +394,7 @@ impl<P> Backend<P> {
             *entry = Some(live);
         }
         if self.must_wait(&live) {
-            if let Some(parked) = self.parked.get_mut(slot) {
-                *parked = Some(payload);
-            }
+            self.park(slot, payload);
             if let Some(n) = usize::from(key.port)
                 .checked_sub(1)
                 .and_then(|p| self.held_total.get_mut(p))

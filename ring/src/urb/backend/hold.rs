@@ -11,23 +11,42 @@ impl<P> Backend<P> {
     pub(super) fn must_wait(&self, l: &Live) -> bool {
         let earlier = |o: &Live| o.ep == l.ep && o.seq < l.seq;
         let cuts = |o: &Live| earlier(o) && o.ends_short;
-        let behind_held = self
-            .live
-            .iter()
-            .zip(&self.parked)
-            .any(|(o, parked)| parked.is_some() && o.as_ref().is_some_and(earlier));
+        // Every submit and completion asks: the common case (nothing held, a host that
+        // stops) decides without looking at the table.
+        let behind_held = || {
+            self.live
+                .iter()
+                .zip(&self.parked)
+                .any(|(o, parked)| parked.is_some() && o.as_ref().is_some_and(earlier))
+        };
         let stops = usize::from(l.port)
             .checked_sub(1)
             .and_then(|p| self.stops_on_short.get(p))
             .copied()
             .unwrap_or(true);
-        behind_held || (l.continuation && !stops && self.live.iter().flatten().any(cuts))
+        (self.parked_n > 0 && behind_held())
+            || (l.continuation && !stops && self.live.iter().flatten().any(cuts))
+    }
+
+    /// Parks the payload of the request in `slot` (held).
+    pub(super) fn park(&mut self, slot: usize, payload: P) {
+        if let Some(parked) = self.parked.get_mut(slot) {
+            *parked = Some(payload);
+            self.parked_n += 1;
+        }
+    }
+
+    /// Takes the payload parked in `slot`, if any.
+    fn unpark(&mut self, slot: usize) -> Option<P> {
+        let payload = self.parked.get_mut(slot).and_then(Option::take)?;
+        self.parked_n -= 1;
+        Some(payload)
     }
 
     /// Submits `ep`'s held requests, in arrival order, up to the first that must still
     /// wait.
     pub(super) fn release(&mut self, ep: usize) {
-        loop {
+        while self.parked_n > 0 {
             let next = self
                 .live
                 .iter()
@@ -42,7 +61,7 @@ impl<P> Backend<P> {
             if self.must_wait(&live) {
                 return;
             }
-            let Some(payload) = self.parked.get_mut(slot).and_then(Option::take) else {
+            let Some(payload) = self.unpark(slot) else {
                 return;
             };
             self.actions.push_back(Action::Submit {
@@ -56,6 +75,9 @@ impl<P> Backend<P> {
 
     /// Answers every held request `which` selects, for `why`, without the host.
     pub(super) fn answer_held(&mut self, why: Cancel, which: impl Fn(&Live) -> bool) {
+        if self.parked_n == 0 {
+            return;
+        }
         for slot in 0..self.live.len() {
             let selected = self
                 .live
@@ -70,7 +92,7 @@ impl<P> Backend<P> {
 
     /// Answers the request held in `slot`, if any, for `why`; true if there was one.
     pub(super) fn answer_held_slot(&mut self, slot: usize, why: Cancel) -> bool {
-        let Some(payload) = self.parked.get_mut(slot).and_then(Option::take) else {
+        let Some(payload) = self.unpark(slot) else {
             return false;
         };
         let Some(live) = self.live.get_mut(slot).and_then(Option::take) else {

@@ -27,6 +27,7 @@ impl Sim {
         );
         assert!(self.on_host.is_empty());
         assert_eq!(self.be.in_flight(), 0);
+        assert_eq!(self.be.held(), 0);
         assert_eq!(self.fe.pending_transfers(), 0);
         self.check_order();
         self.check_containment();
