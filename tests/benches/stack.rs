@@ -127,8 +127,12 @@ fn configured(mut c: UsbipClient) -> UsbipClient {
 /// How the backend reaches the guest's data pages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Proto {
-    /// Stock usbif, each request's pages copied by the hypervisor (grant copy, the default).
+    /// Stock usbif, each request's pages copied by the hypervisor (grant copy, the default);
+    /// the simulated hypercall runs on the backend's CPU.
     Copy,
+    /// [`Proto::Copy`] with each simulated hypercall a round trip to the broker process
+    /// (`PVUSB_SIM_COPY=broker`), the simulation's model before.
+    CopyViaBroker,
     /// Stock usbif, each request's pages mapped and unmapped (`grant-copy = false`).
     Map,
     /// The negotiated persistent-grant extension.
@@ -138,7 +142,7 @@ enum Proto {
 impl Proto {
     fn backend_config(self, poll_us: u32) -> String {
         let persistent = self == Proto::Persistent;
-        let copy = self == Proto::Copy;
+        let copy = matches!(self, Proto::Copy | Proto::CopyViaBroker);
         format!("feature-persistent = {persistent}\ngrant-copy = {copy}\npoll-us = {poll_us}\n")
     }
 }
@@ -190,7 +194,11 @@ impl Stack {
         if bus.no_split_chain {
             config.push_str("feature-split-chain = false\n");
         }
-        p.start_backend_with(&config);
+        let env: &[(&str, &str)] = match proto {
+            Proto::CopyViaBroker => &[(pvusb_xen::sim::COPY_VIA_ENV, "broker")],
+            _ => &[],
+        };
+        p.start_backend_env(&config, env);
         let c = if over_tcp() {
             let addr = p.start_frontend(1);
             UsbipClient::import_when_ready(addr, "1-1", Duration::from_secs(30), || p.logs())
@@ -342,34 +350,46 @@ mod xhci;
 
 use scaling::scaling;
 
-/// The stock protocol with grant copy (`stock`) against grant map (a fresh stack with
-/// `grant-copy = false`) at 64 KiB, interleaved repeats: what copying instead of mapping
-/// each request's pages buys.
+/// The stock protocol with grant copy (`stock`) against grant copy done as a broker round
+/// trip and against grant map (fresh stacks: `PVUSB_SIM_COPY=broker`, `grant-copy =
+/// false`) at 64 KiB, interleaved repeats: what copying instead of mapping each request's
+/// pages buys, and what the simulated hypercall costs where it runs.
 fn copy_vs_map(stock: &mut Stack, dur: Duration) -> serde_json::Value {
+    let mut broker = Stack::new(Proto::CopyViaBroker);
     let mut map = Stack::new(Proto::Map);
-    println!("stock usbif at 64K: grant copy (default) vs grant map (grant-copy = false)");
     println!(
-        "{:>3} | {:>8} {:>8} {:>6} | {:>8} {:>8}",
-        "qd", "copy", "map", "c/m", "copy c/G", "map c/G"
+        "stock usbif at 64K: grant copy (default) vs grant copy as a broker round trip \
+         (PVUSB_SIM_COPY=broker) vs grant map (grant-copy = false)"
+    );
+    println!(
+        "{:>3} | {:>8} {:>8} {:>8} {:>6} {:>6} | {:>8} {:>8} {:>8}",
+        "qd", "copy", "broker", "map", "c/b", "c/m", "copy c/G", "brkr c/G", "map c/G"
     );
     let mut rows = Vec::new();
     for &qd in &DEPTHS {
-        let (mut cs, mut ms) = (Vec::new(), Vec::new());
+        let (mut cs, mut bs, mut ms) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..repeats() {
             cs.push(stock.echo(64 << 10, qd, dur));
+            bs.push(broker.echo(64 << 10, qd, dur));
             ms.push(map.echo(64 << 10, qd, dur));
         }
-        let (c, m) = (median(cs), median(ms));
+        let (c, b, m) = (median(cs), median(bs), median(ms));
         println!(
-            "{qd:>3} | {:>8.0} {:>8.0} {:>6.2} | {:>7.2}s {:>7.2}s",
+            "{qd:>3} | {:>8.0} {:>8.0} {:>8.0} {:>6.2} {:>6.2} | {:>7.2}s {:>7.2}s {:>7.2}s",
             c.mb_s,
+            b.mb_s,
             m.mb_s,
+            c.mb_s / b.mb_s,
             c.mb_s / m.mb_s,
             c.cpu_s_per_gib,
+            b.cpu_s_per_gib,
             m.cpu_s_per_gib
         );
-        rows.push(json!({"qd": qd, "copy_mb_s": c.mb_s, "map_mb_s": m.mb_s,
-            "copy_cpu_s_per_gib": c.cpu_s_per_gib, "map_cpu_s_per_gib": m.cpu_s_per_gib}));
+        rows.push(
+            json!({"qd": qd, "copy_mb_s": c.mb_s, "broker_copy_mb_s": b.mb_s,
+            "map_mb_s": m.mb_s, "copy_cpu_s_per_gib": c.cpu_s_per_gib,
+            "broker_copy_cpu_s_per_gib": b.cpu_s_per_gib, "map_cpu_s_per_gib": m.cpu_s_per_gib}),
+        );
     }
     json!(rows)
 }
@@ -389,6 +409,7 @@ fn main() {
         let proto = match v.to_str() {
             Some("persistent") => Proto::Persistent,
             Some("map") => Proto::Map,
+            Some("broker") => Proto::CopyViaBroker,
             _ => Proto::Copy,
         };
         let mut stack = Stack::new(proto);

@@ -210,6 +210,11 @@ impl Platform {
     /// Starts (or restarts) `pvusb-backend` in dom0 with `config` (TOML, see
     /// `pvusb-backend --help`) as its configuration file.
     pub fn start_backend_with(&mut self, config: &str) {
+        self.start_backend_env(config, &[]);
+    }
+
+    /// [`Platform::start_backend_with`] with `env` added to the backend's environment.
+    pub fn start_backend_env(&mut self, config: &str, env: &[(&str, &str)]) {
         self.backend_starts += 1;
         let name = format!("backend{}", self.backend_starts);
         let mut args = self.daemon_args(0);
@@ -218,11 +223,12 @@ impl Platform {
             std::fs::write(&file, config).expect("writing the backend configuration");
             args.extend(["--config".into(), file.display().to_string()]);
         }
-        self.backend = Some(Daemon::spawn(
+        self.backend = Some(Daemon::spawn_env(
             self.path(),
             &name,
             &bins::path("pvusb-backend"),
             &args,
+            env,
         ));
     }
 

@@ -19,6 +19,17 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `bin args…` with stderr appended to `<dir>/<name>.log`.
     pub fn spawn(dir: &Path, name: &str, bin: &Path, args: &[String]) -> Daemon {
+        Self::spawn_env(dir, name, bin, args, &[])
+    }
+
+    /// [`Daemon::spawn`] with `env` added to the inherited environment.
+    pub fn spawn_env(
+        dir: &Path,
+        name: &str,
+        bin: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -27,6 +38,7 @@ impl Daemon {
             .expect("creating a daemon log");
         let child = Command::new(bin)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(file)

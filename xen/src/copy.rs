@@ -159,6 +159,11 @@ impl LocalPages {
         self.region.len()
     }
 
+    /// The memory itself (the simulated copier copies on the caller's CPU).
+    pub(crate) fn region(&self) -> &Region {
+        &self.region
+    }
+
     /// Never true (at least one page).
     pub fn is_empty(&self) -> bool {
         self.len() == 0

@@ -9,7 +9,10 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use common::{idle, say, wait_for_sigkill, wait_until, Sim};
-use pvusb_xen::sim::{Counters, SimPlatform};
+use pvusb_xen::sim::{CopyVia, Counters, SimPlatform};
+
+/// Both ways a simulated copy runs: on the caller's CPU (the default) and in the broker.
+const VIAS: [CopyVia; 2] = [CopyVia::Caller, CopyVia::Broker];
 use pvusb_xen::{
     Access, CopyDir, CopyError, CopySeg, DomId, GrantAllocator, GrantCopier, GrantRef,
     GrantedPages, LocalPages, SegError, PAGE_SIZE,
@@ -63,10 +66,17 @@ fn counters(connections: u32, locals: u32) -> Counters {
 
 #[test]
 fn copies_are_byte_exact_both_ways_at_any_offset() {
+    for via in VIAS {
+        say(&format!("copying {via:?}"));
+        copies_are_byte_exact_both_ways_at_any_offset_via(via);
+    }
+}
+
+fn copies_are_byte_exact_both_ways_at_any_offset_via(via: CopyVia) {
     let sim = Sim::new();
     let (_dom1, pages) = granted(&sim, 2, Access::Writable);
     let g = pages.grefs().to_vec();
-    let dom0 = sim.dom0();
+    let dom0 = sim.dom0_via(via);
     let local = Arc::new(dom0.alloc_local(3).unwrap());
     assert_eq!(local.len(), 3 * PAGE_SIZE);
     assert!(read_local(&local, 0, local.len()).iter().all(|&b| b == 0));
@@ -113,10 +123,17 @@ fn copies_are_byte_exact_both_ways_at_any_offset() {
 
 #[test]
 fn a_read_only_grant_is_copied_from_but_never_into() {
+    for via in VIAS {
+        say(&format!("copying {via:?}"));
+        a_read_only_grant_is_copied_from_but_never_into_via(via);
+    }
+}
+
+fn a_read_only_grant_is_copied_from_but_never_into_via(via: CopyVia) {
     let sim = Sim::new();
     let (_dom1, pages) = granted(&sim, 1, Access::ReadOnly);
     let g = pages.grefs()[0];
-    let dom0 = sim.dom0();
+    let dom0 = sim.dom0_via(via);
     let local = Arc::new(dom0.alloc_local(1).unwrap());
     local.shm().write(0, &[0xee; PAGE_SIZE]).unwrap();
     let out = dom0
@@ -136,6 +153,13 @@ fn a_read_only_grant_is_copied_from_but_never_into() {
 
 #[test]
 fn only_live_grants_to_us_from_that_domain_are_copied() {
+    for via in VIAS {
+        say(&format!("copying {via:?}"));
+        only_live_grants_to_us_from_that_domain_are_copied_via(via);
+    }
+}
+
+fn only_live_grants_to_us_from_that_domain_are_copied_via(via: CopyVia) {
     let sim = Sim::new();
     let (dom1, pages) = granted(&sim, 1, Access::Writable);
     let dom2 = sim.domain(2);
@@ -143,7 +167,7 @@ fn only_live_grants_to_us_from_that_domain_are_copied() {
     let ended = dom1.alloc(DomId::DOM0, 1, Access::Writable).unwrap();
     let ended_ref = ended.grefs()[0];
     ended.end_access().unwrap();
-    let dom0 = sim.dom0();
+    let dom0 = sim.dom0_via(via);
     let local = dom0.alloc_local(1).unwrap();
     let g = pages.grefs()[0];
     let segs = [
@@ -184,10 +208,17 @@ fn only_live_grants_to_us_from_that_domain_are_copied() {
 
 #[test]
 fn out_of_range_segments_fail_alone() {
+    for via in VIAS {
+        say(&format!("copying {via:?}"));
+        out_of_range_segments_fail_alone_via(via);
+    }
+}
+
+fn out_of_range_segments_fail_alone_via(via: CopyVia) {
     let sim = Sim::new();
     let (_dom1, pages) = granted(&sim, 1, Access::Writable);
     let g = pages.grefs()[0];
-    let dom0 = sim.dom0();
+    let dom0 = sim.dom0_via(via);
     let local = Arc::new(dom0.alloc_local(1).unwrap());
     let segs = [
         seg(g, 4000, 97, 0, CopyDir::FromGrant),
@@ -221,10 +252,17 @@ fn out_of_range_segments_fail_alone() {
 
 #[test]
 fn local_pages_of_another_connection_or_plain_memory_are_refused() {
+    for via in VIAS {
+        say(&format!("copying {via:?}"));
+        local_pages_of_another_connection_or_plain_memory_are_refused_via(via);
+    }
+}
+
+fn local_pages_of_another_connection_or_plain_memory_are_refused_via(via: CopyVia) {
     let sim = Sim::new();
     let (_dom1, pages) = granted(&sim, 1, Access::Writable);
     let g = pages.grefs()[0];
-    let (a, b) = (sim.dom0(), sim.dom0());
+    let (a, b) = (sim.dom0_via(via), sim.dom0_via(via));
     let theirs = a.alloc_local(1).unwrap();
     let s = [seg(g, 0, 1, 0, CopyDir::FromGrant)];
     assert!(matches!(
@@ -241,9 +279,16 @@ fn local_pages_of_another_connection_or_plain_memory_are_refused() {
 
 #[test]
 fn too_many_segments_are_refused_whole() {
+    for via in VIAS {
+        say(&format!("copying {via:?}"));
+        too_many_segments_are_refused_whole_via(via);
+    }
+}
+
+fn too_many_segments_are_refused_whole_via(via: CopyVia) {
     let sim = Sim::new();
     let (_dom1, pages) = granted(&sim, 1, Access::Writable);
-    let dom0 = sim.dom0();
+    let dom0 = sim.dom0_via(via);
     let local = dom0.alloc_local(1).unwrap();
     let s = seg(pages.grefs()[0], 0, 1, 0, CopyDir::FromGrant);
     let max = vec![s; pvusb_xen::copy::MAX_COPY_SEGS];
@@ -387,4 +432,28 @@ fn measure_map_batch_against_copy() {
     println!(
         "{REQS} requests x {PAGES} pages: map_batch+unmap {map_us} us, copy {copy_us} us per batch"
     );
+}
+
+#[test]
+fn a_copier_follows_a_domain_whose_id_is_reused() {
+    let sim = Sim::new();
+    let dom0 = sim.dom0();
+    let local = dom0.alloc_local(1).unwrap();
+    let (dom1, pages) = granted(&sim, 1, Access::Writable);
+    let old = pages.grefs()[0];
+    let s = |g| [seg(g, 0, 8, 0, CopyDir::FromGrant)];
+    assert_eq!(dom0.copy(DomId(1), &local, &s(old)).unwrap(), vec![Ok(())]);
+    drop(pages);
+    drop(dom1);
+    wait_until(|| sim.released().contains(&DomId(1)), "dom1 released");
+    assert_eq!(
+        dom0.copy(DomId(1), &local, &s(old)).unwrap(),
+        vec![Err(SegError::BadGref)],
+        "a dead domain's grants"
+    );
+    // A new domain 1: its grants are found in its own table, not the dead one's.
+    let (_dom1, pages) = granted(&sim, 1, Access::Writable);
+    let new = pages.grefs()[0];
+    assert_eq!(dom0.copy(DomId(1), &local, &s(new)).unwrap(), vec![Ok(())]);
+    assert_eq!(read_local(&Arc::new(local), 0, 8), pattern(7, 8));
 }

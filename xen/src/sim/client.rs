@@ -23,6 +23,7 @@ use crate::{
 
 mod channel;
 mod copier;
+mod direct;
 mod mapper;
 
 use channel::{End, PortGuard, SimChannel};
@@ -159,6 +160,35 @@ const REPLY_SPIN: std::time::Duration = std::time::Duration::from_micros(50);
 struct Conn {
     domid: DomId,
     wire: Mutex<Wire>,
+    /// Grant copy on our own CPU ([`CopyVia::Caller`]); one copy at a time per connection,
+    /// as the connection has one hazard word.
+    direct: Option<Mutex<direct::Direct>>,
+    /// Local memories registered on this connection (a copy from another's is refused).
+    locals: Arc<Mutex<std::collections::HashSet<u32>>>,
+}
+
+/// Environment variable choosing [`CopyVia`] for [`SimPlatform::connect`]: `broker` for
+/// [`CopyVia::Broker`], otherwise [`CopyVia::Caller`] (the benchmark compares both).
+pub const COPY_VIA_ENV: &str = "PVUSB_SIM_COPY";
+
+/// Where a simulated grant copy runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CopyVia {
+    /// On the caller's CPU, against the granter's table in shared memory, as a hypercall
+    /// runs on the calling vCPU (see [`crate::sim::gnttab`]); the default.
+    Caller,
+    /// As one COPY round trip to the broker process, which checks and copies.
+    Broker,
+}
+
+impl CopyVia {
+    /// What [`COPY_VIA_ENV`] asks for.
+    pub fn from_env() -> CopyVia {
+        match std::env::var(COPY_VIA_ENV).as_deref() {
+            Ok("broker") => CopyVia::Broker,
+            _ => CopyVia::Caller,
+        }
+    }
 }
 
 impl Conn {
@@ -221,8 +251,18 @@ pub struct SimPlatform {
 }
 
 impl SimPlatform {
-    /// Connects as `domid` (the socket is the identity).
+    /// Connects as `domid` (the socket is the identity), copying as [`CopyVia::from_env`]
+    /// says.
     pub fn connect(dir: &Path, domid: DomId) -> Result<SimPlatform, BrokerError> {
+        Self::connect_with(dir, domid, CopyVia::from_env())
+    }
+
+    /// Connects as `domid`, grant copies running as `via` says.
+    pub fn connect_with(
+        dir: &Path,
+        domid: DomId,
+        via: CopyVia,
+    ) -> Result<SimPlatform, BrokerError> {
         let path = socket_path(dir, domid);
         let sock = fdpass::connect(&path).map_err(|errno| BrokerError::Connect {
             path: path.display().to_string(),
@@ -237,6 +277,8 @@ impl SimPlatform {
                 files: FileCache::default(),
                 buf: vec![0; MAX_MESSAGE].into_boxed_slice(),
             }),
+            direct: (via == CopyVia::Caller).then(|| Mutex::new(direct::Direct::default())),
+            locals: Arc::default(),
         };
         // Without a side channel one-way messages go on the main socket: slower, same
         // meaning. A refused connection shows at the first real call.

@@ -29,13 +29,18 @@
 //!   (allocation serial × access) each connection holds, the client caches them
 //!   ([`files::FileCache`], bounded, evicted with a one-way FORGET) and closes those the
 //!   broker reports dead in a later MAP reply.
-//! - Grant copy: a backend registers local memory once (a memfd sealed against resizing,
-//!   passed with SCM_RIGHTS and mapped by the broker until the client forgets it or its
-//!   connection closes); each COPY is one round trip in which the broker checks every
-//!   segment as a map would be checked (granted by that domain to the caller, not ended,
-//!   writable for a copy into the grant, within the page and the local memory) and copies
-//!   between its own long-lived mappings of the grant files and of the local memfd: no
-//!   mmap or munmap per copy on either side.
+//! - Grant copy runs on the caller's CPU, as `GNTTABOP_copy` runs on the calling vCPU
+//!   ([`gnttab`]): the broker publishes every live grant in its granter's table, a sealed
+//!   memfd that copiers map read-only (COPY_ATTACH); a copier checks each segment there as
+//!   a map would be checked (granted by that domain to the caller, not ended, writable for
+//!   a copy into the grant, within the page and the local memory), gets each allocation's
+//!   file once (FILES, a MAP that maps nothing) and copies between its own long-lived
+//!   mappings. Ending access waits while a copier's hazard word names the granter. With
+//!   [`CopyVia::Broker`] (`PVUSB_SIM_COPY=broker`) each copy is instead one COPY round
+//!   trip in which the broker checks and copies between its own mappings of the grant files
+//!   and of local memory the backend registered once (a memfd sealed against resizing).
+//!   Local memory is registered either way, so a copy from another connection's memory is
+//!   refused on both paths.
 //! - Limits of the model: the simulation is not a security boundary between processes of one
 //!   host. A mapper is handed the memfd itself, and a process that kept it could reach the
 //!   pages without asking — before and after access ended. That was true when every MAP
@@ -44,7 +49,10 @@
 //!   through MAP: grant and read-only checks, StillMapped while mapped, revocation once
 //!   unmapped, cleanup on death. Memfds are sealed against resizing, so a peer cannot make
 //!   the other side's mapping fault, and a read-only grant is only ever passed as a
-//!   read-only file description.
+//!   read-only file description. A copier on its own CPU keeps the files FILES gave it,
+//!   like a mapper, and is trusted to check the table and publish its hazard word, as Xen
+//!   trusts its own copy code; a copier stopped inside one copy for
+//!   [`state::HAZARD_WAIT`] (killed or frozen mid-copy) no longer holds ends of access up.
 //! - A domain dies when the last connection of its processes closes (or dom0 destroys it):
 //!   its grants are revoked once peers unmap, its ports are closed, and the release hook
 //!   runs (the `pvusb-simhyp` binary sends XS_RELEASE to the embedded xenstored).
@@ -53,10 +61,11 @@ pub mod broker;
 pub mod client;
 pub mod fdpass;
 pub mod files;
+pub mod gnttab;
 pub mod release;
 pub mod state;
 pub mod wire;
 
 pub use broker::{gntalloc_limit_path, socket_path, Broker, ReleaseHook, StartError, Stopper};
-pub use client::SimPlatform;
+pub use client::{CopyVia, SimPlatform, COPY_VIA_ENV};
 pub use wire::Counters;

@@ -15,8 +15,11 @@ use rustix::fs::{MemfdFlags, SealFlags};
 use super::wire::{Counters, EndMode, FileKey, Reply, Request, Status};
 use crate::{Access, DomId, EvtchnPort, PAGE_SIZE};
 
+mod copiers;
 mod grants;
 mod locals;
+
+pub use copiers::HAZARD_WAIT;
 
 /// Identifies one client connection.
 pub type ConnId = u64;
@@ -55,6 +58,8 @@ struct Domain {
     granted_pages: usize,
     /// The domain's gntalloc `limit`; `None` is [`GNTALLOC_DEFAULT_LIMIT`].
     gntalloc_limit: Option<usize>,
+    /// Its grant table in shared memory, made at its first grant or copier (see `copiers`).
+    table: Option<copiers::SharedTable>,
 }
 
 #[derive(Debug)]
@@ -86,6 +91,8 @@ struct Client {
     mappings: HashSet<u32>,
     held: HashSet<FileKey>,
     dead: Vec<u64>,
+    /// Its hazard word, once it copies on its own CPU (COPY_ATTACH).
+    hazard: Option<copiers::Copier>,
 }
 
 #[derive(Debug)]
@@ -236,6 +243,7 @@ impl State {
                 mappings: HashSet::new(),
                 held: HashSet::new(),
                 dead: Vec::new(),
+                hazard: None,
             },
         );
         Some(conn)
@@ -386,7 +394,13 @@ impl State {
                 };
                 (done(r), Vec::new())
             }
-            Request::Map { domid, maps } => (self.map_batch(conn, me, domid, &maps), Vec::new()),
+            Request::Map { domid, maps } => {
+                (self.map_batch(conn, me, domid, &maps, false), Vec::new())
+            }
+            Request::Files { domid, maps } => {
+                (self.map_batch(conn, me, domid, &maps, true), Vec::new())
+            }
+            Request::CopyAttach { domid } => (self.attach_copier(conn, domid), Vec::new()),
             Request::Forget { files } => {
                 self.forget(conn, &files);
                 (Ok((Reply::Done { op }, Vec::new())), Vec::new())

@@ -21,6 +21,8 @@
 //! | 12 FORGET | count, `{serial_lo, serial_hi, flags}[count]` | *none* (one-way) | — |
 //! | 13 SIDE_OPEN | — | — | the client's end of the connection's side channel |
 //! | 14–16 grant copy | see [`copy`] (LOCAL_REGISTER, LOCAL_FORGET, COPY) | | |
+//! | 17 COPY_ATTACH | domid | — | the domain's grant table (read-only), the caller's hazard page |
+//! | 18 FILES | as MAP | as MAP, every `map_id` 0 (nothing mapped) | as MAP |
 //!
 //! The channel page (one per channel, sealed at one page) holds two native `u32` state words,
 //! the allocating end's at offset 0 and the binding end's at 4: bit 0 pending, bit 1 masked
@@ -117,6 +119,8 @@ mod op {
     pub const LOCAL_REGISTER: u32 = 14;
     pub const LOCAL_FORGET: u32 = 15;
     pub const COPY: u32 = 16;
+    pub const COPY_ATTACH: u32 = 17;
+    pub const FILES: u32 = 18;
 }
 
 /// A request that does not parse.
@@ -199,6 +203,12 @@ pub enum Request {
         local: u32,
         segs: Vec<WireSeg>,
     },
+    /// Hand over `domid`'s grant table and this connection's hazard page, to copy on the
+    /// caller's CPU (see [`super::gnttab`]).
+    CopyAttach { domid: DomId },
+    /// Like [`Request::Map`], but only the files and pages are returned: nothing is mapped
+    /// or counted (a copier on its own CPU needs the files).
+    Files { domid: DomId, maps: Vec<MapSpec> },
     /// Allocate a port `remote` may bind.
     EvtchnAllocUnbound { remote: DomId },
     /// Bind to `remote`'s unbound port.
@@ -343,6 +353,8 @@ impl Request {
             Request::LocalRegister { .. } => op::LOCAL_REGISTER,
             Request::LocalForget { .. } => op::LOCAL_FORGET,
             Request::Copy { .. } => op::COPY,
+            Request::CopyAttach { .. } => op::COPY_ATTACH,
+            Request::Files { .. } => op::FILES,
             Request::EvtchnAllocUnbound { .. } => op::EVTCHN_ALLOC_UNBOUND,
             Request::EvtchnBind { .. } => op::EVTCHN_BIND,
             Request::EvtchnUnbind { .. } => op::EVTCHN_UNBIND,
@@ -390,6 +402,10 @@ impl Request {
                 Request::GrantEnd { handle: t.a, mode }
             }
             op::MAP => map::parse_request(body)?,
+            op::FILES => match map::parse_request(body)? {
+                Request::Map { domid, maps } => Request::Files { domid, maps },
+                other => other,
+            },
             op::FORGET => map::parse_forget(body)?,
             op::LOCAL_REGISTER => copy::parse_register(body)?,
             op::COPY => copy::parse_copy(body)?,
@@ -415,7 +431,8 @@ impl Request {
             | op::EVTCHN_ALLOC_UNBOUND
             | op::EVTCHN_UNBIND
             | op::DOMAIN_CREATE
-            | op::DOMAIN_DESTROY => {
+            | op::DOMAIN_DESTROY
+            | op::COPY_ATTACH => {
                 let (v, rest) = take::<u32>(body)?;
                 end(rest)?;
                 match op {
@@ -427,6 +444,7 @@ impl Request {
                         port: EvtchnPort(v),
                     },
                     op::DOMAIN_CREATE => Request::DomainCreate { domid: domid(v)? },
+                    op::COPY_ATTACH => Request::CopyAttach { domid: domid(v)? },
                     _ => Request::DomainDestroy { domid: domid(v)? },
                 }
             }
@@ -456,7 +474,9 @@ impl Request {
             Request::GrantEnd { handle, mode } => {
                 push_u32s(&mut out, [*handle, u32::from(*mode == EndMode::Defer)])
             }
-            Request::Map { domid, maps } => map::emit_request(&mut out, *domid, maps),
+            Request::Map { domid, maps } | Request::Files { domid, maps } => {
+                map::emit_request(&mut out, *domid, maps)
+            }
             Request::Forget { files } => map::emit_forget(&mut out, files),
             Request::Unmap { map_id: v }
             | Request::UnmapOneway { map_id: v }
@@ -469,9 +489,9 @@ impl Request {
                 remote_port,
             } => push_u32s(&mut out, [u32::from(remote.0), remote_port.0]),
             Request::EvtchnUnbind { port } => push_u32s(&mut out, [port.0]),
-            Request::DomainCreate { domid } | Request::DomainDestroy { domid } => {
-                push_u32s(&mut out, [u32::from(domid.0)])
-            }
+            Request::DomainCreate { domid }
+            | Request::DomainDestroy { domid }
+            | Request::CopyAttach { domid } => push_u32s(&mut out, [u32::from(domid.0)]),
             Request::Counters | Request::SideOpen => {}
         }
         out
@@ -556,7 +576,8 @@ impl Reply {
             | op::SIDE_OPEN
             | op::EVTCHN_UNBIND
             | op::DOMAIN_CREATE
-            | op::DOMAIN_DESTROY => {
+            | op::DOMAIN_DESTROY
+            | op::COPY_ATTACH => {
                 end(body)?;
                 Reply::Done { op: h.op }
             }

@@ -6,7 +6,7 @@ use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pvusb_xen::sim::{Broker, Counters, SimPlatform};
+use pvusb_xen::sim::{Broker, CopyVia, Counters, SimPlatform};
 use pvusb_xen::DomId;
 
 pub struct Sim {
@@ -32,6 +32,12 @@ impl Sim {
     /// Connects as dom0.
     pub fn dom0(&self) -> SimPlatform {
         SimPlatform::connect(self.dir.path(), DomId::DOM0).unwrap()
+    }
+
+    /// Connects as dom0, grant copies running as `via` says.
+    #[allow(dead_code)]
+    pub fn dom0_via(&self, via: CopyVia) -> SimPlatform {
+        SimPlatform::connect_with(self.dir.path(), DomId::DOM0, via).unwrap()
     }
 
     /// Creates domain `n` (through the library call) and connects as it.

@@ -2,7 +2,7 @@
 //! once (LOCAL_REGISTER), and each [`GrantCopier::copy`] call is one COPY round trip.
 
 use std::os::fd::AsFd;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use rustix::fs::{MemfdFlags, SealFlags};
 
@@ -27,11 +27,16 @@ struct SimForget {
 
 impl Forget for SimForget {
     fn forget(self: Box<Self>) {
+        lock(&self.conn.locals).remove(&self.id);
         if let Err(e) = self.conn.send_oneway(&Request::LocalForget { id: self.id }) {
             // The broker also forgets it when our connection closes.
             tracing::debug!(id = self.id, error = %e, "local forget report failed");
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn os(op: &'static str) -> impl FnOnce(rustix::io::Errno) -> AllocError {
@@ -59,6 +64,7 @@ impl GrantCopier for SimPlatform {
             (Reply::Error { status, .. }, _) => return Err(BrokerError::Refused(status).into()),
             _ => return Err(BrokerError::BadReply("unexpected reply").into()),
         };
+        lock(&self.conn.locals).insert(id);
         let forget = Box::new(SimForget {
             conn: self.conn.clone(),
             id,
@@ -75,8 +81,14 @@ impl GrantCopier for SimPlatform {
     ) -> Result<Vec<Result<(), SegError>>, CopyError> {
         crate::copy::check_count(segs)?;
         let id = local.sim_id.ok_or(CopyError::ForeignLocal)?;
+        if !lock(&self.conn.locals).contains(&id) {
+            return Err(CopyError::ForeignLocal);
+        }
         if segs.is_empty() {
             return Ok(Vec::new());
+        }
+        if let Some(direct) = &self.conn.direct {
+            return Ok(lock(direct).copy(&self.conn, domid, local.region(), segs)?);
         }
         // Bounds are the broker's to check, as Xen checks them: an offset beyond 32 bits is
         // sent as one that is out of range anyway (local memory is at most 64 MiB).

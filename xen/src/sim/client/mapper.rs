@@ -8,7 +8,7 @@ use super::Conn;
 use crate::error::BrokerError;
 use crate::mem::{Region, Unmap};
 use crate::sim::fdpass;
-use crate::sim::wire::{MapOutcome, MapSpec, PageLoc, Reply, Request, Status};
+use crate::sim::wire::{FileKey, MapOutcome, MapSpec, PageLoc, Reply, Request, Status};
 use crate::{Access, DomId, GrantMapping, MapError, MapRequest, PAGE_SIZE};
 
 #[derive(Debug)]
@@ -32,9 +32,13 @@ impl Unmap for SimUnmap {
     }
 }
 
-/// What a MAP round trip gave, taken apart under the connection lock: the outcomes and the
-/// fds of the reply's files (or why the files are unusable).
-type Answer = (Vec<MapOutcome>, Result<Vec<Arc<OwnedFd>>, BrokerError>);
+/// What a MAP (or FILES) round trip gave, taken apart under the connection lock: the
+/// outcomes, the reply's files and their fds (or why the files are unusable).
+pub(super) type Answer = (
+    Vec<MapOutcome>,
+    Vec<FileKey>,
+    Result<Vec<Arc<OwnedFd>>, BrokerError>,
+);
 
 /// One MAP round trip for `reqs` (all of valid size, at most a batch): one result each.
 pub(super) fn map_chunk(
@@ -55,7 +59,7 @@ pub(super) fn map_chunk(
             })
             .collect(),
     };
-    let (outcomes, files) = match round_trip(conn, &req) {
+    let (outcomes, _, files) = match round_trip(conn, &req) {
         Ok(Ok(answer)) => answer,
         Ok(Err(status)) => {
             return reqs
@@ -85,10 +89,13 @@ pub(super) fn map_chunk(
         .collect()
 }
 
-/// Sends the MAP and applies the reply's files to the cache, all under the connection lock
+/// Sends the MAP (or FILES) and applies the reply's files to the cache, all under the connection lock
 /// (the next reply may name files this one attached). The outer error is the connection's,
 /// the inner a refusal of the whole batch.
-fn round_trip(conn: &Conn, req: &Request) -> Result<Result<Answer, Status>, BrokerError> {
+pub(super) fn round_trip(
+    conn: &Conn,
+    req: &Request,
+) -> Result<Result<Answer, Status>, BrokerError> {
     let mut wire = conn.lock();
     let seq = wire.send(req)?;
     let (reply, fds) = wire.reply(seq, req.op(), fdpass::MAX_FDS)?;
@@ -109,7 +116,8 @@ fn round_trip(conn: &Conn, req: &Request) -> Result<Result<Answer, Status>, Brok
                     tracing::debug!(error = %e, "forget failed");
                 }
             }
-            Ok(Ok((maps, resolved)))
+            let keys = files.iter().map(|f| f.key).collect();
+            Ok(Ok((maps, keys, resolved)))
         }
         Reply::Error { status, .. } => Ok(Err(status)),
         _ => Err(BrokerError::BadReply("unexpected reply")),

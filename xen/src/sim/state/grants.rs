@@ -14,6 +14,7 @@ use rustix::fs::{MemfdFlags, Mode, OFlags, SealFlags};
 
 use super::{next_id, os, Alloc, ConnId, Mapping, Outcome, State};
 use super::{GNTALLOC_DEFAULT_LIMIT, MAX_GRANTED_PAGES, MAX_HELD_PER_CONN, MAX_MAPPINGS_PER_CONN};
+use crate::sim::gnttab::{self, Entry};
 use crate::sim::wire::{
     EndMode, FileKey, FileRef, MapOutcome, MapSpec, PageLoc, Reply, Status, MAX_DEAD, MAX_FILES,
 };
@@ -39,6 +40,7 @@ impl State {
             return Err(Status::NoSuchDomain);
         }
         let pages = usize::try_from(count).map_err(|_| Status::BadRequest)?;
+        self.ensure_table(me)?;
         let dom = self.domains.get_mut(&me).ok_or(Status::NoSuchDomain)?;
         let after = dom.granted_pages.saturating_add(pages);
         if after > dom.gntalloc_limit.unwrap_or(GNTALLOC_DEFAULT_LIMIT) {
@@ -57,9 +59,21 @@ impl State {
         // fault (SIGBUS) on the missing pages.
         let seals = SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL;
         rustix::fs::fcntl_add_seals(&memfd, seals).map_err(os)?;
+        let table = &dom.table.as_ref().ok_or(Status::Resource)?.table;
         let mut grefs = Vec::with_capacity(pages);
         for _ in 0..pages {
-            let g = dom.next_gref;
+            // Skip references whose table slot is taken: at most as many as are granted,
+            // fewer than half the slots, so a batch never wraps onto its own slots.
+            let mut g = dom.next_gref;
+            for _ in 0..gnttab::SLOTS {
+                if !table.slot_taken(g) {
+                    break;
+                }
+                g = g.checked_add(1).ok_or(Status::Resource)?;
+            }
+            if table.slot_taken(g) {
+                return Err(Status::Resource);
+            }
             dom.next_gref = g.checked_add(1).ok_or(Status::Resource)?;
             grefs.push(g);
         }
@@ -75,6 +89,16 @@ impl State {
             grefs: grefs.iter().map(|&g| GrantRef(g)).collect(),
         };
         self.next_serial += 1;
+        for (page, &gref) in (0u32..).zip(&grefs) {
+            let entry = Entry {
+                gref,
+                serial: self.next_serial,
+                page,
+                grantee,
+                access,
+            };
+            self.publish(me, &entry);
+        }
         let alloc = Alloc {
             serial: self.next_serial,
             holders: HashSet::new(),
@@ -100,10 +124,24 @@ impl State {
         }
         if !alloc.revoking {
             alloc.revoking = true;
+            let (granter, grantee) = (alloc.granter, alloc.grantee);
+            let table = self
+                .domains
+                .get(&granter)
+                .and_then(|d| d.table.as_ref())
+                .map(|t| &t.table);
             for g in &alloc.grefs {
-                self.grants.remove(&(alloc.granter, *g));
+                self.grants.remove(&(granter, *g));
+                if let Some(t) = table {
+                    t.clear(*g);
+                }
             }
+            // Access ends only once no copy that read those entries still runs.
+            self.settle_copies(granter, grantee);
         }
+        let Some(alloc) = self.allocs.get(&handle) else {
+            return Ok(());
+        };
         if alloc.mapped_by == 0 {
             self.free_alloc(handle);
         }
@@ -142,6 +180,7 @@ impl State {
         me: DomId,
         domid: DomId,
         specs: &[MapSpec],
+        probe: bool,
     ) -> Result<Outcome, Status> {
         if !self.is_live(domid) {
             return Err(Status::NoSuchDomain);
@@ -150,7 +189,7 @@ impl State {
         let maps = specs
             .iter()
             .map(
-                |spec| match self.map_one(conn, me, domid, spec, &mut files) {
+                |spec| match self.map_one(conn, me, domid, spec, &mut files, probe) {
                     Ok((map_id, pages)) => MapOutcome::Mapped { map_id, pages },
                     Err(s) => MapOutcome::Failed(s),
                 },
@@ -174,9 +213,10 @@ impl State {
         domid: DomId,
         spec: &MapSpec,
         files: &mut Files,
+        probe: bool,
     ) -> Result<(u32, Vec<PageLoc>), Status> {
         let client = self.conns.get(&conn).ok_or(Status::NoSuchDomain)?;
-        if client.mappings.len() >= MAX_MAPPINGS_PER_CONN {
+        if !probe && client.mappings.len() >= MAX_MAPPINGS_PER_CONN {
             return Err(Status::Resource);
         }
         // Check every page first: a refused map changes nothing but the file list.
@@ -204,6 +244,18 @@ impl State {
         for h in &handles {
             file_of.push(self.file_for(conn, *h, spec.access, files)?);
         }
+        let pages = |file_of: Vec<u32>| {
+            locs.into_iter()
+                .map(|(k, file_page)| PageLoc {
+                    file: file_of.get(k).copied().unwrap_or(u32::MAX),
+                    file_page,
+                })
+                .collect()
+        };
+        if probe {
+            // FILES: where the pages are, for a copier on its own CPU; nothing is mapped.
+            return Ok((0, pages(file_of)));
+        }
         let map_id = next_id(&mut self.next_map, |m| self.mappings.contains_key(&m))?;
         for h in &handles {
             if let Some(a) = self.allocs.get_mut(h) {
@@ -220,14 +272,7 @@ impl State {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.mappings.insert(map_id);
         }
-        let pages = locs
-            .into_iter()
-            .map(|(k, file_page)| PageLoc {
-                file: file_of.get(k).copied().unwrap_or(u32::MAX),
-                file_page,
-            })
-            .collect();
-        Ok((map_id, pages))
+        Ok((map_id, pages(file_of)))
     }
 
     /// The index in the reply's file list of allocation `handle`'s file with `access`,

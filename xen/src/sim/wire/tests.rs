@@ -81,6 +81,9 @@ fn request() -> impl Strategy<Value = Request> {
         }),
         (domid(), proptest::collection::vec(map_spec(), 1..=8),)
             .prop_map(|(domid, maps)| Request::Map { domid, maps }),
+        (domid(), proptest::collection::vec(map_spec(), 1..=8),)
+            .prop_map(|(domid, maps)| Request::Files { domid, maps }),
+        domid().prop_map(|domid| Request::CopyAttach { domid }),
         proptest::collection::vec(file_key(), 1..=MAX_FORGET)
             .prop_map(|files| Request::Forget { files }),
         any::<u32>().prop_map(|map_id| Request::Unmap { map_id }),
@@ -165,7 +168,8 @@ fn reply() -> impl Strategy<Value = Reply> {
             Just(op::SIDE_OPEN),
             Just(op::EVTCHN_UNBIND),
             Just(op::DOMAIN_CREATE),
-            Just(op::DOMAIN_DESTROY)
+            Just(op::DOMAIN_DESTROY),
+            Just(op::COPY_ATTACH)
         ]
         .prop_map(|op| Reply::Done { op }),
     ]
