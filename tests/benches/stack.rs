@@ -14,7 +14,7 @@
 //! `cargo bench -p pvusb-tests` · `PVUSB_BENCH_SECS` (per cell, default 1) ·
 //! `PVUSB_BENCH_SKIP=throughput,map,xhci,scaling,floor` to leave sections out ·
 //! `PVUSB_BENCH_REPEAT=3` for the median of three interleaved runs of each throughput cell ·
-//! `PVUSB_BENCH_PROFILE=persistent|stock|map`: only the stack's 64 KiB QD16 cell with a
+//! `PVUSB_BENCH_PROFILE=persistent|stock|broker|map`: only the stack's 64 KiB QD16 cell with a
 //! per-process CPU split (to run under `perf record`).
 
 use std::collections::HashMap;
@@ -404,7 +404,8 @@ fn main() {
     }
     let dur = secs();
     // PVUSB_BENCH_PROFILE=stock: only the stack's 64 KiB QD16 cell (to run under `perf
-    // record`); `persistent` for the persistent-grant backend, `map` for grant map.
+    // record`); `persistent` for the persistent-grant backend, `map` for grant map,
+    // `broker` for grant copy as a broker round trip.
     if let Some(v) = std::env::var_os("PVUSB_BENCH_PROFILE") {
         let proto = match v.to_str() {
             Some("persistent") => Proto::Persistent,
