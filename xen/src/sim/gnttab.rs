@@ -72,6 +72,17 @@ fn slot_of(gref: u32) -> usize {
     usize::try_from(gref).unwrap_or(usize::MAX) % SLOTS
 }
 
+/// A memfd of `len` bytes sealed at that size: a peer holding it cannot make the other
+/// side's mapping fault.
+fn sealed_memfd(name: &str, len: usize) -> Result<OwnedFd, Errno> {
+    let flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING;
+    let memfd = rustix::fs::memfd_create(name, flags)?;
+    rustix::fs::ftruncate(&memfd, len as u64)?;
+    let seals = SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL;
+    rustix::fs::fcntl_add_seals(&memfd, seals)?;
+    Ok(memfd)
+}
+
 /// A word of `region` at `off`, if in bounds and aligned.
 fn word(region: &Region, off: usize) -> Option<&AtomicU32> {
     if off.checked_add(4)? > region.len() || off % 4 != 0 {
@@ -93,11 +104,7 @@ pub struct Table {
 impl Table {
     /// A new table (all slots free, alive) and its memfd, sealed at its size.
     pub fn create() -> Result<(Table, OwnedFd), Errno> {
-        let flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING;
-        let memfd = rustix::fs::memfd_create("pvusb-gnttab", flags)?;
-        rustix::fs::ftruncate(&memfd, TABLE_BYTES as u64)?;
-        let seals = SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL;
-        rustix::fs::fcntl_add_seals(&memfd, seals)?;
+        let memfd = sealed_memfd("pvusb-gnttab", TABLE_BYTES)?;
         let region = Region::map_shared(memfd.as_fd(), 0, TABLE_BYTES, Access::Writable)?;
         let table = Table { region };
         table.header().store(ALIVE, Ordering::Release);
@@ -242,11 +249,7 @@ pub struct Hazard {
 impl Hazard {
     /// A new hazard page and its memfd (the broker creates it at COPY_ATTACH).
     pub fn create() -> Result<(Hazard, OwnedFd), Errno> {
-        let flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING;
-        let memfd = rustix::fs::memfd_create("pvusb-hazard", flags)?;
-        rustix::fs::ftruncate(&memfd, PAGE_SIZE as u64)?;
-        let seals = SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL;
-        rustix::fs::fcntl_add_seals(&memfd, seals)?;
+        let memfd = sealed_memfd("pvusb-hazard", PAGE_SIZE)?;
         Ok((Hazard::open(&memfd)?, memfd))
     }
 

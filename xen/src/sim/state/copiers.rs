@@ -147,12 +147,15 @@ mod tests {
     use crate::sim::wire::{EndMode, MapOutcome, MapSpec};
     use crate::{Access, GrantRef, PAGE_SIZE};
 
-    fn setup() -> (State, ConnId, ConnId) {
-        let mut s = State::new();
-        s.create_domain(DomId(1)).unwrap();
-        let c0 = s.connect(DomId::DOM0).unwrap();
-        let c1 = s.connect(DomId(1)).unwrap();
-        (s, c0, c1)
+    use crate::sim::state::tests::setup;
+
+    /// GRANT_END (refuse if mapped) of `handle` as `conn`, which must succeed.
+    fn end(s: &mut State, conn: ConnId, handle: u32) {
+        let req = Request::GrantEnd {
+            handle,
+            mode: EndMode::Refuse,
+        };
+        s.handle(conn, req).0.unwrap();
     }
 
     fn grant(s: &mut State, c1: ConnId, count: u32, access: Access) -> (u32, Vec<GrantRef>) {
@@ -201,15 +204,7 @@ mod tests {
             rustix::fs::fstat(a).unwrap().st_ino == rustix::fs::fstat(b).unwrap().st_ino
         };
         assert!(same(&fds[1], &hazard_fd), "one hazard page per connection");
-        s.handle(
-            c1,
-            Request::GrantEnd {
-                handle,
-                mode: EndMode::Refuse,
-            },
-        )
-        .0
-        .unwrap();
+        end(&mut s, c1, handle);
         assert_eq!(table.lookup(grefs[0].0), None);
         assert_eq!(table.lookup(grefs[1].0), None);
         let missing = s.handle(c0, Request::CopyAttach { domid: DomId(9) }).0;
@@ -225,15 +220,7 @@ mod tests {
         let ended = AtomicBool::new(false);
         std::thread::scope(|scope| {
             let ender = scope.spawn(|| {
-                s.handle(
-                    c1,
-                    Request::GrantEnd {
-                        handle,
-                        mode: EndMode::Refuse,
-                    },
-                )
-                .0
-                .unwrap();
+                end(&mut s, c1, handle);
                 ended.store(true, Ordering::SeqCst);
             });
             std::thread::sleep(Duration::from_millis(50));
@@ -255,11 +242,7 @@ mod tests {
         other.enter(DomId(1));
         let (handle, _) = grant(&mut s, c1, 1, Access::Writable);
         hazard.enter(DomId(7));
-        let end = Request::GrantEnd {
-            handle,
-            mode: EndMode::Refuse,
-        };
-        s.handle(c1, end).0.unwrap();
+        end(&mut s, c1, handle);
         hazard.leave();
         other.leave();
         for c in [c0, c2] {
@@ -277,28 +260,12 @@ mod tests {
         let (_, hazard, _) = attach(&mut s, c0);
         hazard.enter(DomId(1));
         let start = Instant::now();
-        s.handle(
-            c1,
-            Request::GrantEnd {
-                handle: h1,
-                mode: EndMode::Refuse,
-            },
-        )
-        .0
-        .unwrap();
+        end(&mut s, c1, h1);
         assert!(start.elapsed() >= HAZARD_WAIT);
         assert!(s.conns[&c0].hazard.as_ref().unwrap().stalled.is_some());
         // Skipped from now on while its word stays the same (a lower bound only: no test
         // asserts how fast something is).
-        s.handle(
-            c1,
-            Request::GrantEnd {
-                handle: h2,
-                mode: EndMode::Refuse,
-            },
-        )
-        .0
-        .unwrap();
+        end(&mut s, c1, h2);
         assert_eq!(s.counters().grants, 0);
     }
 
@@ -336,15 +303,7 @@ mod tests {
         assert_eq!(maps[1], MapOutcome::Failed(Status::NotGranted));
         assert_eq!(s.counters().mappings, 0);
         // Nothing is mapped, so nothing holds the end of access up.
-        s.handle(
-            c1,
-            Request::GrantEnd {
-                handle,
-                mode: EndMode::Refuse,
-            },
-        )
-        .0
-        .unwrap();
+        end(&mut s, c1, handle);
     }
 
     #[test]

@@ -41,7 +41,8 @@ fn alloc(s: &mut State, conn: ConnId, count: u32, access: Access) -> (u32, Vec<G
     (handle, grefs)
 }
 
-fn setup() -> (State, ConnId, ConnId) {
+/// dom0 and dom1 exist, each with one connection.
+pub(super) fn setup() -> (State, ConnId, ConnId) {
     let mut s = State::new();
     s.create_domain(DomId(1)).unwrap();
     let c0 = s.connect(DomId::DOM0).unwrap();
