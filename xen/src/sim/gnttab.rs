@@ -23,6 +23,7 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use rustix::fs::{MemfdFlags, SealFlags};
 use rustix::io::Errno;
@@ -37,6 +38,9 @@ const HEADER: usize = 64;
 const ENTRY: usize = 32;
 /// The table's size, whole pages.
 pub const TABLE_BYTES: usize = (HEADER + SLOTS * ENTRY).div_ceil(PAGE_SIZE) * PAGE_SIZE;
+
+/// How long a copier waits for the broker to finish rewriting an entry.
+pub const REWRITE_WAIT: Duration = Duration::from_secs(1);
 
 /// Header word 0 while the domain lives.
 pub const ALIVE: u32 = 0x4744_4e54;
@@ -193,13 +197,25 @@ impl Table {
         seq.store(s.wrapping_add(2), Ordering::Release);
     }
 
-    /// Copier: the live grant `gref`, if any. A consistent snapshot (retried while the
-    /// broker rewrites the entry).
+    /// Copier: the live grant `gref`, if any. A consistent snapshot, retried while the
+    /// broker rewrites the entry: spinning a little, then yielding (the broker may have been
+    /// preempted between its stores) for up to [`REWRITE_WAIT`], which only a broker that
+    /// died mid-write exceeds.
     pub fn lookup(&self, gref: u32) -> Option<Entry> {
         let slot = slot_of(gref);
         let seq = self.field(slot, SEQ)?;
         let load = |f| self.field(slot, f).map(|w| w.load(Ordering::Relaxed));
-        for _ in 0..1000 {
+        let mut since: Option<Instant> = None;
+        let mut attempt = 0u32;
+        loop {
+            attempt = attempt.saturating_add(1);
+            if attempt > 64 {
+                let start = *since.get_or_insert_with(Instant::now);
+                if start.elapsed() > REWRITE_WAIT {
+                    return None;
+                }
+                std::thread::yield_now();
+            }
             let s1 = seq.load(Ordering::Relaxed);
             fence(Ordering::Acquire);
             let words = [
@@ -230,8 +246,6 @@ impl Table {
                 },
             });
         }
-        // The broker rewrites one entry in a few stores; this only fails if it died mid-way.
-        None
     }
 }
 
@@ -357,6 +371,24 @@ mod tests {
                     assert_eq!(u64::from(e.page), e.serial & 0xffff_ffff);
                 }
             }
+        });
+    }
+
+    #[test]
+    fn a_copier_waits_out_a_broker_preempted_mid_write() {
+        let (table, fd) = Table::create().unwrap();
+        let view = Table::open(&fd).unwrap();
+        let e = entry(9, 1);
+        table.publish(&e);
+        let seq = table.field(slot_of(9), SEQ).unwrap();
+        let s = seq.load(Ordering::Relaxed);
+        seq.store(s + 1, Ordering::Release);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                std::thread::sleep(Duration::from_millis(20));
+                seq.store(s + 2, Ordering::Release);
+            });
+            assert_eq!(view.lookup(9), Some(e), "gave up on a rewrite in progress");
         });
     }
 
