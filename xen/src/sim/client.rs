@@ -164,7 +164,7 @@ struct Conn {
     /// as the connection has one hazard word.
     direct: Option<Mutex<direct::Direct>>,
     /// Local memories registered on this connection (a copy from another's is refused).
-    locals: Arc<Mutex<std::collections::HashSet<u32>>>,
+    locals: Mutex<std::collections::HashSet<u32>>,
 }
 
 /// Environment variable choosing [`CopyVia`] for [`SimPlatform::connect`]: `broker` for
@@ -278,7 +278,7 @@ impl SimPlatform {
                 buf: vec![0; MAX_MESSAGE].into_boxed_slice(),
             }),
             direct: (via == CopyVia::Caller).then(|| Mutex::new(direct::Direct::default())),
-            locals: Arc::default(),
+            locals: Mutex::default(),
         };
         // Without a side channel one-way messages go on the main socket: slower, same
         // meaning. A refused connection shows at the first real call.

@@ -1,5 +1,6 @@
-//! Grant copy on the simulated platform: local memory is a sealed memfd the broker maps
-//! once (LOCAL_REGISTER), and each [`GrantCopier::copy`] call is one COPY round trip.
+//! Grant copy on the simulated platform: local memory is a sealed memfd registered with the
+//! broker once (LOCAL_REGISTER); each [`GrantCopier::copy`] call runs on our own CPU
+//! ([`super::direct`], the default) or is one COPY round trip ([`super::CopyVia::Broker`]).
 
 use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex, MutexGuard};
