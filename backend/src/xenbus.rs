@@ -6,7 +6,9 @@
 //! Linux's xenbus backends (protocol.md §1.10): Initialising → InitWait when created;
 //! frontend Initialised/Connected → map rings, bind the channel, Connected; frontend
 //! Closing/Closed (or a fatal protocol error) → release the rings, Closing, then Closed;
-//! frontend Initialising while Closed → InitWait again (reconnect).
+//! frontend Initialising while Closed → InitWait again (reconnect). A frontend already
+//! Connected when the controller is found is on rings a dead backend process served: they
+//! are taken over in place, without InitWait (see `Engine::connect`).
 
 use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
@@ -130,7 +132,15 @@ impl Controller {
             warn: RateLimit::default(),
             span,
         };
-        c.switch(env.xs, XenbusState::InitWait);
+        if adopt {
+            // The frontend is Connected to rings a dead backend process served, and the
+            // state node still says Connected: take the rings over without passing through
+            // InitWait, which a frontend that watches us (ours) would take for a backend
+            // that lost its rings, tearing them down while we map them.
+            c.state = XenbusState::InitWait;
+        } else {
+            c.switch(env.xs, XenbusState::InitWait);
+        }
         Ok(c)
     }
 
@@ -485,13 +495,28 @@ impl Controller {
             error!(parent: &self.span, port = port.get(), busid, "device not in the allow-list");
             return fail(self);
         }
-        let dev: Box<dyn HostDevice> = match env.host.open(busid) {
+        let mut dev: Box<dyn HostDevice> = match env.host.open(busid) {
             Ok(d) => d,
             Err(e) => {
                 error!(parent: &self.span, port = port.get(), busid, "cannot open the device: {e}");
                 return fail(self);
             }
         };
+        if self.adopt {
+            // Taking over from a dead backend process, which may have left the device in
+            // the middle of a transfer (its URBs were cancelled when it died, mid-command
+            // for the device). The guest cannot reset it (a guest's port reset never
+            // reaches a usbif backend), so reset it here: the host restores its address,
+            // configuration and alternate settings, and the guest's view stays true.
+            match dev.reset() {
+                Ok(()) => {
+                    info!(parent: &self.span, port = port.get(), busid, "device reset before taking it over")
+                }
+                Err(e) => {
+                    warn!(parent: &self.span, port = port.get(), busid, "reset before taking the device over failed: {e}")
+                }
+            }
+        }
         match self.engine.attach(port, busid, dev) {
             Ok(_) => {
                 if let Some((fd, readiness)) = self.engine.device_fd(port) {

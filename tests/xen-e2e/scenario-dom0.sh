@@ -474,13 +474,21 @@ s_reattach() {
 # s_backend_restart [FRONTEND]: pvusb-backend is SIGKILLed and restarted under the guest's
 # frontend (FRONTEND names it in the log; pvusb-frontend by default); the guest reads the data
 # again without being touched.
+# The guest reads the stick through an open descriptor while the backend is killed: the new
+# process takes the rings over and keeps the device as the guest knows it, so the reader goes
+# on (its in-flight commands fail once and usb-storage retries them) and the data verifies.
 s_backend_restart() {
+    local who=${1:-pvusb-frontend} held
+    guest_cmd 30 hold-open || { DETAIL="hold-open: $GOUT"; return 1; }
+    nap 2
     BACKEND_UP=0; kill -KILL "$BACKEND_PID" 2>/dev/null; wait "$BACKEND_PID" 2>/dev/null
     echo "---- pvusb-backend killed (SIGKILL), restarting" >>"$RES/pvusb-backend.log"
     nap 1
     backend_start || return 1
+    guest_cmd 150 still-held 120 || { DETAIL="backend SIGKILLed and restarted; guest ($who): $GOUT"; return 1; }
+    held=$GOUT
     guest_cmd 200 verify 150; local rc=$?
-    DETAIL="backend SIGKILLed and restarted; guest (${1:-pvusb-frontend}): $GOUT"; return "$rc"
+    DETAIL="backend SIGKILLed and restarted; guest ($who): $held; $GOUT"; return "$rc"
 }
 
 # remove_ctrl: the current controller goes, with xl-usb (usbctrl-detach removes what is plugged

@@ -116,15 +116,48 @@ verify() {
     OUT="disk ${DISK:-absent}: data not readable/intact within $1 s"; return 1
 }
 
-# hold-open: keep the disk open and busy (a reader loop on an open descriptor).
+# hold-open: keep the disk open and busy (a reader loop on an open descriptor, counting its
+# passes in /tmp/reader.count).
 hold_open() {
     DISK=$(find_disk) || { OUT="no disk"; return 1; }
+    echo 0 >/tmp/reader.count; rm -f /tmp/reader.stop
     ( exec 3<"/dev/$DISK"
-      while dd if="/dev/$DISK" of=/dev/null bs=64k count=64 iflag=direct 2>/dev/null; do :; done
+      n=0
+      while [ ! -e /tmp/reader.stop ] && dd if="/dev/$DISK" of=/dev/null bs=64k count=64 iflag=direct 2>/dev/null; do
+          n=$((n + 1)); echo "$n" >/tmp/reader.count
+      done
       echo "guest-agent: reader loop on /dev/$DISK ended" ) &
     echo $! >/tmp/reader.pid
     HELD=$DISK
     OUT="reader pid $! holds /dev/$DISK open"
+}
+
+# still-held SECONDS: the held disk must still be there and its reader still reading (more
+# passes within SECONDS): the device was not enumerated anew. Stops the reader.
+still_held() {
+    local pid c0 c1
+    pid=$(cat /tmp/reader.pid 2>/dev/null)
+    c0=$(cat /tmp/reader.count 2>/dev/null || echo 0); c1=$c0
+    deadline "$1"
+    while ! expired && [ -e "/sys/block/$HELD" ] && kill -0 "$pid" 2>/dev/null; do
+        c1=$(cat /tmp/reader.count 2>/dev/null || echo 0)
+        [ "$c1" -gt $((c0 + 1)) ] && break
+        sleep 0.5
+    done
+    if [ ! -e "/sys/block/$HELD" ]; then OUT="/dev/$HELD is gone: the device was enumerated anew"
+    elif ! kill -0 "$pid" 2>/dev/null; then OUT="the reader on /dev/$HELD ended (passes $c0 -> $c1)"
+    elif [ "$c1" -le $((c0 + 1)) ]; then OUT="/dev/$HELD kept but the reader is stuck (passes $c0 -> $c1 in $1 s)"
+    else
+        stop_reader "$pid"; OUT="/dev/$HELD kept, its reader went on (passes $c0 -> $c1)"; return 0
+    fi
+    stop_reader "$pid"; return 1
+}
+
+# stop_reader PID: asks hold-open's reader to stop after its current pass and waits for it.
+stop_reader() {
+    touch /tmp/reader.stop; deadline 60
+    while kill -0 "$1" 2>/dev/null && ! expired; do sleep 0.2; done
+    kill -KILL "$1" 2>/dev/null
 }
 
 # check-gone SECONDS: the held disk must disappear and its reader must end (or be killable).
@@ -194,6 +227,7 @@ run() { # the command dispatcher; sets OUT, returns status
             STICK_SERIAL=${2:-}; OUT="stick serial '${STICK_SERIAL:-any}'" ;;
         verify) verify "$2" ;;
         hold-open) hold_open ;;
+        still-held) still_held "$2" ;;
         check-gone) check_gone "$2" ;;
         usb-unplug|usb-replug) # selftest only: USB-level disconnect/reconnect of the stick
             local a=0 p; [ "$1" = usb-replug ] && a=1

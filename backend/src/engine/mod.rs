@@ -101,6 +101,8 @@ pub struct Link {
     /// Requests still to be taken off the ring that a previous backend process left there
     /// (see [`Link::fail_left_over`]).
     left_over: u32,
+    /// The rings were taken over from a dead backend process (see [`Engine::connect`]).
+    adopted: bool,
 }
 
 #[derive(Debug)]
@@ -150,6 +152,7 @@ impl Link {
             answered: Vec::new(),
             unpublished: false,
             left_over: 0,
+            adopted: false,
         }
     }
 
@@ -160,6 +163,7 @@ impl Link {
     /// client retries what it needs: contract 1 and DESIGN.md's backend restart, for a
     /// frontend that keeps its rings across the restart (Linux's xen-hcd). Returns how many.
     pub fn fail_left_over(&mut self) -> u32 {
+        self.adopted = true;
         self.left_over = self.urb.unconsumed_requests().unwrap_or(0);
         self.left_over
     }
@@ -277,6 +281,7 @@ impl Engine {
             speed,
             fix_ep0,
             addr: None,
+            adopted: false,
             span,
         };
         info!(parent: &slot.span, ?speed, "device attached");
@@ -318,16 +323,33 @@ impl Engine {
     }
 
     /// A frontend connected: serve its rings and announce every attached port.
+    ///
+    /// Rings taken over from a dead backend process ([`Link::fail_left_over`]) are the
+    /// guest's live connection: its devices stay as it knows them. An attached port is not
+    /// announced again (a port status change makes the guest's hub driver drop the device
+    /// and enumerate it anew, which breaks whatever the guest had open on it); the first
+    /// address the guest then uses on it is taken as the one it set through the dead
+    /// process. A port without a device is announced empty, in case the guest saw one there.
     pub fn connect(&mut self, mut link: Link) {
+        let adopted = link.adopted;
         for (i, slot) in self.ports.iter_mut().enumerate() {
             slot.addr = None;
+            slot.adopted = false;
             let Some(port) = u8::try_from(i + 1).ok().and_then(Port::new) else {
                 continue;
             };
-            if let Some(dev) = &slot.device {
-                link.backend
-                    .handle_device_attached_with(port, dev.bulk_continuation());
-                link.conn_queue.push_back((port, slot.speed));
+            match &slot.device {
+                Some(dev) => {
+                    link.backend
+                        .handle_device_attached_with(port, dev.bulk_continuation());
+                    if adopted {
+                        slot.adopted = true;
+                    } else {
+                        link.conn_queue.push_back((port, slot.speed));
+                    }
+                }
+                None if adopted => link.conn_queue.push_back((port, Speed::None)),
+                None => {}
             }
         }
         self.link = Some(link);

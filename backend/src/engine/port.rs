@@ -19,6 +19,10 @@ pub struct PortSlot {
     pub fix_ep0: bool,
     /// The address the guest set with SET_ADDRESS (`None`: only address 0 answers).
     pub addr: Option<u8>,
+    /// The device was on this port when rings left by a dead backend process were taken
+    /// over: the guest addressed it through that process, so the first address it uses is
+    /// taken as the one it set (see `Engine::connect`).
+    pub adopted: bool,
     /// Log span (port, busid).
     pub span: Span,
 }
@@ -32,6 +36,7 @@ impl PortSlot {
             speed: Speed::None,
             fix_ep0: false,
             addr: None,
+            adopted: false,
             span: Span::none(),
         }
     }

@@ -38,9 +38,9 @@ fn ctrl_status(r: Result<(), CtrlError>) -> UrbResult {
 /// Decides a submit request for the device on `slot`. Never panics; every refusal has a
 /// usbif status.
 pub fn prepare(slot: &mut PortSlot, sub: &Submit, mem: &dyn GuestMemory) -> Prepared {
-    let Some(dev) = slot.device.as_mut() else {
+    if slot.device.is_none() {
         return local(Status::NoDev, "no device on the port");
-    };
+    }
     let devnum = sub.pipe.devnum();
     let setup = sub.setup();
     let std_req = setup.filter(|s| s.is_standard()).map(|s| s.request());
@@ -55,9 +55,17 @@ pub fn prepare(slot: &mut PortSlot, sub: &Submit, mem: &dyn GuestMemory) -> Prep
                 "only GET_DESCRIPTOR and SET_ADDRESS at address 0",
             );
         }
+    } else if slot.addr.is_none() && slot.adopted {
+        // Addressed through the backend process whose rings we took over.
+        slot.addr = Some(devnum);
+        slot.adopted = false;
+        tracing::info!(parent: &slot.span, devnum, "device address taken over from the guest");
     } else if slot.addr != Some(devnum) {
         return local(Status::NoDev, "unknown device address");
     }
+    let Some(dev) = slot.device.as_mut() else {
+        return local(Status::NoDev, "no device on the port");
+    };
 
     if let Some(s) = setup.filter(|s| s.is_standard()) {
         let low = |v: u16| v.to_le_bytes()[0];

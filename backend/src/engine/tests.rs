@@ -4,7 +4,7 @@
 
 use proptest::prelude::*;
 use pvusb_ring::wire::{
-    Ep, Pipe, Seg, Segments, Setup, Status, Submit, Transfer, Unlink, UrbRequest, XferType,
+    Ep, Pipe, Seg, Segments, Setup, Speed, Status, Submit, Transfer, Unlink, UrbRequest, XferType,
 };
 
 use super::testing::{fuzz_controller, Bus, Rig};
@@ -442,6 +442,7 @@ fn requests_left_by_a_dead_backend_are_failed_not_run() {
     rig.mem.arena().write(4 * 4096, &[7u8; 100]).unwrap();
     rig.push_unseen(&bulk(3, 0x01, &[4], 100).to_raw());
     rig.push_unseen(&bulk(4, 0x81, &[8], 512).to_raw());
+    rig.events.clear();
     assert_eq!(rig.restart_backend(), Some(2));
     rig.kick();
     rig.collect();
@@ -449,16 +450,32 @@ fn requests_left_by_a_dead_backend_are_failed_not_run() {
     assert_eq!(got(&rig, 3), Some((eio, 0)));
     assert_eq!(got(&rig, 4), Some((eio, 0)));
     rig.responses.clear();
-    // The new process announced the port again and knows no address: the guest enumerates
-    // the device anew (its configuration is the device's own, untouched). A new record then
-    // comes back alone: the left-over OUT never reached the device.
-    assert_eq!(ctrl(&mut rig, 1, 1, 0, Setup::new(0, 5, 7, 0, 0)).0, 0);
+    // The guest's devices stay as it knows them: no port with a device is announced again
+    // (the guest would drop the device and enumerate it anew), only the empty port 4, in
+    // case the guest saw a device there.
+    let announced: Vec<(u8, Speed)> = rig.events.iter().map(|e| (e.port.get(), e.speed)).collect();
+    assert_eq!(announced, [(4, Speed::None)]);
+    // The new process takes the address the guest uses as the one it set, on that port
+    // only; a new record then comes back alone: the left-over OUT never reached the device.
     rig.mem.arena().write(5 * 4096, &[9u8; 50]).unwrap();
     assert_eq!(answer(&mut rig, &bulk(5, 0x01, &[5], 50)), (0, 50));
     assert_eq!(answer(&mut rig, &bulk(6, 0x81, &[10], 512)), (0, 50));
     let mut back = [0u8; 50];
     rig.mem.arena().read(10 * 4096, &mut back).unwrap();
     assert_eq!(back, [9u8; 50]);
+    // Once taken, the address is checked as before; another port takes its own.
+    let other = |id, dev| {
+        submit(
+            id,
+            Pipe::new(1, dev, Ep::from_address(0x81), XferType::Bulk),
+            Transfer::Bulk,
+            &[10],
+            512,
+        )
+    };
+    assert_eq!(answer(&mut rig, &other(7, 9)).0, Status::NoDev.to_wire());
+    let get_status = Setup::new(0x80, 0, 0, 0, 2);
+    assert_eq!(ctrl(&mut rig, 8, 2, 7, get_status).0, 0);
     // Nothing was left over the second time.
     assert_eq!(rig.restart_backend(), Some(0));
 }

@@ -422,7 +422,10 @@ impl HostDevice for UsbfsDevice {
     fn reset(&mut self) -> Result<(), CtrlError> {
         let r = raw::reset(self.fd.as_fd());
         self.ctrl(r)?;
-        // A reset can rebind drivers to interfaces usbfs did not keep; claim them again.
+        // The reset unbinds our claims (usbfs has no pre_reset/post_reset) and the kernel
+        // then rebinds host drivers to the interfaces: claim every one again (a claim we
+        // still held is simply taken again).
+        self.claimed.clear();
         self.claim_all()
             .map_err(|(_, e)| CtrlError::from_errno(e.raw_os_error()))
     }
