@@ -161,7 +161,14 @@ impl Link {
     /// or never seen. Nobody knows which of them reached the device, so each is answered
     /// with an error (-EIO, a cancelled request's code) without running again, and the
     /// client retries what it needs: contract 1 and DESIGN.md's backend restart, for a
-    /// frontend that keeps its rings across the restart (Linux's xen-hcd). Returns how many.
+    /// frontend that keeps its rings across the restart (Linux's xen-hcd, and pvusb-frontend
+    /// on Xen, where nothing tells a guest that a dom0 process died). Marks the link as
+    /// taken over (see [`Engine::connect`]). Returns how many.
+    ///
+    /// Exact only if the dead process answered in ring order: if it answered a request
+    /// ahead of an earlier one it never answered, the window starts past the earlier one,
+    /// which is never answered, and covers the later one, which is answered twice (the ring
+    /// does not say which; the frontend's response index is private).
     pub fn fail_left_over(&mut self) -> u32 {
         self.adopted = true;
         self.left_over = self.urb.unconsumed_requests().unwrap_or(0);
