@@ -42,6 +42,13 @@ pub(super) struct Copier {
     stalled: Option<u64>,
 }
 
+impl super::Domain {
+    /// The domain's grant table, if it has one yet.
+    pub(super) fn gnttab(&self) -> Option<&Table> {
+        self.table.as_ref().map(|t| &t.table)
+    }
+}
+
 impl State {
     /// Makes `domid`'s table if it has none yet.
     pub(super) fn ensure_table(&mut self, domid: DomId) -> Result<(), Status> {
@@ -62,10 +69,7 @@ impl State {
 
     /// `domid`'s table, if it has one.
     pub(super) fn table(&self, domid: DomId) -> Option<&Table> {
-        self.domains
-            .get(&domid)
-            .and_then(|d| d.table.as_ref())
-            .map(|t| &t.table)
+        self.domains.get(&domid).and_then(super::Domain::gnttab)
     }
 
     /// Records a live grant in its granter's table (made by [`State::ensure_table`]).

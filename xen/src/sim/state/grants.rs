@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use rustix::fs::{MemfdFlags, Mode, OFlags, SealFlags};
 
-use super::{next_id, os, Alloc, ConnId, Mapping, Outcome, State};
+use super::{next_id, os, Alloc, ConnId, Domain, Mapping, Outcome, State};
 use super::{GNTALLOC_DEFAULT_LIMIT, MAX_GRANTED_PAGES, MAX_HELD_PER_CONN, MAX_MAPPINGS_PER_CONN};
 use crate::sim::gnttab::{self, Entry};
 use crate::sim::wire::{
@@ -59,6 +59,7 @@ impl State {
         // fault (SIGBUS) on the missing pages.
         let seals = SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL;
         rustix::fs::fcntl_add_seals(&memfd, seals).map_err(os)?;
+        // The field, not `dom.gnttab()`: the loop below updates `dom.next_gref`.
         let table = &dom.table.as_ref().ok_or(Status::Resource)?.table;
         let mut grefs = Vec::with_capacity(pages);
         for _ in 0..pages {
@@ -125,11 +126,8 @@ impl State {
         if !alloc.revoking {
             alloc.revoking = true;
             let (granter, grantee) = (alloc.granter, alloc.grantee);
-            let table = self
-                .domains
-                .get(&granter)
-                .and_then(|d| d.table.as_ref())
-                .map(|t| &t.table);
+            // Not `self.table()`: `alloc` still borrows the allocations.
+            let table = self.domains.get(&granter).and_then(Domain::gnttab);
             for g in &alloc.grefs {
                 self.grants.remove(&(granter, *g));
                 if let Some(t) = table {
