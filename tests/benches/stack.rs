@@ -413,14 +413,18 @@ fn main() {
             Some("broker") => Proto::CopyViaBroker,
             _ => Proto::Copy,
         };
+        let size = std::env::var("PVUSB_BENCH_PROFILE_SIZE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(64 << 10);
         let mut stack = Stack::new(proto);
-        let c = stack.echo(64 << 10, 16, dur);
+        let c = stack.echo(size, 16, dur);
         let gib = c.mb_s * dur.as_secs_f64() * 1e6 / f64::from(1u32 << 30);
         let [me, fe, be] = stack.split.map(|d| d.as_secs_f64() / gib.max(1e-9));
         println!(
-            "stack 64K QD16 ({proto:?}): {:.0} MB/s, {:.2} s CPU/GiB \
+            "stack {size} B QD16 ({proto:?}): {:.0} MB/s, {:.0} URB/s, {:.2} s CPU/GiB \
              (split: client {me:.2}, frontend {fe:.2}, backend {be:.2}; the rest is the broker)",
-            c.mb_s, c.cpu_s_per_gib,
+            c.mb_s, c.urbs_s, c.cpu_s_per_gib,
         );
         return;
     }

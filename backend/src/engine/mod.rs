@@ -473,7 +473,7 @@ impl Engine {
     }
 
     fn handle_raw(&mut self, raw: pvusb_ring::wire::RawUrbRequest) -> Result<(), Fatal> {
-        let span = self.span.clone();
+        let span = &self.span;
         let Some(link) = &mut self.link else {
             return Ok(());
         };
@@ -481,13 +481,13 @@ impl Engine {
             Ok(r) => r,
             Err(bad) => {
                 let id = raw.id.get();
-                guest_warn!(self.warn, parent: &span, id, error = %bad, "malformed request");
+                guest_warn!(self.warn, parent: span, id, error = %bad, "malformed request");
                 return local(link, id, UrbResult::status(bad.status()));
             }
         };
         match req {
             UrbRequest::Unlink(u) => {
-                debug!(parent: &span, id = u.id, victim = u.victim, "unlink");
+                debug!(parent: span, id = u.id, victim = u.victim, "unlink");
                 link.backend.handle_unlink(u.id, u.victim)?;
                 Ok(())
             }
@@ -542,7 +542,6 @@ impl Engine {
 
     /// Performs the state machine's actions until there are none.
     fn perform(&mut self) {
-        let span = self.span.clone();
         loop {
             let Some(link) = &mut self.link else { return };
             let Some(action) = link.backend.poll_action() else {
@@ -589,7 +588,8 @@ impl Engine {
                         actual_length: result.actual_length.min(i32::MAX as u32),
                         error_count: result.error_count.min(i32::MAX as u32),
                     };
-                    debug!(parent: &span, id, status = ?result.status, len = result.actual_length, "giveback");
+                    let span = &self.span;
+                    debug!(parent: span, id, status = ?result.status, len = result.actual_length, "giveback");
                     link.answered.push((rsp, payload));
                     link.unpublished = true;
                 }
@@ -599,7 +599,7 @@ impl Engine {
 
     /// Sends queued hotplug events while the conn ring has free slots.
     fn flush(&mut self) {
-        let span = self.span.clone();
+        let span = &self.span;
         let Some(link) = &mut self.link else { return };
         let mut pushed = false;
         loop {
@@ -616,11 +616,11 @@ impl Engine {
                         }
                         link.conn_queue.pop_front();
                         pushed = true;
-                        debug!(parent: &span, port = port.get(), ?speed, "conn event");
+                        debug!(parent: span, port = port.get(), ?speed, "conn event");
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        guest_warn!(self.warn, parent: &span, error = %e, "conn ring broken");
+                        guest_warn!(self.warn, parent: span, error = %e, "conn ring broken");
                         link.conn_queue.clear();
                         break;
                     }
