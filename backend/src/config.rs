@@ -50,6 +50,9 @@ Configuration file (--config, TOML; every key optional):
                                     pages (GNTTABOP_copy) instead of mapping each request's
   poll-us = 0                       keep polling this long after each event before
                                     sleeping (lower latency, more CPU; e.g. 100)
+  journal-dir = \"/run/pvusb-backend\" each controller's record of the requests in flight,
+                                    so that a backend restarted after a crash fails
+                                    exactly those (sim: <sim-dir>/backend-journal)
 
 Examples:
   pvusb-backend                                        # dom0 on Xen
@@ -101,7 +104,15 @@ pub struct FileConfig {
     /// Microseconds to keep polling after each event before sleeping (0: off).
     #[serde(default)]
     pub poll_us: u64,
+    /// Where each controller's journal of requests in flight is kept, for a process that
+    /// takes its rings over after a crash (`engine::journal`). Default: `/run/pvusb-backend`
+    /// on Xen, `<sim-dir>/backend-journal` on the simulated platform.
+    #[serde(default)]
+    pub journal_dir: Option<PathBuf>,
 }
+
+/// The runtime directory on Xen (the systemd unit's `RuntimeDirectory`).
+pub const DEFAULT_JOURNAL_DIR: &str = "/run/pvusb-backend";
 
 fn yes() -> bool {
     true
@@ -117,6 +128,7 @@ impl Default for FileConfig {
             feature_persistent: true,
             grant_copy: true,
             poll_us: 0,
+            journal_dir: None,
         }
     }
 }
@@ -165,10 +177,16 @@ impl TryFrom<&Args> for Config {
         if args.platform == PlatformKind::Sim && args.sim_dir.is_none() {
             anyhow::bail!("--platform sim needs --sim-dir <DIR>");
         }
-        let file = match &args.config {
+        let mut file = match &args.config {
             Some(p) => FileConfig::load(p)?,
             None => FileConfig::default(),
         };
+        if file.journal_dir.is_none() {
+            file.journal_dir = Some(match &args.sim_dir {
+                Some(dir) if args.platform == PlatformKind::Sim => dir.join("backend-journal"),
+                _ => PathBuf::from(DEFAULT_JOURNAL_DIR),
+            });
+        }
         Ok(Config {
             platform: args.platform,
             sim_dir: args.sim_dir.clone(),

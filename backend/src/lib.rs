@@ -35,6 +35,7 @@ pub mod config;
 pub mod daemon;
 pub mod engine;
 pub mod host;
+pub mod journal_file;
 pub mod logging;
 pub mod poller;
 pub mod sim;

@@ -27,10 +27,12 @@ use xenstore_cfg::{Xs, XsOps};
 
 use crate::config::FileConfig;
 use crate::engine::copy::{Copied, ARENA_PAGES};
+use crate::engine::journal::{Journal, RingId};
 use crate::engine::memory::{Grants, GuestMemory};
 use crate::engine::persistent::{Persistent, FEATURE_PERSISTENT, MAX_PERSISTENT};
 use crate::engine::{DeviceState, Engine, EngineConfig, Features, Link};
 use crate::host::{self, HostDevice, Readiness};
+use crate::journal_file;
 use crate::logging::RateLimit;
 use crate::poller::{Poller, Token};
 
@@ -279,14 +281,30 @@ impl Controller {
                 .with_context(|| format!("{what} {gref}: empty mapping"))
         };
         // BACK_RING_ATTACH at the published rsp_prod: 0 for fresh rings, and for rings a
-        // frontend kept across a backend restart, the requests it has not had answered.
+        // frontend kept across a backend restart, the requests it has not had answered;
+        // past those the dead process's journal says it took.
         let urb_shm = map_ring(rings.urb_ring_ref, "urb-ring-ref")?;
-        let idx = UrbBackRing::new(urb_shm.clone())
-            .context("urb ring geometry")?
-            .sring()
-            .rsp_prod()
-            .load(Ordering::Acquire);
-        let urb = UrbBackRing::attach(urb_shm, idx).context("urb ring geometry")?;
+        let geometry = UrbBackRing::new(urb_shm.clone()).context("urb ring geometry")?;
+        let idx = geometry.sring().rsp_prod().load(Ordering::Acquire);
+        let ring_id = RingId {
+            urb_gref: rings.urb_ring_ref,
+            evtchn: rings.event_channel,
+        };
+        let journal_shm = env.file.journal_dir.as_deref().and_then(|dir| {
+            journal_file::open(dir, &self.id)
+                .map_err(|e| warn!(parent: &self.span, error = %e, dir = %dir.display(), "no journal: a restart after a crash fails requests by ring position"))
+                .ok()
+        });
+        let recovered = journal_shm
+            .clone()
+            .filter(|_| adopt)
+            .and_then(|shm| Journal::recover(shm, ring_id, idx, geometry.size()));
+        let urb = match &recovered {
+            Some((_, rec)) => UrbBackRing::attach_taken(urb_shm, idx, rec.req_cons),
+            None => UrbBackRing::attach(urb_shm, idx),
+        }
+        .context("urb ring geometry")?;
+        let urb_size = urb.size();
         let conn_shm = map_ring(rings.conn_ring_ref, "conn-ring-ref")?;
         let idx = ConnBackRing::new(conn_shm.clone())
             .context("conn ring geometry")?
@@ -332,10 +350,27 @@ impl Controller {
             self.engine.config().num_ports,
             Features { aca, split_chain },
         );
-        if adopt {
+        match recovered {
             // What the dead process had taken is answered with an error, not run again.
-            let left_over = link.fail_left_over();
-            info!(parent: &self.span, left_over, "rings taken over from a previous backend process");
+            Some((journal, rec)) => {
+                link.set_journal(journal);
+                let failed = link.fail_taken(&rec.ids);
+                info!(parent: &self.span, failed, "rings taken over from a previous backend process (its journal)");
+            }
+            None => {
+                let started = journal_shm.and_then(|shm| {
+                    Journal::start(shm, ring_id, idx, urb_size)
+                        .map_err(|e| warn!(parent: &self.span, error = %e, "journal"))
+                        .ok()
+                });
+                if let Some(journal) = started {
+                    link.set_journal(journal);
+                }
+                if adopt {
+                    let left_over = link.fail_left_over();
+                    info!(parent: &self.span, left_over, "rings taken over from a previous backend process (no journal)");
+                }
+            }
         }
         self.engine.connect(link);
         self.evtchn = Some(ch);
@@ -555,6 +590,9 @@ impl Controller {
             &fe_token(&self.id),
         ) {
             debug!(parent: &self.span, error = %e, "unwatch");
+        }
+        if let Some(dir) = &env.file.journal_dir {
+            journal_file::remove(dir, &self.id);
         }
     }
 

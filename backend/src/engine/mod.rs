@@ -12,6 +12,7 @@
 
 pub mod copy;
 mod host_side;
+pub mod journal;
 pub mod memory;
 pub mod payload;
 pub mod persistent;
@@ -39,6 +40,7 @@ use tracing::{debug, info, warn, Span};
 use crate::guest_warn;
 use crate::host::{HostDevice, HostUrb, Readiness};
 use crate::logging::RateLimit;
+use journal::Journal;
 use memory::{GuestMemory, Notify};
 use payload::{Payload, Piece};
 use port::{announce_speed, PortSlot, SpeedError};
@@ -103,6 +105,9 @@ pub struct Link {
     left_over: u32,
     /// The rings were taken over from a dead backend process (see [`Engine::connect`]).
     adopted: bool,
+    /// What this process has taken and not had answered, for the next one (see
+    /// [`journal`]).
+    journal: Option<Journal>,
 }
 
 #[derive(Debug)]
@@ -153,11 +158,33 @@ impl Link {
             unpublished: false,
             left_over: 0,
             adopted: false,
+            journal: None,
         }
     }
 
-    /// The rings were taken over from a backend process that died (attached at their
-    /// published `rsp_prod`): the requests between that and `req_prod` were in flight in it,
+    /// Keeps `journal` up to date with every request taken and answered from now on.
+    pub fn set_journal(&mut self, journal: Journal) {
+        self.journal = Some(journal);
+    }
+
+    /// The rings were taken over from a backend process that died, whose journal says
+    /// which requests it had taken and not had answered (`ids`; the ring was attached past
+    /// them with [`pvusb_ring::sring::BackRing::attach_taken`]). Each is answered with an
+    /// error (-EIO, a cancelled request's code) without running again, and the client
+    /// retries what it needs; what the dead process never took is served as usual. Marks
+    /// the link as taken over (see [`Engine::connect`]). Returns how many.
+    pub fn fail_taken(&mut self, ids: &[u16]) -> u32 {
+        self.adopted = true;
+        for &id in ids {
+            // A journal holding an id twice answers it once; the other is lost either way.
+            let _ = local(self, id, UrbResult::status(Status::IoError));
+        }
+        u32::try_from(ids.len()).unwrap_or(u32::MAX)
+    }
+
+    /// The rings were taken over from a backend process that died without a journal
+    /// ([`Link::fail_taken`] is exact), attached at their
+    /// published `rsp_prod`: the requests between that and `req_prod` were in flight in it,
     /// or never seen. Nobody knows which of them reached the device, so each is answered
     /// with an error (-EIO, a cancelled request's code) without running again, and the
     /// client retries what it needs: contract 1 and DESIGN.md's backend restart, for a
@@ -360,7 +387,21 @@ impl Engine {
             }
         }
         self.link = Some(link);
+        // Requests a dead process left are answered at once (`Link::fail_taken`).
+        self.perform();
+        self.publish();
         self.flush();
+    }
+
+    /// The process dies (a test's `kill -9`): the link goes without a word to the guest,
+    /// and what the devices had in flight is dropped, as the kernel does when usbfs is
+    /// closed.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn die(&mut self) {
+        self.link = None;
+        for dev in self.ports.iter_mut().filter_map(|s| s.device.as_mut()) {
+            drop(dev.drain());
+        }
     }
 
     /// The frontend went away (or broke the protocol): every URB on the host is cancelled
@@ -403,9 +444,13 @@ impl Engine {
                     return Ok(false);
                 };
                 while served + batch.len() < RING_BUDGET {
+                    let pos = link.urb.req_cons();
                     let Some(raw) = link.urb.pop_request()? else {
                         break;
                     };
+                    if let Some(j) = &mut link.journal {
+                        j.taken(raw.id.get(), pos);
+                    }
                     batch.push(raw);
                 }
                 link.mem.prefetch(&data_maps(&batch, &link.limits));
@@ -657,11 +702,21 @@ impl Engine {
                 // completion and treats a live mapping as fatal. With persistent grants
                 // this only drops the request's views of the cached pages.
                 drop(payload);
-                if let Err(e) = link.urb.push_response(&rsp.to_raw()) {
-                    warn!(parent: span, id = rsp.id, error = %e, "response dropped");
+                let pos = link.urb.rsp_prod_pvt();
+                match link.urb.push_response(&rsp.to_raw()) {
+                    Ok(()) => {
+                        if let Some(j) = &mut link.journal {
+                            j.answered(rsp.id, pos);
+                        }
+                    }
+                    Err(e) => warn!(parent: span, id = rsp.id, error = %e, "response dropped"),
                 }
             }
-            if link.urb.push_responses_and_check_notify() {
+            let notify = link.urb.push_responses_and_check_notify();
+            if let Some(j) = &mut link.journal {
+                j.published();
+            }
+            if notify {
                 link.notify.notify();
             }
         }

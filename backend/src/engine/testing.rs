@@ -19,6 +19,7 @@ mod copier;
 pub use copier::FakeCopier;
 
 use super::copy::Copied;
+use super::journal::{Journal, RingId, JOURNAL_BYTES};
 use super::memory::{GuestMemory, Mapped, Notify};
 use super::{Engine, EngineConfig, Features, Link};
 use crate::host::{
@@ -296,7 +297,25 @@ pub struct Rig {
     features: Features,
     /// Set when data moves by grant copy instead of mappings.
     pub copier: Option<FakeCopier>,
+    /// The backend's journal page (see [`super::journal`]).
+    journal: Shm,
 }
+
+/// How [`Rig::connect`] takes the rings.
+enum Takeover {
+    /// Fresh rings, journaled.
+    No(Journal),
+    /// From a dead process, with its journal and the ids it had in flight.
+    Journal(Journal, Vec<u16>),
+    /// From a dead process without a journal (a fresh one is started).
+    Positional(Journal),
+}
+
+/// The rig's rings, as its journal names them.
+const RIG_RINGS: RingId = RingId {
+    urb_gref: 0,
+    evtchn: 1,
+};
 
 impl Rig {
     /// A connected controller (`aca`: containment negotiated).
@@ -361,6 +380,7 @@ impl Rig {
                 split_chain: true,
             },
             copier: None,
+            journal: Shm::heap(JOURNAL_BYTES),
         };
         rig.link()?;
         Some(rig)
@@ -382,21 +402,41 @@ impl Rig {
     fn link(&mut self) -> Option<()> {
         let urb = UrbBackRing::new(self.mem.page(0)).ok()?;
         let conn = ConnBackRing::new(self.mem.page(1)).ok()?;
-        self.connect(urb, conn, false).map(|_| ())
+        let journal = Journal::start(self.journal.clone(), RIG_RINGS, 0, urb.size()).ok()?;
+        self.connect(urb, conn, Takeover::No(journal)).map(|_| ())
     }
 
     /// A backend process dies (nothing it had is answered) and the next one takes the
-    /// live rings over at their published index, as `xenbus` does for a frontend that was
-    /// already connected. Returns the requests it found left over.
+    /// live rings over as `xenbus` does for a frontend that was already connected: past
+    /// what the dead one's journal says it took. Returns how many requests it fails.
     pub fn restart_backend(&mut self) -> Option<u32> {
-        self.engine.disconnect();
+        self.engine.die();
+        let ring = UrbBackRing::new(self.mem.page(0)).ok()?;
+        let (rsp_prod, size) = (ring.sring().rsp_prod().load(Ordering::Acquire), ring.size());
+        let (journal, rec) = Journal::recover(self.journal.clone(), RIG_RINGS, rsp_prod, size)?;
+        let urb = UrbBackRing::attach_taken(self.mem.page(0), rsp_prod, rec.req_cons).ok()?;
+        let conn = self.conn_taken_over()?;
+        self.connect(urb, conn, Takeover::Journal(journal, rec.ids))
+    }
+
+    /// [`Rig::restart_backend`] without a journal (a first start, or a runtime directory
+    /// lost): the rings are taken over at their published index and what lies between that
+    /// and `req_prod` is failed. Returns how many.
+    pub fn restart_backend_unjournaled(&mut self) -> Option<u32> {
+        self.engine.die();
         let at = |ring: &UrbBackRing| ring.sring().rsp_prod().load(Ordering::Acquire);
         let urb = UrbBackRing::new(self.mem.page(0)).ok()?;
         let urb = UrbBackRing::attach(self.mem.page(0), at(&urb)).ok()?;
+        let conn = self.conn_taken_over()?;
+        let journal =
+            Journal::start(self.journal.clone(), RIG_RINGS, urb.req_cons(), urb.size()).ok()?;
+        self.connect(urb, conn, Takeover::Positional(journal))
+    }
+
+    fn conn_taken_over(&self) -> Option<ConnBackRing> {
         let conn = ConnBackRing::new(self.mem.page(1)).ok()?;
         let idx = conn.sring().rsp_prod().load(Ordering::Acquire);
-        let conn = ConnBackRing::attach(self.mem.page(1), idx).ok()?;
-        self.connect(urb, conn, true)
+        ConnBackRing::attach(self.mem.page(1), idx).ok()
     }
 
     /// Puts a request on the ring without telling the backend (it is not served).
@@ -406,7 +446,7 @@ impl Rig {
         }
     }
 
-    fn connect(&mut self, urb: UrbBackRing, conn: ConnBackRing, adopt: bool) -> Option<u32> {
+    fn connect(&mut self, urb: UrbBackRing, conn: ConnBackRing, how: Takeover) -> Option<u32> {
         let mem: Box<dyn GuestMemory> = match &self.copier {
             Some(c) => Box::new(
                 Copied::new(
@@ -427,7 +467,20 @@ impl Rig {
             4,
             self.features,
         );
-        let left_over = if adopt { link.fail_left_over() } else { 0 };
+        let left_over = match how {
+            Takeover::No(journal) => {
+                link.set_journal(journal);
+                0
+            }
+            Takeover::Journal(journal, ids) => {
+                link.set_journal(journal);
+                link.fail_taken(&ids)
+            }
+            Takeover::Positional(journal) => {
+                link.set_journal(journal);
+                link.fail_left_over()
+            }
+        };
         self.engine.connect(link);
         Some(left_over)
     }

@@ -433,9 +433,10 @@ fn unlinking_a_host_split_request_on_xhci_leaves_nothing_queued() {
     assert_eq!(answer(&mut rig, &bulk(7, 0x81, &[11], 4096)), (0, 150));
 }
 
-/// A backend process dies with requests on the ring it never answered; the next one takes
-/// the rings over (a frontend that keeps them, as xen-hcd does) and answers those with -EIO
-/// without running them: the OUT never reaches the device, and the IN takes nothing.
+/// A backend process dies with requests on the ring it never answered, and no journal
+/// (a first start, or a lost runtime directory); the next one takes the rings over (a
+/// frontend that keeps them, as xen-hcd does) and answers those with -EIO without running
+/// them: the OUT never reaches the device, and the IN takes nothing.
 #[test]
 fn requests_left_by_a_dead_backend_are_failed_not_run() {
     let mut rig = addressed(usize::MAX);
@@ -443,7 +444,7 @@ fn requests_left_by_a_dead_backend_are_failed_not_run() {
     rig.push_unseen(&bulk(3, 0x01, &[4], 100).to_raw());
     rig.push_unseen(&bulk(4, 0x81, &[8], 512).to_raw());
     rig.events.clear();
-    assert_eq!(rig.restart_backend(), Some(2));
+    assert_eq!(rig.restart_backend_unjournaled(), Some(2));
     rig.kick();
     rig.collect();
     let eio = Status::IoError.to_wire();
@@ -478,4 +479,33 @@ fn requests_left_by_a_dead_backend_are_failed_not_run() {
     assert_eq!(ctrl(&mut rig, 8, 2, 7, get_status).0, 0);
     // Nothing was left over the second time.
     assert_eq!(rig.restart_backend(), Some(0));
+}
+
+/// The dead process had answered out of ring order: a read still waiting for data when it
+/// died, a control request behind it answered. Its journal says which is in flight: the
+/// read alone is failed, once; the answered request is not answered again (from the ring's
+/// positions alone it would be, and the read never); and what the dead process never took
+/// runs.
+#[test]
+fn a_takeover_answers_what_the_dead_process_had_in_flight() {
+    let mut rig = addressed(usize::MAX);
+    rig.push(&bulk(3, 0x81, &[8], 512).to_raw());
+    let get_status = Setup::new(0x80, 0, 0, 0, 2);
+    assert_eq!(ctrl(&mut rig, 4, 1, 7, get_status).0, 0);
+    rig.collect();
+    assert_eq!(got(&rig, 3), None, "the read waits for data");
+    rig.mem.arena().write(5 * 4096, &[9u8; 50]).unwrap();
+    rig.push_unseen(&bulk(5, 0x01, &[5], 50).to_raw());
+    rig.responses.clear();
+    assert_eq!(rig.restart_backend(), Some(1));
+    rig.kick();
+    rig.collect();
+    let answered: Vec<(u16, i32, u32)> = rig
+        .responses
+        .iter()
+        .map(|r| (r.id, r.status, r.actual_length))
+        .collect();
+    assert_eq!(answered, [(3, Status::IoError.to_wire(), 0), (5, 0, 50)]);
+    rig.responses.clear();
+    assert_eq!(answer(&mut rig, &bulk(6, 0x81, &[10], 512)), (0, 50));
 }

@@ -44,6 +44,20 @@ where
         })
     }
 
+    /// [`BackRing::attach`] for a ring whose requests up to `req_cons` were taken (by a
+    /// process that died) and are answered from `rsp_prod` on: at most a ring's worth.
+    pub fn attach_taken(shm: Shm, rsp_prod: u32, req_cons: u32) -> Result<Self, RingSetupError> {
+        let mut ring = Self::attach(shm, rsp_prod)?;
+        if req_cons.wrapping_sub(rsp_prod) > ring.size() {
+            return Err(RingSetupError::TakenBeyondRing {
+                taken: req_cons.wrapping_sub(rsp_prod),
+                size: ring.size(),
+            });
+        }
+        ring.req_cons = req_cons;
+        Ok(ring)
+    }
+
     /// The shared ring.
     pub fn sring(&self) -> &SharedRing {
         &self.sring

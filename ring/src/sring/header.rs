@@ -73,6 +73,9 @@ pub enum RingSetupError {
     /// The index words are not reachable (misaligned region).
     #[error(transparent)]
     Shm(#[from] ShmError),
+    /// More requests said to be taken and unanswered than the ring holds.
+    #[error("{taken} requests taken and unanswered on a ring of {size}")]
+    TakenBeyondRing { taken: u32, size: u32 },
 }
 
 /// A checked shared ring: the region, its index words and its slot geometry.
