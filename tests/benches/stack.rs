@@ -14,7 +14,8 @@
 //! `cargo bench -p pvusb-tests` · `PVUSB_BENCH_SECS` (per cell, default 1) ·
 //! `PVUSB_BENCH_SKIP=throughput,map,xhci,scaling,floor` to leave sections out ·
 //! `PVUSB_BENCH_REPEAT=3` for the median of three interleaved runs of each throughput cell ·
-//! `PVUSB_BENCH_PROFILE=persistent|stock|broker|map`: only the stack's 64 KiB QD16 cell with a
+//! `PVUSB_BENCH_PROFILE=persistent|stock|broker|map`: only the stack's 64 KiB QD16 cell
+//! (`PVUSB_BENCH_PROFILE_SIZE` bytes instead of 64 KiB) with a
 //! per-process CPU split (to run under `perf record`).
 
 use std::collections::HashMap;

@@ -11,6 +11,18 @@ fn page() -> Shm {
     Shm::heap(JOURNAL_BYTES)
 }
 
+/// What a process taking the rings over at `rsp_prod` finds in `shm`.
+fn assert_recovers(shm: Shm, rsp_prod: u32, ids: &[u16], req_cons: u32) {
+    let (_, rec) = Journal::recover(shm, RING, rsp_prod, 32).expect("a journal of these rings");
+    assert_eq!(
+        rec,
+        Recovered {
+            ids: ids.to_vec(),
+            req_cons
+        }
+    );
+}
+
 /// Requests 0..4 taken; 1 and 3 answered and published (out of ring order), 0 and 2 still
 /// in flight: those are what a takeover answers, and it takes requests again from 4.
 #[test]
@@ -24,14 +36,7 @@ fn out_of_order_answers_leave_exactly_the_requests_in_flight() {
     j.answered(13, 1);
     j.published();
     drop(j);
-    let (_, rec) = Journal::recover(shm, RING, 2, 32).unwrap();
-    assert_eq!(
-        rec,
-        Recovered {
-            ids: vec![10, 12],
-            req_cons: 4
-        }
-    );
+    assert_recovers(shm, 2, &[10, 12], 4);
 }
 
 /// Killed after a response was written but before it was published: the frontend never
@@ -46,14 +51,7 @@ fn a_response_counts_once_published() {
     // Published as rsp_prod 101, but the entry not freed yet.
     j.answered(2, 101);
     drop(j);
-    let (_, rec) = Journal::recover(shm, RING, 101, 32).unwrap();
-    assert_eq!(
-        rec,
-        Recovered {
-            ids: vec![2],
-            req_cons: 102
-        }
-    );
+    assert_recovers(shm, 101, &[2], 102);
 }
 
 /// Killed between taking an entry and moving `req_cons` past it: the entry says where.
@@ -67,14 +65,7 @@ fn a_taken_entry_moves_req_cons() {
         .unwrap()
         .store(7, Ordering::Release);
     drop(j);
-    let (_, rec) = Journal::recover(shm, RING, 7, 32).unwrap();
-    assert_eq!(
-        rec,
-        Recovered {
-            ids: vec![4],
-            req_cons: 8
-        }
-    );
+    assert_recovers(shm, 7, &[4], 8);
 }
 
 /// Positions wrap at 2^32 and are stored modulo 2^14.
@@ -89,13 +80,11 @@ fn positions_wrap() {
     j.answered(0, start);
     j.published();
     drop(j);
-    let (_, rec) = Journal::recover(shm, RING, start.wrapping_add(1), 32).unwrap();
-    assert_eq!(
-        rec,
-        Recovered {
-            ids: vec![1, 2, 3],
-            req_cons: start.wrapping_add(4)
-        }
+    assert_recovers(
+        shm,
+        start.wrapping_add(1),
+        &[1, 2, 3],
+        start.wrapping_add(4),
     );
 }
 
@@ -115,14 +104,7 @@ fn recovery_continues_the_journal() {
     j.taken(9, 2);
     j.published();
     drop(j);
-    let (_, rec) = Journal::recover(shm, RING, 2, 32).unwrap();
-    assert_eq!(
-        rec,
-        Recovered {
-            ids: vec![9],
-            req_cons: 3
-        }
-    );
+    assert_recovers(shm, 2, &[9], 3);
 }
 
 /// Another connection's journal, a page never written, or one that lost track is not used.
