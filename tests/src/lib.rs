@@ -18,6 +18,7 @@ pub mod hostile;
 pub mod platform;
 pub mod proc;
 pub mod rig;
+pub mod ring_guest;
 pub mod rng;
 pub mod storage;
 pub mod usbip;
