@@ -354,7 +354,7 @@ impl Controller {
             // What the dead process had taken is answered with an error, not run again.
             Some((journal, rec)) => {
                 link.set_journal(journal);
-                let failed = link.fail_taken(&rec.ids);
+                let failed = link.fail_taken(&rec);
                 info!(parent: &self.span, failed, "rings taken over from a previous backend process (its journal)");
             }
             None => {

@@ -163,7 +163,7 @@ done
 [ -n "$MON_PORT" ] || die "no free local port for QEMU's monitor"
 STICK_DEV="usb-storage,id=stickdev,bus=usbc.0,port=1,drive=stick,serial=PVUSB0001"
 # host_agent: dom0 asks the host for what only QEMU can do (unplug and replug the stick, a real
-# disconnect on dom0's USB bus) with a line "E2E-HOST <seq> <command>" on its console; each
+# disconnect on dom0's USB bus; a key typed on the USB keyboard) with a line "E2E-HOST <seq> <command>" on its console; each
 # sequence number is served once, with a monitor command.
 host_agent() {
     local seq cmd m done=" "
@@ -174,6 +174,7 @@ host_agent() {
             case "$cmd" in
                 usb-unplug) m="device_del stickdev" ;;
                 usb-replug) m="device_add $STICK_DEV" ;;
+                kbd-type) m="sendkey a" ;;
                 *) log "host agent: unknown request '$cmd'"; continue ;;
             esac
             if { exec 3<>"/dev/tcp/127.0.0.1/$MON_PORT"; } 2>/dev/null; then
@@ -206,6 +207,7 @@ nice -n 10 timeout -k 10 "$TIMEOUT" "$QEMU" \
     -blockdev "driver=file,filename=$XSTICK_IMG,node-name=xstickfile" \
     -blockdev driver=raw,file=xstickfile,node-name=xstick \
     -device usb-storage,id=xstickdev,bus=xhci.0,port=2,drive=xstick,serial=PVUSB0002 \
+    -device usb-kbd,id=kbd,bus=xhci.0,port=3 \
     </dev/null >>"$SERIAL" 2>&1 || QEMU_RC=$?
 QEMU_END=$(date +%s.%N)
 # (The agent's pipeline dies with it; under `set -e` neither kill nor wait may fail the run.)

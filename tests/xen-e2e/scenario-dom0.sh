@@ -477,8 +477,18 @@ s_reattach() {
 # The guest reads the stick through an open descriptor while the backend is killed: the new
 # process takes the rings over and keeps the device as the guest knows it, so the reader goes
 # on (its in-flight commands fail once and usb-storage retries them) and the data verifies.
+#
+# QEMU's USB keyboard sits on port 4 meanwhile, its input device open in the guest: usbhid keeps
+# an interrupt read in flight on it while the stick's reads complete behind it, so the dead
+# process had answered out of ring order. The new one must answer that read (from its journal)
+# for the guest's next key to arrive; from the ring's positions alone it would never be answered.
 s_backend_restart() {
-    local who=${1:-pvusb-frontend} held
+    local who=${1:-pvusb-frontend} held kbd rc=0 KBD taken
+    KBD=$(kbd_busid) || { DETAIL="no QEMU USB Keyboard in dom0"; return 1; }
+    timeout 60 "$BIN/xl-usb" usbdev-attach "$GUEST" busid="$KBD" controller="$CTRL" port=4 || rc=$?
+    [ "$rc" -eq 0 ] || { DETAIL="xl-usb usbdev-attach busid=$KBD rc=$rc"; return 1; }
+    guest_cmd 120 kbd-open 90 || { DETAIL="keyboard $KBD on port 4; guest: $GOUT"; return 1; }
+    kbd_typed 60 || { DETAIL="keyboard before the restart: $GOUT"; return 1; }
     guest_cmd 30 hold-open || { DETAIL="hold-open: $GOUT"; return 1; }
     nap 2
     BACKEND_UP=0; kill -KILL "$BACKEND_PID" 2>/dev/null; wait "$BACKEND_PID" 2>/dev/null
@@ -487,8 +497,30 @@ s_backend_restart() {
     backend_start || return 1
     guest_cmd 150 still-held 120 || { DETAIL="backend SIGKILLed and restarted; guest ($who): $GOUT"; return 1; }
     held=$GOUT
-    guest_cmd 200 verify 150; local rc=$?
-    DETAIL="backend SIGKILLed and restarted; guest ($who): $held; $GOUT"; return "$rc"
+    taken=$(grep 'rings taken over' "$RES/pvusb-backend.log" | tail -1 | sed 's/.*INFO //')
+    kbd_typed 90 || { DETAIL="backend SIGKILLed and restarted ($taken); guest ($who): $held; keyboard: $GOUT (its read in flight never answered?)"; return 1; }
+    kbd=$GOUT
+    guest_cmd 30 kbd-close
+    timeout 60 "$BIN/xl-usb" usbdev-detach "$GUEST" "$CTRL" 4 || { DETAIL="xl-usb usbdev-detach port 4 failed"; return 1; }
+    guest_cmd 200 verify 150; rc=$?
+    DETAIL="backend SIGKILLed and restarted ($taken); guest ($who): $held; keyboard after: $kbd; $GOUT"; return "$rc"
+}
+
+# kbd_busid: QEMU's USB keyboard in dom0.
+kbd_busid() {
+    local d
+    for d in "$USB_SYS"/*; do
+        [ "$(cat "$d/product" 2>/dev/null)" = "QEMU USB Keyboard" ] && { echo "${d##*/}"; return 0; }
+    done
+    return 1
+}
+
+# kbd_typed SECONDS: a key typed on QEMU's keyboard (host agent, monitor sendkey) reaches the
+# guest's reader.
+kbd_typed() {
+    guest_cmd 30 kbd-mark || return 1
+    host_cmd kbd-type
+    guest_cmd $(($1 + 30)) kbd-got "$1"
 }
 
 # remove_ctrl: the current controller goes, with xl-usb (usbctrl-detach removes what is plugged

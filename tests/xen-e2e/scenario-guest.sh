@@ -181,6 +181,38 @@ check_gone() {
     timeout 20 sync || { OUT="$OUT; sync hangs"; return 1; }
 }
 
+# kbd-open SECONDS: loads usbhid and evdev, waits for the USB keyboard's input device and
+# keeps it open (a reader copies its events to /tmp/kbd.events): from then on usbhid keeps an
+# interrupt read in flight on the keyboard, waiting for a key.
+kbd_open() {
+    local e m
+    for m in usbhid hid_generic evdev; do loadmod "$m" || { OUT="cannot load $m"; return 1; }; done
+    KBD_EV=""; deadline "$1"
+    until [ -n "$KBD_EV" ] || expired; do
+        for e in /sys/class/input/event*; do
+            case "$(cat "$e/device/name" 2>/dev/null)" in *"USB Keyboard"*) KBD_EV=${e##*/}; break ;; esac
+        done
+        [ -n "$KBD_EV" ] && [ -c "/dev/input/$KBD_EV" ] || { KBD_EV=""; sleep 0.5; }
+    done
+    [ -n "$KBD_EV" ] || { OUT="no USB keyboard input device within $1 s"; return 1; }
+    : >/tmp/kbd.events; KBD_MARK=0
+    cat "/dev/input/$KBD_EV" >/tmp/kbd.events &
+    echo $! >/tmp/kbd.pid
+    OUT="/dev/input/$KBD_EV ($(cat "/sys/class/input/$KBD_EV/device/name")) open, reader pid $!"
+}
+
+# kbd-got SECONDS: key events must arrive past the size kbd-mark noted (a key typed meanwhile).
+kbd_got() {
+    local n=0
+    deadline "$1"
+    until expired; do
+        n=$(wc -c </tmp/kbd.events)
+        [ "$n" -gt "$KBD_MARK" ] && { OUT="key events arrived ($KBD_MARK -> $n bytes)"; return 0; }
+        sleep 0.5
+    done
+    OUT="no key event within $1 s ($KBD_MARK bytes before)"; return 1
+}
+
 stop_frontend() {
     local p; p=$(pidof pvusb-frontend) || { OUT="frontend not running"; return 0; }
     kill -TERM $p; deadline 10
@@ -229,6 +261,10 @@ run() { # the command dispatcher; sets OUT, returns status
         hold-open) hold_open ;;
         still-held) still_held "$2" ;;
         check-gone) check_gone "$2" ;;
+        kbd-open) kbd_open "$2" ;;
+        kbd-mark) KBD_MARK=$(wc -c </tmp/kbd.events); OUT="$KBD_MARK bytes of key events so far" ;;
+        kbd-got) kbd_got "$2" ;;
+        kbd-close) kill "$(cat /tmp/kbd.pid 2>/dev/null)" 2>/dev/null; OUT="keyboard reader stopped" ;;
         usb-unplug|usb-replug) # selftest only: USB-level disconnect/reconnect of the stick
             local a=0 p; [ "$1" = usb-replug ] && a=1
             p=$(grep -l '^46f4$' /sys/bus/usb/devices/*/idVendor | head -1) || { OUT="no stick"; return 1; }

@@ -101,6 +101,7 @@ run_case() {
         # The stick in a stand-in sysfs; the host agent's unplug/replug remove and restore it.
         USB_SYS="$c/usb"; mkdir -p "$USB_SYS/1-1" "$USB_SYS/2-1" "$USB_SYS/2-2"; echo 2 >"$USB_SYS/1-1/devnum"
         echo 46f4 >"$USB_SYS/2-1/idVendor"; echo PVUSB0002 >"$USB_SYS/2-2/serial"
+        mkdir -p "$USB_SYS/2-3"; echo "QEMU USB Keyboard" >"$USB_SYS/2-3/product"
         host_cmd() {
             case "$1" in
                 usb-unplug) rm -rf "$USB_SYS/1-1" ;;
@@ -140,6 +141,9 @@ run_case guest-io-fails "pvusb-backend pvusb-frontend xl-usb" io-test \
     5/io-stock-xen-hcd=FAIL 2/switch-to-ours=PASS 4/io-ours-vhci=FAIL 6/detach-while-open=SKIP
 run_case hold-open-fails "pvusb-backend pvusb-frontend xl-usb" hold-open \
     5/io-stock-xen-hcd=PASS 4/io-ours-vhci=PASS 6/detach-while-open=FAIL 6/reattach=SKIP
+run_case keyboard-silent "pvusb-backend pvusb-frontend xl-usb" kbd-got \
+    5/io-stock-xen-hcd=PASS 5/backend-restart-stock=FAIL 5/host-unplug-stock=SKIP 4/io-ours-vhci=PASS \
+    6/backend-restart=FAIL 6/host-unplug=SKIP
 run_case backend-crashes "pvusb-backend pvusb-frontend xl-usb" crash-backend \
     5/io-stock-xen-hcd=FAIL 5/io-stock-xen-hcd/backend-died=FAIL 2/switch-to-ours=PASS \
     4/io-ours-vhci=PASS 1/backend-stop=PASS

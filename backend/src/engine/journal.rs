@@ -7,10 +7,15 @@
 //! device answered out of ring order (a keyboard's interrupt IN waits while a stick's
 //! reads complete behind it), and a response overwrites the slot of the request it reuses.
 //!
+//! It also keeps which device the guest was told of on each port, so that a device swapped
+//! while no backend ran is not passed off as the one the guest knows.
+//!
 //! The layout is 32-bit words, each written with one atomic store, so a process killed
 //! between any two stores leaves a state [`Journal::recover`] reads correctly:
 //!
 //! - header: magic, urb ring gref, event channel, `req_cons` (the next request to take);
+//! - ports 1 to 31: the [`crate::host::HostDevice::instance`] of the device the guest was
+//!   told of (its connect event published), 0 for none;
 //! - entries: `state << 30 | id << 14 | position & 0x3fff`, free, *taken* at the request's
 //!   ring position, or *answered* at its response's position.
 //!
@@ -28,12 +33,15 @@ use std::sync::atomic::Ordering;
 /// Bytes a journal takes (one page).
 pub const JOURNAL_BYTES: usize = 4096;
 
-const MAGIC: u32 = u32::from_le_bytes(*b"PVJ1");
+const MAGIC: u32 = u32::from_le_bytes(*b"PVJ2");
 const W_MAGIC: usize = 0;
 const W_GREF: usize = 1;
 const W_EVTCHN: usize = 2;
 const W_REQ_CONS: usize = 3;
-const HEADER_WORDS: usize = 4;
+const W_PORTS: usize = 4;
+/// Ports a controller has at most.
+pub const PORTS: usize = 31;
+const HEADER_WORDS: usize = W_PORTS + PORTS;
 /// Entries one page holds.
 const MAX_ENTRIES: usize = JOURNAL_BYTES / 4 - HEADER_WORDS;
 
@@ -83,6 +91,9 @@ pub struct Recovered {
     pub ids: Vec<u16>,
     /// The next request it had not taken.
     pub req_cons: u32,
+    /// Per port (index `port - 1`), the instance of the device the guest was told of; 0
+    /// for none.
+    pub ports: [u32; PORTS],
 }
 
 /// One urb ring's journal.
@@ -104,8 +115,8 @@ impl Journal {
         store(&shm, W_GREF, ring.urb_gref)?;
         store(&shm, W_EVTCHN, ring.evtchn)?;
         store(&shm, W_REQ_CONS, req_cons)?;
-        for i in 0..n {
-            store(&shm, HEADER_WORDS + i, FREE)?;
+        for w in W_PORTS..HEADER_WORDS + n {
+            store(&shm, w, 0)?;
         }
         store(&shm, W_MAGIC, MAGIC)?;
         Ok(Journal {
@@ -134,6 +145,10 @@ impl Journal {
             return None;
         }
         let mut req_cons = word(W_REQ_CONS)?;
+        let mut ports = [0; PORTS];
+        for (i, p) in ports.iter_mut().enumerate() {
+            *p = word(W_PORTS + i)?;
+        }
         let mut ids = Vec::new();
         let mut entries = vec![FREE; n];
         for (i, slot) in entries.iter_mut().enumerate() {
@@ -167,7 +182,14 @@ impl Journal {
             store(&journal.shm, HEADER_WORDS + i, e).ok()?;
         }
         store(&journal.shm, W_REQ_CONS, req_cons).ok()?;
-        Some((journal, Recovered { ids, req_cons }))
+        Some((
+            journal,
+            Recovered {
+                ids,
+                req_cons,
+                ports,
+            },
+        ))
     }
 
     /// Request `id` at ring position `pos` was taken.
@@ -188,6 +210,17 @@ impl Journal {
         match found {
             Some(i) => self.set(i, entry(ANSWERED, id, pos)),
             None => self.break_off(),
+        }
+    }
+
+    /// The guest was told (the event published) that `port` has the device `instance`,
+    /// or nothing (`None`).
+    pub fn announced(&mut self, port: u8, instance: Option<u32>) {
+        let Some(i) = usize::from(port).checked_sub(1).filter(|&i| i < PORTS) else {
+            return;
+        };
+        if store(&self.shm, W_PORTS + i, instance.unwrap_or(0)).is_err() {
+            self.break_off();
         }
     }
 

@@ -40,7 +40,7 @@ use tracing::{debug, info, warn, Span};
 use crate::guest_warn;
 use crate::host::{HostDevice, HostUrb, Readiness};
 use crate::logging::RateLimit;
-use journal::Journal;
+use journal::{Journal, Recovered, PORTS};
 use memory::{GuestMemory, Notify};
 use payload::{Payload, Piece};
 use port::{announce_speed, PortSlot, SpeedError};
@@ -108,6 +108,8 @@ pub struct Link {
     /// What this process has taken and not had answered, for the next one (see
     /// [`journal`]).
     journal: Option<Journal>,
+    /// Taken over with a journal: the device the guest was told of on each port.
+    told: Option<[u32; PORTS]>,
 }
 
 #[derive(Debug)]
@@ -159,6 +161,7 @@ impl Link {
             left_over: 0,
             adopted: false,
             journal: None,
+            told: None,
         }
     }
 
@@ -168,18 +171,20 @@ impl Link {
     }
 
     /// The rings were taken over from a backend process that died, whose journal says
-    /// which requests it had taken and not had answered (`ids`; the ring was attached past
-    /// them with [`pvusb_ring::sring::BackRing::attach_taken`]). Each is answered with an
-    /// error (-EIO, a cancelled request's code) without running again, and the client
+    /// which requests it had taken and not had answered (`rec.ids`; the ring was attached
+    /// past them with [`pvusb_ring::sring::BackRing::attach_taken`]). Each is answered with
+    /// an error (-EIO, a cancelled request's code) without running again, and the client
     /// retries what it needs; what the dead process never took is served as usual. Marks
-    /// the link as taken over (see [`Engine::connect`]). Returns how many.
-    pub fn fail_taken(&mut self, ids: &[u16]) -> u32 {
+    /// the link as taken over, with the devices the guest was told of (see
+    /// [`Engine::connect`]). Returns how many requests were failed.
+    pub fn fail_taken(&mut self, rec: &Recovered) -> u32 {
         self.adopted = true;
-        for &id in ids {
+        self.told = Some(rec.ports);
+        for &id in &rec.ids {
             // A journal holding an id twice answers it once; the other is lost either way.
             let _ = local(self, id, UrbResult::status(Status::IoError));
         }
-        u32::try_from(ids.len()).unwrap_or(u32::MAX)
+        u32::try_from(rec.ids.len()).unwrap_or(u32::MAX)
     }
 
     /// The rings were taken over from a backend process that died without a journal
@@ -358,12 +363,17 @@ impl Engine {
 
     /// A frontend connected: serve its rings and announce every attached port.
     ///
-    /// Rings taken over from a dead backend process ([`Link::fail_left_over`]) are the
-    /// guest's live connection: its devices stay as it knows them. An attached port is not
-    /// announced again (a port status change makes the guest's hub driver drop the device
-    /// and enumerate it anew, which breaks whatever the guest had open on it); the first
-    /// address the guest then uses on it is taken as the one it set through the dead
-    /// process. A port without a device is announced empty, in case the guest saw one there.
+    /// Rings taken over from a dead backend process ([`Link::fail_taken`],
+    /// [`Link::fail_left_over`]) are the guest's live connection: its devices stay as it
+    /// knows them. An attached port is not announced again (a port status change makes the
+    /// guest's hub driver drop the device and enumerate it anew, which breaks whatever the
+    /// guest had open on it); the first address the guest then uses on it is taken as the
+    /// one it set through the dead process. A port without a device is announced empty, in
+    /// case the guest saw one there. With the dead process's journal, a port is kept only
+    /// if it still has the very device the guest was told of: one the guest never heard of
+    /// is announced, and another device (swapped, or unplugged and plugged again while no
+    /// backend ran) is announced gone and then present, so the guest enumerates it anew
+    /// instead of taking it for the one it knew.
     pub fn connect(&mut self, mut link: Link) {
         let adopted = link.adopted;
         for (i, slot) in self.ports.iter_mut().enumerate() {
@@ -372,14 +382,20 @@ impl Engine {
             let Some(port) = u8::try_from(i + 1).ok().and_then(Port::new) else {
                 continue;
             };
+            let told = link.told.map(|t| t.get(i).copied().unwrap_or(0));
             match &slot.device {
                 Some(dev) => {
                     link.backend
                         .handle_device_attached_with(port, dev.bulk_continuation());
-                    if adopted {
-                        slot.adopted = true;
-                    } else {
-                        link.conn_queue.push_back((port, slot.speed));
+                    match told {
+                        _ if !adopted => link.conn_queue.push_back((port, slot.speed)),
+                        None => slot.adopted = true,
+                        Some(t) if t == dev.instance() => slot.adopted = true,
+                        Some(0) => link.conn_queue.push_back((port, slot.speed)),
+                        Some(_) => {
+                            link.conn_queue.push_back((port, Speed::None));
+                            link.conn_queue.push_back((port, slot.speed));
+                        }
                     }
                 }
                 None if adopted => link.conn_queue.push_back((port, Speed::None)),
@@ -647,6 +663,8 @@ impl Engine {
         let span = &self.span;
         let Some(link) = &mut self.link else { return };
         let mut pushed = false;
+        // Ports whose event went out (bit `port - 1`), and those last told empty.
+        let (mut told, mut empty) = (0u32, 0u32);
         loop {
             while let Some(&(port, speed)) = link.conn_queue.front() {
                 match link.conn.pop_request() {
@@ -661,6 +679,13 @@ impl Engine {
                         }
                         link.conn_queue.pop_front();
                         pushed = true;
+                        let bit = 1u32 << (port.get() - 1);
+                        told |= bit;
+                        empty = if speed == Speed::None {
+                            empty | bit
+                        } else {
+                            empty & !bit
+                        };
                         debug!(parent: span, port = port.get(), ?speed, "conn event");
                     }
                     Ok(None) => break,
@@ -676,7 +701,21 @@ impl Engine {
                 break;
             }
         }
-        if pushed && link.conn.push_responses_and_check_notify() {
+        if !pushed {
+            return;
+        }
+        let notify = link.conn.push_responses_and_check_notify();
+        if let Some(j) = &mut link.journal {
+            for (i, slot) in self.ports.iter().enumerate() {
+                let bit = 1u32 << i;
+                if told & bit != 0 {
+                    let port = u8::try_from(i + 1).unwrap_or(0);
+                    let dev = slot.device.as_ref().filter(|_| empty & bit == 0);
+                    j.announced(port, dev.map(|d| d.instance()));
+                }
+            }
+        }
+        if notify {
             link.notify.notify();
         }
     }

@@ -2,7 +2,7 @@
 //! guest memory as a heap arena of pages, a thread-free simulated device, a counting event
 //! channel, and [`fuzz_controller`], which drives a whole controller from arbitrary bytes.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,7 +19,7 @@ mod copier;
 pub use copier::FakeCopier;
 
 use super::copy::Copied;
-use super::journal::{Journal, RingId, JOURNAL_BYTES};
+use super::journal::{Journal, Recovered, RingId, JOURNAL_BYTES};
 use super::memory::{GuestMemory, Mapped, Notify};
 use super::{Engine, EngineConfig, Features, Link};
 use crate::host::{
@@ -155,7 +155,12 @@ pub struct InProcDevice {
     descriptors: Descriptors,
     speed: HostSpeed,
     efd: std::os::fd::OwnedFd,
+    /// Unique per device made (as a host's bus and device number per plug).
+    instance: u32,
 }
+
+/// The next [`InProcDevice`]'s instance.
+static NEXT_INSTANCE: AtomicU32 = AtomicU32::new(1);
 
 impl InProcDevice {
     /// A device of `model` (storage gets a 16-block in-memory disk).
@@ -194,6 +199,7 @@ impl InProcDevice {
             descriptors,
             speed,
             efd,
+            instance: NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed),
         })
     }
 
@@ -233,6 +239,9 @@ impl HostDevice for InProcDevice {
     }
     fn is_gone(&self) -> bool {
         self.core.is_gone()
+    }
+    fn instance(&self) -> u32 {
+        self.instance
     }
     fn speed(&self) -> HostSpeed {
         self.speed
@@ -305,8 +314,8 @@ pub struct Rig {
 enum Takeover {
     /// Fresh rings, journaled.
     No(Journal),
-    /// From a dead process, with its journal and the ids it had in flight.
-    Journal(Journal, Vec<u16>),
+    /// From a dead process, with its journal and what it recovered.
+    Journal(Journal, Recovered),
     /// From a dead process without a journal (a fresh one is started).
     Positional(Journal),
 }
@@ -416,7 +425,7 @@ impl Rig {
         let (journal, rec) = Journal::recover(self.journal.clone(), RIG_RINGS, rsp_prod, size)?;
         let urb = UrbBackRing::attach_taken(self.mem.page(0), rsp_prod, rec.req_cons).ok()?;
         let conn = self.conn_taken_over()?;
-        self.connect(urb, conn, Takeover::Journal(journal, rec.ids))
+        self.connect(urb, conn, Takeover::Journal(journal, rec))
     }
 
     /// [`Rig::restart_backend`] without a journal (a first start, or a runtime directory
@@ -472,9 +481,9 @@ impl Rig {
                 link.set_journal(journal);
                 0
             }
-            Takeover::Journal(journal, ids) => {
+            Takeover::Journal(journal, rec) => {
                 link.set_journal(journal);
-                link.fail_taken(&ids)
+                link.fail_taken(&rec)
             }
             Takeover::Positional(journal) => {
                 link.set_journal(journal);

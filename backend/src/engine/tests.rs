@@ -4,11 +4,12 @@
 
 use proptest::prelude::*;
 use pvusb_ring::wire::{
-    Ep, Pipe, Seg, Segments, Setup, Speed, Status, Submit, Transfer, Unlink, UrbRequest, XferType,
+    ConnRequest, Ep, Pipe, Port, Seg, Segments, Setup, Speed, Status, Submit, Transfer, Unlink,
+    UrbRequest, XferType,
 };
 
-use super::testing::{fuzz_controller, Bus, Rig};
-use crate::sim::{Faults, ShortRead};
+use super::testing::{fuzz_controller, Bus, InProcDevice, Rig};
+use crate::sim::{Faults, ModelSpec, ShortRead};
 
 fn submit(id: u16, pipe: Pipe, xfer: Transfer, pages: &[u32], len: u32) -> UrbRequest {
     let mut segs = Segments::new();
@@ -454,8 +455,7 @@ fn requests_left_by_a_dead_backend_are_failed_not_run() {
     // The guest's devices stay as it knows them: no port with a device is announced again
     // (the guest would drop the device and enumerate it anew), only the empty port 4, in
     // case the guest saw a device there.
-    let announced: Vec<(u8, Speed)> = rig.events.iter().map(|e| (e.port.get(), e.speed)).collect();
-    assert_eq!(announced, [(4, Speed::None)]);
+    assert_eq!(announced(&rig), [(4, Speed::None)]);
     // The new process takes the address the guest uses as the one it set, on that port
     // only; a new record then comes back alone: the left-over OUT never reached the device.
     rig.mem.arena().write(5 * 4096, &[9u8; 50]).unwrap();
@@ -497,9 +497,12 @@ fn a_takeover_answers_what_the_dead_process_had_in_flight() {
     rig.mem.arena().write(5 * 4096, &[9u8; 50]).unwrap();
     rig.push_unseen(&bulk(5, 0x01, &[5], 50).to_raw());
     rig.responses.clear();
+    rig.events.clear();
     assert_eq!(rig.restart_backend(), Some(1));
     rig.kick();
     rig.collect();
+    // Every device is the one the guest was told of: none is announced again.
+    assert_eq!(announced(&rig), [(4, Speed::None)]);
     let answered: Vec<(u16, i32, u32)> = rig
         .responses
         .iter()
@@ -508,4 +511,60 @@ fn a_takeover_answers_what_the_dead_process_had_in_flight() {
     assert_eq!(answered, [(3, Status::IoError.to_wire(), 0), (5, 0, 50)]);
     rig.responses.clear();
     assert_eq!(answer(&mut rig, &bulk(6, 0x81, &[10], 512)), (0, 50));
+}
+
+/// Hotplug events the guest read: (port, speed).
+fn announced(rig: &Rig) -> Vec<(u8, Speed)> {
+    rig.events.iter().map(|e| (e.port.get(), e.speed)).collect()
+}
+
+/// The journal also says which device the guest was told of on each port. One swapped while
+/// no backend ran (port 1's loopback for another) is announced gone, then present, so the
+/// guest enumerates it anew; the address the guest had set is not taken over there, while
+/// the ports that kept their devices are kept.
+#[test]
+fn a_device_swapped_while_no_backend_ran_is_announced_anew() {
+    let mut rig = addressed(usize::MAX);
+    let port1 = Port::new(1).unwrap();
+    let speed = rig.events.iter().find(|e| e.port == port1).unwrap().speed;
+    rig.engine.die();
+    drop(rig.engine.detach(port1));
+    let other = InProcDevice::new(ModelSpec::Loopback { capacity: 8192 }).unwrap();
+    assert!(rig.engine.attach(port1, "1-1", Box::new(other)).is_ok());
+    rig.events.clear();
+    assert_eq!(rig.restart_backend(), Some(0));
+    rig.collect();
+    assert_eq!(
+        announced(&rig),
+        [(1, Speed::None), (1, speed), (4, Speed::None)]
+    );
+    let get_status = Setup::new(0x80, 0, 0, 0, 2);
+    assert_eq!(
+        ctrl(&mut rig, 20, 1, 7, get_status).0,
+        Status::NoDev.to_wire()
+    );
+    assert_eq!(ctrl(&mut rig, 21, 2, 7, get_status).0, 0);
+}
+
+/// A device the dead process attached but never told the guest of (here: the guest had
+/// given no conn ring slot yet) is announced by the process that takes over.
+#[test]
+fn a_device_the_guest_was_never_told_of_is_announced_after_a_takeover() {
+    let mut rig = Rig::with_conn_slots(usize::MAX, false, 0).unwrap();
+    rig.collect();
+    assert!(rig.events.is_empty());
+    rig.engine.die();
+    for id in 0..8 {
+        rig.conn.push_request(&ConnRequest { id }.to_raw()).unwrap();
+    }
+    rig.conn.push_requests();
+    assert_eq!(rig.restart_backend(), Some(0));
+    rig.collect();
+    let got = announced(&rig);
+    let ports: Vec<u8> = got.iter().map(|&(p, _)| p).collect();
+    assert_eq!(ports, [1, 2, 3, 4], "{got:?}");
+    assert!(
+        got.iter().take(3).all(|&(_, s)| s != Speed::None),
+        "{got:?}"
+    );
 }

@@ -166,6 +166,11 @@ pub struct ResolvedDevice {
 }
 
 impl ResolvedDevice {
+    /// [`super::HostDevice::instance`] of the device.
+    pub fn instance(&self) -> u32 {
+        u32::from(self.busnum) << 16 | u32::from(self.devnum)
+    }
+
     /// The parsed descriptors.
     pub fn parsed_descriptors(&self) -> Result<Descriptors, ResolveError> {
         Descriptors::parse(&self.descriptors).map_err(|source| ResolveError::Descriptors {

@@ -80,6 +80,12 @@ pub trait HostDevice: Send + std::fmt::Debug {
     /// Speed the device runs at (present SuperSpeed as HIGH: [`HostSpeed::usbif_speed`]).
     fn speed(&self) -> HostSpeed;
 
+    /// Which enumeration of a device this is: its bus and device number
+    /// (`busnum << 16 | devnum`, never 0), which the host kernel gives anew each time a
+    /// device is plugged in (a port reset keeps them). Equal values mean the same device,
+    /// attached all along.
+    fn instance(&self) -> u32;
+
     /// Device and configuration descriptors (sysfs `descriptors`).
     fn descriptors(&self) -> &Descriptors;
 

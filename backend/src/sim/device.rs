@@ -82,6 +82,7 @@ pub struct SimDevice {
     descriptors: Descriptors,
     speed: HostSpeed,
     busid: String,
+    instance: u32,
     no_stop_on_short: bool,
     /// Holds the flock: the device is "claimed" while this is open.
     _node: File,
@@ -170,6 +171,7 @@ impl SimDevice {
             descriptors,
             speed,
             busid: dev.busid.clone(),
+            instance: dev.instance(),
             no_stop_on_short: spec.no_stop_on_short,
             _node: node,
         })
@@ -316,6 +318,10 @@ impl HostDevice for SimDevice {
 
     fn is_gone(&self) -> bool {
         self.shared.lock().is_gone()
+    }
+
+    fn instance(&self) -> u32 {
+        self.instance
     }
 
     fn speed(&self) -> HostSpeed {

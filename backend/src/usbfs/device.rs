@@ -80,6 +80,7 @@ struct InFlight {
 pub struct UsbfsDevice {
     fd: OwnedFd,
     busid: String,
+    instance: u32,
     descriptors: Descriptors,
     speed: HostSpeed,
     config: u8,
@@ -127,6 +128,7 @@ impl UsbfsDevice {
         let mut d = UsbfsDevice {
             fd,
             busid: dev.busid.clone(),
+            instance: dev.instance(),
             descriptors,
             speed,
             config,
@@ -372,6 +374,10 @@ impl HostDevice for UsbfsDevice {
 
     fn is_gone(&self) -> bool {
         self.gone
+    }
+
+    fn instance(&self) -> u32 {
+        self.instance
     }
 
     fn speed(&self) -> HostSpeed {

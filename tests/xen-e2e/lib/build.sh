@@ -248,8 +248,9 @@ build_pcm_play() {
 # Modules the guest agent may load; the closure's order file lets busybox insmod them in order.
 # The frontend grants its rings through /dev/xen/gntalloc and signals through /dev/xen/evtchn,
 # both modules in Debian's kernel. (ehci_pci only for --selftest-agent, where the stick sits
-# on the VM's own EHCI.)
-GUEST_MODULES=(vhci_hcd usb_storage sd_mod xen_gntalloc xen_gntdev xen_evtchn ehci_pci snd_usb_audio)
+# on the VM's own EHCI; usbhid, hid_generic and evdev for the USB keyboard of the restart steps.)
+GUEST_MODULES=(vhci_hcd usb_storage sd_mod xen_gntalloc xen_gntdev xen_evtchn ehci_pci snd_usb_audio
+    usbhid hid_generic evdev)
 
 # copy_with_libs BINARY DESTROOT DESTPATH: a dynamic binary plus the shared objects it needs.
 copy_with_libs() {

@@ -11,14 +11,15 @@ fn page() -> Shm {
     Shm::heap(JOURNAL_BYTES)
 }
 
-/// What a process taking the rings over at `rsp_prod` finds in `shm`.
+/// What a process taking the rings over at `rsp_prod` finds in `shm` (no port announced).
 fn assert_recovers(shm: Shm, rsp_prod: u32, ids: &[u16], req_cons: u32) {
     let (_, rec) = Journal::recover(shm, RING, rsp_prod, 32).expect("a journal of these rings");
     assert_eq!(
         rec,
         Recovered {
             ids: ids.to_vec(),
-            req_cons
+            req_cons,
+            ports: [0; PORTS],
         }
     );
 }
@@ -135,4 +136,26 @@ fn an_unaccounted_window_is_refused() {
     drop(j);
     assert!(Journal::recover(shm.clone(), RING, 1, 32).is_none());
     assert!(Journal::recover(shm, RING, 0, 32).is_some());
+}
+
+/// The devices the guest was told of outlive the process; fresh rings start with none.
+#[test]
+fn announced_ports_are_kept() {
+    let shm = page();
+    let mut j = Journal::start(shm.clone(), RING, 0, 32).unwrap();
+    j.announced(1, Some(0x1_0005));
+    j.announced(31, Some(0x2_0003));
+    j.announced(2, Some(0x1_0006));
+    j.announced(2, None);
+    j.announced(0, Some(9));
+    j.announced(32, Some(9));
+    drop(j);
+    let (_, rec) = Journal::recover(shm.clone(), RING, 0, 32).unwrap();
+    let mut want = [0; PORTS];
+    want[0] = 0x1_0005;
+    want[30] = 0x2_0003;
+    assert_eq!(rec.ports, want);
+    Journal::start(shm.clone(), RING, 0, 32).unwrap();
+    let (_, rec) = Journal::recover(shm, RING, 0, 32).unwrap();
+    assert_eq!(rec.ports, [0; PORTS]);
 }
