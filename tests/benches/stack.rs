@@ -14,6 +14,7 @@
 //! `cargo bench -p pvusb-tests` · `PVUSB_BENCH_SECS` (per cell, default 1) ·
 //! `PVUSB_BENCH_SKIP=throughput,map,xhci,scaling,floor` to leave sections out ·
 //! `PVUSB_BENCH_REPEAT=3` for the median of three interleaved runs of each throughput cell ·
+//! `PVUSB_BENCH_BACKEND_CONFIG` adds lines to the backend's configuration file ·
 //! `PVUSB_BENCH_PROFILE=persistent|stock|broker|map`: only the stack's 64 KiB QD16 cell
 //! (`PVUSB_BENCH_PROFILE_SIZE` bytes instead of 64 KiB) with a
 //! per-process CPU split (to run under `perf record`).
@@ -144,7 +145,11 @@ impl Proto {
     fn backend_config(self, poll_us: u32) -> String {
         let persistent = self == Proto::Persistent;
         let copy = matches!(self, Proto::Copy | Proto::CopyViaBroker);
-        format!("feature-persistent = {persistent}\ngrant-copy = {copy}\npoll-us = {poll_us}\n")
+        // PVUSB_BENCH_BACKEND_CONFIG: more lines for the backend's file (A/B runs of a knob).
+        let extra = std::env::var("PVUSB_BENCH_BACKEND_CONFIG").unwrap_or_default();
+        format!(
+            "feature-persistent = {persistent}\ngrant-copy = {copy}\npoll-us = {poll_us}\n{extra}\n"
+        )
     }
 }
 

@@ -102,6 +102,10 @@ pub struct Journal {
     shm: Shm,
     /// What the entries hold (only this process writes them).
     entries: Vec<u32>,
+    /// Entries free, as a stack.
+    free: Vec<usize>,
+    /// Entries answered since the last publish.
+    answered: Vec<usize>,
     /// Set when an entry could not be had: the journal no longer covers every request and
     /// says so (its magic is cleared), so a takeover falls back to the ring's positions.
     broken: bool,
@@ -119,11 +123,7 @@ impl Journal {
             store(&shm, w, 0)?;
         }
         store(&shm, W_MAGIC, MAGIC)?;
-        Ok(Journal {
-            shm,
-            entries: vec![FREE; n],
-            broken: false,
-        })
+        Ok(Journal::over(shm, vec![FREE; n]))
     }
 
     /// Reads what the process that served `ring` before left, given the published
@@ -173,11 +173,7 @@ impl Journal {
         if req_cons.wrapping_sub(rsp_prod) != u32::try_from(ids.len()).ok()? {
             return None;
         }
-        let journal = Journal {
-            shm,
-            entries,
-            broken: false,
-        };
+        let journal = Journal::over(shm, entries);
         for (i, &e) in journal.entries.iter().enumerate() {
             store(&journal.shm, HEADER_WORDS + i, e).ok()?;
         }
@@ -192,9 +188,24 @@ impl Journal {
         ))
     }
 
+    /// A journal over `shm` whose entries hold `entries` (already stored).
+    fn over(shm: Shm, entries: Vec<u32>) -> Self {
+        let free = (0..entries.len())
+            .rev()
+            .filter(|&i| entries.get(i).is_some_and(|&e| state(e) == FREE))
+            .collect();
+        Journal {
+            shm,
+            entries,
+            free,
+            answered: Vec::new(),
+            broken: false,
+        }
+    }
+
     /// Request `id` at ring position `pos` was taken.
     pub fn taken(&mut self, id: u16, pos: u32) {
-        match self.entries.iter().position(|&e| state(e) == FREE) {
+        match self.free.pop() {
             Some(i) => self.set(i, entry(TAKEN, id, pos)),
             None => self.break_off(),
         }
@@ -208,7 +219,10 @@ impl Journal {
             .iter()
             .position(|&e| state(e) == TAKEN && self::id(e) == id);
         match found {
-            Some(i) => self.set(i, entry(ANSWERED, id, pos)),
+            Some(i) => {
+                self.set(i, entry(ANSWERED, id, pos));
+                self.answered.push(i);
+            }
             None => self.break_off(),
         }
     }
@@ -226,10 +240,9 @@ impl Journal {
 
     /// Every response written so far is published.
     pub fn published(&mut self) {
-        for i in 0..self.entries.len() {
-            if self.entries.get(i).is_some_and(|&e| state(e) == ANSWERED) {
-                self.set(i, FREE);
-            }
+        while let Some(i) = self.answered.pop() {
+            self.set(i, FREE);
+            self.free.push(i);
         }
     }
 
