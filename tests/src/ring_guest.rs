@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use pvusb_ring::shm::Shm;
 use pvusb_ring::sring::{ConnFrontRing, UrbFrontRing};
-use pvusb_ring::wire::{ConnRequest, RawUrbRequest, UrbResponse};
+use pvusb_ring::wire::{ConnEvent, ConnRequest, RawUrbRequest, Speed, UrbResponse, MAX_PORTNR};
 use pvusb_xen::sim::SimPlatform;
 use pvusb_xen::{Access, DomId, EventChannel, EventChannels, GrantAllocator, GrantedPages};
 use xenstore_cfg::vusb::VusbId;
@@ -21,7 +21,7 @@ use xenstore_cfg::Xs;
 pub struct RingGuest {
     /// The guest's half of the urb ring.
     pub urb: UrbFrontRing,
-    _conn: ConnFrontRing,
+    conn: ConnFrontRing,
     evtchn: Box<dyn EventChannel>,
     data: Arc<GrantedPages>,
     // After the rings: the pages outlive the `Shm` views over them.
@@ -33,6 +33,8 @@ pub struct RingGuest {
     pub id: VusbId,
     /// Every response read, in order.
     pub responses: Vec<UrbResponse>,
+    /// Every hotplug event read, in order: (port, speed).
+    pub events: Vec<(u8, Speed)>,
 }
 
 impl RingGuest {
@@ -79,7 +81,7 @@ impl RingGuest {
         assert!(st.is_ok(), "backend never connected the guest: {st:?}");
         RingGuest {
             urb,
-            _conn: conn,
+            conn,
             evtchn,
             data,
             _rings: [urb_page, conn_page],
@@ -87,6 +89,7 @@ impl RingGuest {
             _plat: plat,
             id,
             responses: Vec::new(),
+            events: Vec::new(),
         }
     }
 
@@ -112,12 +115,26 @@ impl RingGuest {
         self.data.shm()
     }
 
-    /// Reads every response published so far into [`RingGuest::responses`].
+    /// Reads every response and hotplug event published so far into
+    /// [`RingGuest::responses`] and [`RingGuest::events`] (each event's slot is given back).
     pub fn collect(&mut self) {
         while let Ok(Some(raw)) = self.urb.pop_response() {
             if let Ok(r) = UrbResponse::parse(&raw) {
                 self.responses.push(r);
             }
+        }
+        let mut gave = false;
+        while let Ok(Some(raw)) = self.conn.pop_response() {
+            if let Ok(ev) = ConnEvent::parse(&raw, MAX_PORTNR) {
+                self.events.push((ev.port.get(), ev.speed));
+            }
+            gave |= self
+                .conn
+                .push_request(&ConnRequest { id: raw.id.get() }.to_raw())
+                .is_ok();
+        }
+        if gave && self.conn.push_requests_and_check_notify() {
+            let _ = self.evtchn.notify();
         }
     }
 

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use pvusb_backend::sim::{DeviceSpec, ModelSpec};
 use pvusb_ring::wire::{
-    Ep, Pipe, Seg, Segments, Setup, Status, Submit, Transfer, UrbRequest, UrbResponse, XferType,
+    Ep, Pipe, Seg, Segments, Setup, Speed, Status, Submit, Transfer, UrbRequest, UrbResponse,
+    XferType,
 };
 use pvusb_tests::platform::Platform;
 use pvusb_tests::proc::kill9_pid;
@@ -80,8 +81,9 @@ fn enumerate(g: &mut RingGuest, p: &Platform, id: &mut u16, (port, dev): (u8, u8
     assert!(answer(g, &req).is_ok(), "SET_CONFIGURATION");
 }
 
-#[test]
-fn a_restarted_backend_answers_exactly_what_the_dead_one_had_in_flight() {
+/// A host with a keyboard on port 1 and a loopback on port 2 of guest 2's controller, and
+/// the guest at ring level with both enumerated. Returns the loopback's bus id.
+fn setup() -> (Platform, RingGuest, String) {
     let mut p = Platform::new(&[2]);
     p.start_backend();
     let kbd = p.plug(DeviceSpec::new(ModelSpec::Keyboard {
@@ -95,6 +97,31 @@ fn a_restarted_backend_answers_exactly_what_the_dead_one_had_in_flight() {
     let mut id = 0u16;
     enumerate(&mut g, &p, &mut id, KBD);
     enumerate(&mut g, &p, &mut id, LOOP);
+    (p, g, lo)
+}
+
+/// `kill -9` of the backend, and a wait until the simulated hypervisor has seen it go (on
+/// Xen its event channels close as the process exits, before a new one can start).
+fn kill_backend(p: &Platform) {
+    let pid = p
+        .backend
+        .as_ref()
+        .and_then(|d| d.pid())
+        .expect("backend pid");
+    let before = p.counters().connections;
+    kill9_pid(pid);
+    wait::until(
+        T,
+        "the broker to see the backend gone",
+        || p.logs(),
+        || (p.counters().connections < before).then_some(()),
+    );
+}
+
+#[test]
+fn a_restarted_backend_answers_exactly_what_the_dead_one_had_in_flight() {
+    let (mut p, mut g, _) = setup();
+    let vusb = g.id;
 
     // The keyboard's interrupt read waits (nothing typed); the loopback's write and read
     // behind it are answered: the device answered out of ring order.
@@ -117,12 +144,7 @@ fn a_restarted_backend_answers_exactly_what_the_dead_one_had_in_flight() {
     assert!(g.wait_for(40, Duration::from_millis(100)).is_none());
     let before = g.responses.len();
 
-    let pid = p
-        .backend
-        .as_ref()
-        .and_then(|d| d.pid())
-        .expect("backend pid");
-    kill9_pid(pid);
+    kill_backend(&p);
     p.start_backend();
 
     // The read the dead process held is failed, once; nothing answered before comes again.
@@ -163,4 +185,59 @@ fn a_restarted_backend_answers_exactly_what_the_dead_one_had_in_flight() {
         g.wait_for(45, Duration::from_millis(100)).is_none(),
         "the keyboard's next read waits again"
     );
+}
+
+/// The loopback is swapped for another device at the same bus id while no backend runs
+/// (the host gives it a new device number): the restarted backend announces port 2 gone and
+/// then present, so the guest enumerates the new device instead of using it under the old
+/// one's address; the keyboard, untouched, is not announced again and keeps its address.
+#[test]
+fn a_device_swapped_while_the_backend_is_down_is_announced_anew() {
+    let (mut p, mut g, lo) = setup();
+    wait::until(
+        T,
+        "the guest to hear of both ports",
+        || p.logs(),
+        || {
+            g.collect();
+            (g.events.len() >= 2).then_some(())
+        },
+    );
+    let speed = g.events.iter().find(|e| e.0 == LOOP.0).map(|e| e.1);
+    g.events.clear();
+    kill_backend(&p);
+    pvusb_backend::sim::unplug(p.path(), &lo).expect("unplugging");
+    let mut spec = DeviceSpec::new(ModelSpec::Loopback { capacity: 1 << 16 });
+    spec.busid = Some(lo.clone());
+    assert_eq!(p.plug(spec), lo);
+    p.start_backend();
+    wait::until(
+        T,
+        "the swapped port to be announced",
+        || p.logs(),
+        || {
+            g.collect();
+            (g.events.len() >= 2).then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    g.collect();
+    let want = [
+        (LOOP.0, Speed::None),
+        (LOOP.0, speed.expect("port 2's speed")),
+    ];
+    assert_eq!(g.events, want, "{}", p.logs());
+    let get_status = Setup::new(0x80, 0, 0, 0, 2);
+    let old_address = ctrl(&g, 60, LOOP, get_status);
+    let r = answer(&mut g, &old_address);
+    assert_eq!(
+        r.status,
+        Status::NoDev.to_wire(),
+        "the old address on the new device"
+    );
+    let keyboard = ctrl(&g, 61, KBD, get_status);
+    let r = answer(&mut g, &keyboard);
+    assert!(r.is_ok(), "the keyboard keeps its address");
+    let mut id = 70;
+    enumerate(&mut g, &p, &mut id, LOOP);
 }

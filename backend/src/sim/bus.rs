@@ -7,6 +7,7 @@
 //!        [sim-faults.toml]  (run-time faults, replaced atomically by `set_faults`)
 //! <simdir>/usb/dev/bus/usb/BBB/DDD            device node (a file naming the busid;
 //!                                              opening it = flock, like claiming usbfs)
+//! <simdir>/usb/dev/bus/usb/BBB/next-devnum    where the next plug's number search starts
 //! <simdir>/usb/state/<serial>/                persistent state (disk.img), kept on unplug
 //! <simdir>/usb/tmp/                           staging for atomic plug/unplug renames
 //! ```
@@ -15,7 +16,8 @@
 //!
 //! The host has [`SIM_BUSES`] root hubs (buses 1, 2, ...), each with device numbers 2..=127
 //! (1 is the root hub itself) as on a real bus: a plug without a bus id takes the first bus
-//! with a free device number, so the first 126 devices land on bus 1.
+//! with a free device number, so the first 126 devices land on bus 1; within a bus numbers
+//! are handed out round robin, as Linux does, so a replugged device gets a new one.
 
 use std::path::{Path, PathBuf};
 
@@ -37,6 +39,8 @@ pub const INSTANCE_FILE: &str = "sim-instance";
 pub const SIM_BUSES: u16 = 8;
 /// Device numbers a bus hands out (1 is its root hub).
 const DEVNUMS: std::ops::RangeInclusive<u16> = 2..=127;
+/// In a bus's device-node directory: the device number to try first on the next plug.
+const NEXT_FILE: &str = "next-devnum";
 /// Root-hub ports tried for a plug without a bus id.
 const PORTS: std::ops::RangeInclusive<u16> = 1..=127;
 
@@ -159,12 +163,21 @@ fn bus_of(busid: &str) -> Option<u16> {
     (1..=SIM_BUSES).contains(&bus).then_some(bus)
 }
 
-/// Takes the first free device number of `bus` by creating its node exclusively
-/// (concurrent plugs race here); `None` when the bus has none left.
+/// Takes a free device number of `bus` by creating its node exclusively (concurrent plugs
+/// race here); `None` when the bus has none left. As Linux's `usb_choose_address`, the
+/// search starts after the number last handed out and wraps, so a device plugged again
+/// gets a new number (until the bus has gone round).
 fn claim_devnum(roots: &UsbRoots, bus: u16) -> Result<Option<(u16, PathBuf)>, BusError> {
     let nodes = roots.devfs.join(format!("bus/usb/{bus:03}"));
     io("creating", &nodes, std::fs::create_dir_all(&nodes))?;
-    Ok(DEVNUMS.into_iter().find_map(|d| {
+    let next_file = nodes.join(NEXT_FILE);
+    let next = std::fs::read_to_string(&next_file)
+        .ok()
+        .and_then(|s| s.trim().parse::<u16>().ok())
+        .filter(|n| DEVNUMS.contains(n))
+        .unwrap_or(*DEVNUMS.start());
+    let order = (next..=*DEVNUMS.end()).chain(*DEVNUMS.start()..next);
+    let claimed = order.into_iter().find_map(|d| {
         let node = roots.node_path(bus, d);
         std::fs::OpenOptions::new()
             .write(true)
@@ -172,7 +185,18 @@ fn claim_devnum(roots: &UsbRoots, bus: u16) -> Result<Option<(u16, PathBuf)>, Bu
             .open(&node)
             .ok()
             .map(|_| (d, node))
-    }))
+    });
+    if let Some((d, _)) = &claimed {
+        let after = if d >= DEVNUMS.end() {
+            *DEVNUMS.start()
+        } else {
+            d + 1
+        };
+        // Best effort: two plugs racing may start from the same number; the exclusive
+        // create above still gives them different ones.
+        let _ = std::fs::write(&next_file, format!("{after}\n"));
+    }
+    Ok(claimed)
 }
 
 fn place(

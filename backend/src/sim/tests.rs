@@ -695,3 +695,24 @@ fn iso_source_streams_counter_frames_on_alt_1() {
         assert_eq!(data[250 + 99], model::iso::sample(f + 3, 99));
     }
 }
+
+#[test]
+fn a_replugged_device_gets_a_new_device_number() {
+    let tmp = tempfile::tempdir().unwrap();
+    let roots = UsbRoots::sim(tmp.path());
+    let busid = plug(tmp.path(), &loopback()).unwrap();
+    let first = resolve(&roots, &busid).unwrap().devnum;
+    let other = plug(tmp.path(), &loopback()).unwrap();
+    unplug(tmp.path(), &busid).unwrap();
+    let mut spec = loopback();
+    spec.busid = Some(busid.clone());
+    assert_eq!(plug(tmp.path(), &spec).unwrap(), busid);
+    let second = resolve(&roots, &busid).unwrap().devnum;
+    assert_ne!(second, first, "a replug reused the number");
+    assert_ne!(second, resolve(&roots, &other).unwrap().devnum);
+    assert_eq!(
+        second,
+        first + 2,
+        "round robin after the last number handed out"
+    );
+}
