@@ -389,8 +389,15 @@ impl Sim {
         if ended && ep % EPS != 0 && ep % EPS != 3 {
             if short && !self.stops_on_short {
                 // xHCI does not stop at a short packet: the next URB takes the device's
-                // next data before usbfs's cancel reaches it.
+                // next data before usbfs's cancel reaches it. usbfs still has that URB
+                // pending then (it is given back after this one): if it starts a new
+                // transfer (no BULK_CONTINUATION), cancel_bulk_urbs stops at it, cancels
+                // nothing and leaves the endpoint enabled.
+                let fresh_next = self.host[ep].front().is_some_and(|n| !n.continuation);
                 self.run(ep, Outcome::Full);
+                if fresh_next {
+                    return;
+                }
             }
             // usbfs cancel_bulk_urbs, in the failed URB's completion handler: before the
             // device runs anything else.
