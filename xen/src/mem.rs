@@ -316,6 +316,13 @@ impl Region {
     }
 }
 
+/// `len` bytes of `file` from offset 0, mapped shared and writable, as a `pvusb_ring` view:
+/// stores reach the file at once and outlive the process (the backend's restart journal).
+/// The last view dropped unmaps it.
+pub fn map_file(file: BorrowedFd<'_>, len: usize) -> Result<Shm, Errno> {
+    Ok(Region::map_shared(file, 0, len, Access::Writable)?.into_shm())
+}
+
 impl Region {
     /// The region alone as a `pvusb_ring` view (writable iff mapped writable); the last view
     /// dropped unmaps it.
