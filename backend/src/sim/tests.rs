@@ -193,6 +193,34 @@ fn loopback_keeps_per_endpoint_order_with_many_in_flight() {
 }
 
 #[test]
+fn loopback_reuses_drained_records_without_their_old_bytes() {
+    // Each record is drained before the next OUT, so every OUT after the first lands in a
+    // recycled buffer: shorter (its old tail must not come back) or longer.
+    let (_tmp, mut dev, _) = open(loopback());
+    for (tag, (len, byte)) in [(300, 1u8), (10, 2), (200, 3), (4096, 4)]
+        .into_iter()
+        .enumerate()
+    {
+        let tag = 2 * tag as u64;
+        dev.submit(bulk(
+            tag,
+            0x01,
+            UrbFlags::empty(),
+            UrbBuf::from_vec(vec![byte; len]),
+        ))
+        .unwrap();
+        dev.submit(bulk(tag + 1, 0x81, UrbFlags::empty(), UrbBuf::zeroed(8192)))
+            .unwrap();
+        let done = reap_n(&mut dev, 2);
+        let c = done.iter().find(|c| c.tag == tag + 1).unwrap();
+        assert_eq!((c.status, c.actual_length), (0, len as u32));
+        let buf = c.buf.as_slice().unwrap();
+        assert!(buf[..len].iter().all(|&b| b == byte));
+        assert!(buf[len..].iter().all(|&b| b == 0));
+    }
+}
+
+#[test]
 fn loopback_echoes_interrupt_apart_from_bulk() {
     let (_tmp, mut dev, _) = open(loopback());
     let int = |tag, ep, buf| HostUrb::new(tag, XferKind::Interrupt, ep, UrbFlags::empty(), buf);

@@ -51,6 +51,10 @@ pub fn descriptors(speed: HostSpeed) -> Descriptors {
     )
 }
 
+/// Drained records kept for reuse, so a device that echoes steadily allocates (and
+/// zeroes) nothing per transfer, as a device's own buffer memory is there already.
+const SPARE_RECORDS: usize = 64;
+
 /// One echo buffer. Each OUT transfer is one record: an IN URB returns at most one
 /// record's bytes (a shorter IN takes a prefix and leaves the rest), so transfer boundaries
 /// survive.
@@ -59,6 +63,7 @@ struct Echo {
     capacity: usize,
     queued: usize,
     records: VecDeque<(Vec<u8>, usize)>,
+    spare: Vec<Vec<u8>>,
 }
 
 impl Echo {
@@ -67,6 +72,7 @@ impl Echo {
             capacity: capacity.max(1),
             queued: 0,
             records: VecDeque::new(),
+            spare: Vec::new(),
         }
     }
 
@@ -74,7 +80,12 @@ impl Echo {
         if self.queued > 0 && self.queued + io.len() > self.capacity {
             return Poll::Pending;
         }
-        let data = io.to_vec();
+        let mut data = self.spare.pop().unwrap_or_default();
+        // Only growth is zeroed; every byte kept is then overwritten by the read.
+        data.resize(io.len(), 0);
+        if !io.read(0, &mut data) {
+            data.fill(0);
+        }
         io.set_actual(data.len());
         self.queued += data.len();
         self.records.push_back((data, 0));
@@ -89,7 +100,11 @@ impl Echo {
         *pos += n;
         self.queued -= n;
         if *pos >= rec.len() {
-            self.records.pop_front();
+            if let Some((rec, _)) = self.records.pop_front() {
+                if self.spare.len() < SPARE_RECORDS {
+                    self.spare.push(rec);
+                }
+            }
         }
         Poll::Ok
     }

@@ -116,13 +116,6 @@ impl<'a> Io<'a> {
             && self.buf.read_at(self.start + off, dst)
     }
 
-    /// OUT: the whole data stage as a `Vec`.
-    pub fn to_vec(&self) -> Vec<u8> {
-        let mut v = vec![0; self.len];
-        self.read(0, &mut v);
-        v
-    }
-
     /// Writes `data` at `off` of the data stage (iso packets); false if out of range.
     pub fn write_at(&mut self, off: usize, data: &[u8]) -> bool {
         off.checked_add(data.len())

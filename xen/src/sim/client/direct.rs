@@ -58,26 +58,37 @@ impl Direct {
         }
         let first: Vec<Checked> = segs
             .iter()
-            .map(|s| self.check(conn.domid, domid, local, s))
+            .map(|s| check(self.tables.get(&domid), conn.domid, local, s))
             .collect();
         let missing = self.fetch_files(conn, domid, segs, &first)?;
         let (Some(table), Some(hazard)) = (self.tables.get(&domid), self.hazard.as_ref()) else {
             return Err(BrokerError::BadReply("grant table not attached"));
         };
         hazard.enter(domid);
+        // A request's segments nearly always lie in one file (the granter's pool): look its
+        // view up once, not per segment.
+        let mut last: Option<(FileKey, &Region)> = None;
         let out = segs
             .iter()
             .zip(first)
             .map(|(s, checked)| {
                 let e = checked?;
-                if missing.contains(&key(&e)) {
+                let k = key(&e);
+                if missing.contains(&k) {
                     return Err(SegError::BadGref);
                 }
                 // The check after publishing the hazard: the grant must be unchanged.
                 if table.lookup(s.gref.0) != Some(e) {
                     return Err(SegError::BadGref);
                 }
-                let view = self.views.get(&key(&e)).ok_or(SegError::BadGref)?;
+                let view = match last {
+                    Some((lk, v)) if lk == k => v,
+                    _ => {
+                        let v = self.views.get(&k).ok_or(SegError::BadGref)?;
+                        last = Some((k, v));
+                        v
+                    }
+                };
                 let granted = usize::try_from(e.page)
                     .ok()
                     .and_then(|p| p.checked_mul(PAGE_SIZE))
@@ -125,21 +136,6 @@ impl Direct {
         Ok(true)
     }
 
-    /// The first check of a segment, in Xen's order: the arguments, the grant, its access.
-    fn check(&self, me: DomId, domid: DomId, local: &Region, s: &CopySeg) -> Checked {
-        s.check_bounds(local.len())?;
-        let e = self
-            .tables
-            .get(&domid)
-            .and_then(|t| t.lookup(s.gref.0))
-            .filter(|e| e.grantee == me)
-            .ok_or(SegError::BadGref)?;
-        if s.dir == CopyDir::ToGrant && e.access == crate::Access::ReadOnly {
-            return Err(SegError::ReadOnly);
-        }
-        Ok(e)
-    }
-
     /// Maps the files of the checked segments not mapped yet (one FILES round trip per
     /// [`MAX_BATCH`] files); returns those the broker refused (ended since the check).
     fn fetch_files(
@@ -150,9 +146,14 @@ impl Direct {
         checked: &[Checked],
     ) -> Result<Vec<FileKey>, BrokerError> {
         let mut wanted: Vec<(FileKey, GrantRef)> = Vec::new();
+        let mut last = None;
         for (s, c) in segs.iter().zip(checked) {
             if let Ok(e) = c {
                 let k = key(e);
+                if last == Some(k) {
+                    continue;
+                }
+                last = Some(k);
                 if !self.views.contains_key(&k) && !wanted.iter().any(|(w, _)| *w == k) {
                     wanted.push((k, s.gref));
                 }
@@ -206,4 +207,18 @@ impl Direct {
         }
         Ok(refused)
     }
+}
+
+/// The first check of a segment, in Xen's order: the arguments, the grant (in `table`, the
+/// granter's), its access.
+fn check(table: Option<&Table>, me: DomId, local: &Region, s: &CopySeg) -> Checked {
+    s.check_bounds(local.len())?;
+    let e = table
+        .and_then(|t| t.lookup(s.gref.0))
+        .filter(|e| e.grantee == me)
+        .ok_or(SegError::BadGref)?;
+    if s.dir == CopyDir::ToGrant && e.access == crate::Access::ReadOnly {
+        return Err(SegError::ReadOnly);
+    }
+    Ok(e)
 }
