@@ -49,6 +49,18 @@ fn repeats() -> usize {
 }
 
 /// The cell with the median throughput.
+/// The most a cell could move if every core were busy with it all the time: cores ×
+/// (GiB per CPU second). What the cell measured below it was lost to idle cores (waiting
+/// for wake-ups) and to other load; what it would take beyond it has to come off the CPU
+/// cost per GiB.
+fn cpu_ceiling_mb_s(cpu_s_per_gib: f64) -> f64 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    cores as f64 * f64::from(1u32 << 30) / 1e6 / cpu_s_per_gib.max(1e-9)
+}
+
+/// The issue's throughput target cell: 64 KiB transfers at queue depth 16.
+const TARGET_CELL: (usize, usize) = (64 << 10, 16);
+
 fn median(mut cells: Vec<Cell>) -> Cell {
     cells.sort_by(|a, b| a.mb_s.total_cmp(&b.mb_s));
     cells[cells.len() / 2]
@@ -427,10 +439,15 @@ fn main() {
         let c = stack.echo(size, 16, dur);
         let gib = c.mb_s * dur.as_secs_f64() * 1e6 / f64::from(1u32 << 30);
         let [me, fe, be] = stack.split.map(|d| d.as_secs_f64() / gib.max(1e-9));
+        let cap = cpu_ceiling_mb_s(c.cpu_s_per_gib);
         println!(
             "stack {size} B QD16 ({proto:?}): {:.0} MB/s, {:.0} URB/s, {:.2} s CPU/GiB \
-             (split: client {me:.2}, frontend {fe:.2}, backend {be:.2}; the rest is the broker)",
-            c.mb_s, c.urbs_s, c.cpu_s_per_gib,
+             (split: client {me:.2}, frontend {fe:.2}, backend {be:.2}; the rest is the broker); \
+             CPU ceiling {cap:.0} MB/s, cores busy {:.0} %",
+            c.mb_s,
+            c.urbs_s,
+            c.cpu_s_per_gib,
+            100.0 * c.mb_s / cap,
         );
         return;
     }
@@ -519,7 +536,19 @@ fn main() {
                 "persistent_mb_s": g.mb_s, "persistent_ratio": g.mb_s / d.mb_s,
                 "direct_cpu_s_per_gib": d.cpu_s_per_gib,
                 "stock_cpu_s_per_gib": s.cpu_s_per_gib,
-                "persistent_cpu_s_per_gib": g.cpu_s_per_gib});
+                "persistent_cpu_s_per_gib": g.cpu_s_per_gib,
+                "stock_cpu_ceiling_mb_s": cpu_ceiling_mb_s(s.cpu_s_per_gib),
+                "persistent_cpu_ceiling_mb_s": cpu_ceiling_mb_s(g.cpu_s_per_gib)});
+            if (size, qd) == TARGET_CELL {
+                let cap = cpu_ceiling_mb_s(s.cpu_s_per_gib);
+                println!(
+                    "  (target cell, stock: its {:.2} s of CPU per GiB caps it at {cap:.0} MB/s on \
+                     {} cores with none idle; it reached {:.0} %)",
+                    s.cpu_s_per_gib,
+                    std::thread::available_parallelism().map_or(1, |n| n.get()),
+                    100.0 * s.mb_s / cap
+                );
+            }
             if let Some(f) = f {
                 row["floor_mb_s"] = json!(f.cell.mb_s);
                 row["floor_ratio"] = json!(f.cell.mb_s / d.mb_s);
