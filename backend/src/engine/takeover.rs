@@ -4,8 +4,9 @@
 use pvusb_ring::urb::UrbResult;
 use pvusb_ring::wire::{Status, UrbRequest};
 
+use super::guest_side::local;
 use super::journal::{Journal, Recovered};
-use super::{local, Engine, Fatal, Link};
+use super::{Engine, Fatal, Link};
 
 impl Link {
     /// Keeps `journal` up to date with every request taken and answered from now on.
