@@ -131,10 +131,26 @@ fn bind(path: &Path) -> Result<UnixListener, DaemonError> {
         // A stale socket from a daemon that died: nobody answers on it.
         let _ = std::fs::remove_file(path);
     }
-    UnixListener::bind(path).map_err(|source| DaemonError::Bind {
+    // Bound and listening under a temporary name, then renamed into place: whoever sees
+    // the path can connect at once (binding the path itself leaves a moment between bind
+    // and listen in which a client that found the file is refused).
+    let err = |source| DaemonError::Bind {
         path: path.to_owned(),
         source,
-    })
+    };
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.new", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let Ok(listener) = UnixListener::bind(&tmp) else {
+        // The longer name may not fit a socket address: bind the path itself.
+        return UnixListener::bind(path).map_err(err);
+    };
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(err(e));
+    }
+    Ok(listener)
 }
 
 impl Daemon {
