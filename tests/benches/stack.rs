@@ -16,8 +16,9 @@
 //! `PVUSB_BENCH_REPEAT=3` for the median of three interleaved runs of each throughput cell ·
 //! `PVUSB_BENCH_BACKEND_CONFIG` adds lines to the backend's configuration file ·
 //! `PVUSB_BENCH_PROFILE=persistent|stock|broker|map`: only the stack's 64 KiB QD16 cell
-//! (`PVUSB_BENCH_PROFILE_SIZE` bytes instead of 64 KiB) with a
-//! per-process CPU split (to run under `perf record`).
+//! (`PVUSB_BENCH_PROFILE_SIZE` bytes, `PVUSB_BENCH_PROFILE_QD` transfers in flight,
+//! `PVUSB_BENCH_PROFILE_POLL_US` both daemons' `poll-us`) with a per-process CPU split and
+//! its CPU ceiling (to run under `perf record`).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -435,13 +436,21 @@ fn main() {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(64 << 10);
-        let mut stack = Stack::new(proto);
-        let c = stack.echo(size, 16, dur);
+        let knob = |name: &str, default| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
+        let qd = knob("PVUSB_BENCH_PROFILE_QD", 16);
+        let poll_us = knob("PVUSB_BENCH_PROFILE_POLL_US", 0);
+        let mut stack = Stack::with_poll(proto, u32::try_from(poll_us).unwrap_or(u32::MAX));
+        let c = stack.echo(size, qd, dur);
         let gib = c.mb_s * dur.as_secs_f64() * 1e6 / f64::from(1u32 << 30);
         let [me, fe, be] = stack.split.map(|d| d.as_secs_f64() / gib.max(1e-9));
         let cap = cpu_ceiling_mb_s(c.cpu_s_per_gib);
         println!(
-            "stack {size} B QD16 ({proto:?}): {:.0} MB/s, {:.0} URB/s, {:.2} s CPU/GiB \
+            "stack {size} B QD{qd} ({proto:?}): {:.0} MB/s, {:.0} URB/s, {:.2} s CPU/GiB \
              (split: client {me:.2}, frontend {fe:.2}, backend {be:.2}; the rest is the broker); \
              CPU ceiling {cap:.0} MB/s, cores busy {:.0} %",
             c.mb_s,
