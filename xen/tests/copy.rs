@@ -122,6 +122,78 @@ fn copies_are_byte_exact_both_ways_at_any_offset_via(via: CopyVia) {
 }
 
 #[test]
+fn one_call_copies_segments_of_several_grant_allocations_in_any_order() {
+    for via in VIAS {
+        say(&format!("copying {via:?}"));
+        one_call_copies_segments_of_several_grant_allocations_in_any_order_via(via);
+    }
+}
+
+/// Two allocations of dom1 are two files; segments alternate between them (and a
+/// read-only one) within one call, both ways.
+fn one_call_copies_segments_of_several_grant_allocations_in_any_order_via(via: CopyVia) {
+    let sim = Sim::new();
+    let (dom1, a) = granted(&sim, 2, Access::Writable);
+    let b = dom1.alloc(DomId::DOM0, 1, Access::Writable).unwrap();
+    b.write_at(0, &pattern(50, PAGE_SIZE)).unwrap();
+    let r = dom1.alloc(DomId::DOM0, 1, Access::ReadOnly).unwrap();
+    r.write_at(0, &pattern(90, PAGE_SIZE)).unwrap();
+    let (ga, gb, gr) = (a.grefs().to_vec(), b.grefs()[0], r.grefs()[0]);
+    let dom0 = sim.dom0_via(via);
+    let local = Arc::new(dom0.alloc_local(2).unwrap());
+    let from = [
+        seg(ga[0], 0, 100, 0, CopyDir::FromGrant),
+        seg(gb, 0, 100, 100, CopyDir::FromGrant),
+        seg(ga[1], 0, 100, 200, CopyDir::FromGrant),
+        seg(gr, 0, 100, 300, CopyDir::FromGrant),
+        seg(gb, 200, 100, 400, CopyDir::FromGrant),
+        seg(gr, 1, 1, 500, CopyDir::ToGrant),
+        seg(ga[0], 300, 100, 600, CopyDir::FromGrant),
+    ];
+    let out = dom0.copy(DomId(1), &local, &from).unwrap();
+    assert_eq!(
+        out,
+        vec![
+            Ok(()),
+            Ok(()),
+            Ok(()),
+            Ok(()),
+            Ok(()),
+            Err(SegError::ReadOnly),
+            Ok(())
+        ]
+    );
+    let (pa, pb, pr) = (
+        pattern(7, 2 * PAGE_SIZE),
+        pattern(50, PAGE_SIZE),
+        pattern(90, PAGE_SIZE),
+    );
+    assert_eq!(read_local(&local, 0, 100), pa[..100]);
+    assert_eq!(read_local(&local, 100, 100), pb[..100]);
+    assert_eq!(read_local(&local, 200, 100), pa[PAGE_SIZE..PAGE_SIZE + 100]);
+    assert_eq!(read_local(&local, 300, 100), pr[..100]);
+    assert_eq!(read_local(&local, 400, 100), pb[200..300]);
+    assert_eq!(read_local(&local, 600, 100), pa[300..400]);
+
+    let data = pattern(120, 300);
+    local.shm().write(PAGE_SIZE, &data).unwrap();
+    let to = [
+        seg(gb, 1000, 100, PAGE_SIZE, CopyDir::ToGrant),
+        seg(ga[1], 1000, 100, PAGE_SIZE + 100, CopyDir::ToGrant),
+        seg(gb, 2000, 100, PAGE_SIZE + 200, CopyDir::ToGrant),
+    ];
+    assert_eq!(dom0.copy(DomId(1), &local, &to).unwrap(), vec![Ok(()); 3]);
+    assert_eq!(read_pages(&b, 1000, 100), data[..100]);
+    assert_eq!(read_pages(&a, PAGE_SIZE + 1000, 100), data[100..200]);
+    assert_eq!(read_pages(&b, 2000, 100), data[200..]);
+    assert_eq!(
+        read_pages(&r, 1, 1),
+        pr[1..2],
+        "a read-only grant is never written"
+    );
+}
+
+#[test]
 fn a_read_only_grant_is_copied_from_but_never_into() {
     for via in VIAS {
         say(&format!("copying {via:?}"));
